@@ -1,0 +1,250 @@
+//! Message ids and the recovery window: every published message gets an id, increasing per
+//! stream (a client's own stream, or the broadcast stream), and stays retrievable for a bounded
+//! time and count, so a client that reconnects — to any replica — can ask for what it missed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::Target;
+
+/// A message id, `<milliseconds>-<sequence>` as Redis streams write them; ordered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl StreamId {
+    pub const ZERO: StreamId = StreamId { ms: 0, seq: 0 };
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// Why a string is not a message id.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("a message id looks like 1700000000000-0")]
+pub struct BadStreamId;
+
+impl FromStr for StreamId {
+    type Err = BadStreamId;
+
+    fn from_str(s: &str) -> Result<Self, BadStreamId> {
+        if s.len() > 41 {
+            return Err(BadStreamId);
+        }
+        let (ms, seq) = s.split_once('-').ok_or(BadStreamId)?;
+        let digits = |p: &str| {
+            (!p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| p.parse::<u64>().ok())
+                .flatten()
+                .ok_or(BadStreamId)
+        };
+        Ok(StreamId {
+            ms: digits(ms)?,
+            seq: digits(seq)?,
+        })
+    }
+}
+
+/// How much history is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// Messages kept per client stream; 0 turns recovery off.
+    pub per_client: usize,
+    /// Messages kept in the broadcast stream.
+    pub broadcast: usize,
+    /// How long a stream is kept after its last message.
+    pub ttl: Duration,
+}
+
+impl Window {
+    pub fn enabled(&self) -> bool {
+        self.per_client > 0
+    }
+
+    pub fn cap(&self, target: &Target) -> usize {
+        match target {
+            Target::Client(_) => self.per_client,
+            Target::Broadcast => self.broadcast,
+        }
+    }
+}
+
+/// What a stream holds after a given id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct History {
+    /// Messages after the id, oldest first.
+    pub entries: Vec<(StreamId, Vec<u8>)>,
+    /// Some messages after the id are no longer kept (or cannot be proven to be).
+    pub gap: bool,
+}
+
+/// In-process history for the memory broker, with the same semantics as the Redis streams.
+#[derive(Debug, Default)]
+pub struct MemoryHistory {
+    streams: HashMap<Option<String>, Stream>,
+    last: StreamId,
+}
+
+#[derive(Debug, Default)]
+struct Stream {
+    entries: BTreeMap<StreamId, Vec<u8>>,
+    /// The newest id ever trimmed away: anything after a client's id up to this one is lost.
+    max_deleted: StreamId,
+    last_write: Option<SystemTime>,
+}
+
+fn key(target: &Target) -> Option<String> {
+    match target {
+        Target::Client(client) => Some(client.as_str().to_owned()),
+        Target::Broadcast => None,
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl MemoryHistory {
+    /// A new id, after every id handed out before (like Redis's `*`).
+    fn next_id(&mut self) -> StreamId {
+        let ms = now_ms();
+        self.last = if ms > self.last.ms {
+            StreamId { ms, seq: 0 }
+        } else {
+            StreamId {
+                ms: self.last.ms,
+                seq: self.last.seq + 1,
+            }
+        };
+        self.last
+    }
+
+    pub fn append(&mut self, target: &Target, payload: &[u8], window: &Window) -> StreamId {
+        self.expire(window);
+        let id = self.next_id();
+        let stream = self.streams.entry(key(target)).or_default();
+        stream.entries.insert(id, payload.to_vec());
+        stream.last_write = Some(SystemTime::now());
+        while stream.entries.len() > window.cap(target) {
+            if let Some((old, _)) = stream.entries.pop_first() {
+                stream.max_deleted = old;
+            }
+        }
+        id
+    }
+
+    pub fn after(&mut self, target: &Target, after: StreamId, window: &Window) -> History {
+        self.expire(window);
+        match self.streams.get(&key(target)) {
+            None => History {
+                entries: Vec::new(),
+                gap: after != StreamId::ZERO,
+            },
+            Some(stream) => History {
+                entries: stream
+                    .entries
+                    .range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+                    .map(|(id, p)| (*id, p.clone()))
+                    .collect(),
+                gap: stream.max_deleted > after,
+            },
+        }
+    }
+
+    pub fn newest(&mut self, target: &Target, window: &Window) -> StreamId {
+        self.expire(window);
+        self.streams
+            .get(&key(target))
+            .and_then(|s| s.entries.last_key_value())
+            .map_or(StreamId::ZERO, |(id, _)| *id)
+    }
+
+    fn expire(&mut self, window: &Window) {
+        self.streams.retain(|_, stream| {
+            stream
+                .last_write
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|idle| idle < window.ttl)
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::ClientId;
+
+    fn window(cap: usize) -> Window {
+        Window {
+            per_client: cap,
+            broadcast: cap,
+            ttl: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn ids_print_and_parse_as_redis_writes_them() {
+        let id: StreamId = "1700000000000-7".parse().unwrap();
+        assert_eq!(
+            id,
+            StreamId {
+                ms: 1_700_000_000_000,
+                seq: 7
+            }
+        );
+        assert_eq!(id.to_string(), "1700000000000-7");
+        for bad in ["", "1", "-1", "1-", "a-1", "1-1-1", "+1-1", &"9".repeat(50)] {
+            assert_eq!(bad.parse::<StreamId>(), Err(BadStreamId), "{bad:?}");
+        }
+        assert!(StreamId { ms: 2, seq: 0 } > StreamId { ms: 1, seq: 9 });
+    }
+
+    #[test]
+    fn history_after_an_id_is_what_came_later_in_order() {
+        let mut h = MemoryHistory::default();
+        let target = Target::Client(ClientId::parse("c").unwrap());
+        let w = window(10);
+        let ids: Vec<_> = (0..5).map(|i| h.append(&target, &[i], &w)).collect();
+        assert!(ids.windows(2).all(|p| p[0] < p[1]));
+        let got = h.after(&target, ids[1], &w);
+        assert_eq!(
+            got.entries.iter().map(|(_, p)| p[0]).collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
+        assert!(!got.gap);
+        assert_eq!(h.newest(&target, &w), ids[4]);
+    }
+
+    #[test]
+    fn trimming_past_a_clients_id_is_reported_as_a_gap() {
+        let mut h = MemoryHistory::default();
+        let target = Target::Broadcast;
+        let w = window(3);
+        let ids: Vec<_> = (0..6).map(|i| h.append(&target, &[i], &w)).collect();
+        let behind = h.after(&target, ids[0], &w);
+        assert!(behind.gap, "ids 1 and 2 were trimmed");
+        assert_eq!(behind.entries.len(), 3);
+        assert!(
+            !h.after(&target, ids[2], &w).gap,
+            "nothing after ids[2] was trimmed"
+        );
+    }
+
+    #[test]
+    fn an_unknown_stream_is_a_gap_only_for_a_client_that_saw_something() {
+        let mut h = MemoryHistory::default();
+        let target = Target::Client(ClientId::parse("new").unwrap());
+        assert!(!h.after(&target, StreamId::ZERO, &window(3)).gap);
+        assert!(h.after(&target, StreamId { ms: 5, seq: 0 }, &window(3)).gap);
+    }
+}

@@ -1,0 +1,346 @@
+//! The broker: how a message for a client reaches the replicas that hold its sockets.
+//!
+//! One trait, [`Driver`], with two implementations: [`memory::MemoryBroker`] (in-process, the
+//! default for a single replica) and [`redis::RedisBroker`]. [`Broker`] picks one at start-up.
+//!
+//! Subscriptions follow sockets: the registry calls [`Driver::hold`] when a replica gains its
+//! first socket of a client and [`Driver::release`] when the last one goes, so a message costs
+//! work only on the replicas that hold a recipient. Both calls are made under the registry's lock
+//! and only enqueue, which keeps hold/release of one client in the order the registry decided.
+
+pub mod history;
+pub mod memory;
+pub mod redis;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use history::{History, StreamId, Window};
+
+use crate::token::ClientId;
+
+/// Where a message goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Client(ClientId),
+    Broadcast,
+}
+
+/// Why the broker could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker cannot be reached now; callers answer 503 and try again later.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Called by the broker for every message that reaches this replica, with the message's id when
+/// history is kept. Runs on the broker's task: it must not block (the registry only `try_send`s).
+pub type Inbox = Arc<dyn Fn(Target, Option<StreamId>, &[u8]) + Send + Sync>;
+
+/// The outcome of a publish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// Replicas that received the message.
+    pub receivers: u64,
+    /// Its id in the target's history (None when history is off).
+    pub id: Option<StreamId>,
+}
+
+/// Resolves once the broker has confirmed a subscription.
+pub type Subscribed = Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send + Sync>>;
+
+/// What a replica tells the others about itself, every few seconds.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplicaInfo {
+    pub id: String,
+    /// Sockets held.
+    pub sockets: usize,
+    /// Distinct clients held.
+    pub clients: usize,
+}
+
+/// A broker implementation.
+pub trait Driver: Send + Sync + 'static {
+    /// Records `payload` in the target's history and sends it to every replica subscribed to
+    /// `target`, in one step, so history order is delivery order.
+    fn publish(
+        &self,
+        target: &Target,
+        payload: Vec<u8>,
+    ) -> impl Future<Output = Result<Published, BrokerError>> + Send;
+
+    /// What the target's history holds after `after` (for a reconnecting client).
+    fn history(
+        &self,
+        target: &Target,
+        after: StreamId,
+    ) -> impl Future<Output = Result<History, BrokerError>> + Send;
+
+    /// The newest id in the client's history and in the broadcast history: where a new client
+    /// starts counting from.
+    fn newest(
+        &self,
+        client: &ClientId,
+    ) -> impl Future<Output = Result<(StreamId, StreamId), BrokerError>> + Send;
+
+    /// Starts receiving messages for `client`. Enqueues at once; the future confirms.
+    fn hold(&self, client: &ClientId) -> Subscribed;
+
+    /// Stops receiving messages for `client`. Enqueues at once.
+    fn release(&self, client: &ClientId);
+
+    /// True while connected and subscribed to the broadcast channel.
+    fn is_ready(&self) -> bool;
+
+    /// Announces this replica to the others (best effort).
+    fn announce(&self, info: &ReplicaInfo) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// The replicas that announced themselves recently, sorted by id.
+    fn replicas(&self) -> impl Future<Output = Result<Vec<ReplicaInfo>, BrokerError>> + Send;
+}
+
+/// The broker this replica runs with.
+#[derive(Clone, Debug)]
+pub enum Broker {
+    Memory(memory::MemoryBroker),
+    Redis(redis::RedisBroker),
+}
+
+impl Broker {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Broker::Memory(_) => "memory",
+            Broker::Redis(_) => "redis",
+        }
+    }
+
+    pub async fn publish(
+        &self,
+        target: &Target,
+        payload: Vec<u8>,
+    ) -> Result<Published, BrokerError> {
+        match self {
+            Broker::Memory(b) => b.publish(target, payload).await,
+            Broker::Redis(b) => b.publish(target, payload).await,
+        }
+    }
+
+    pub async fn history(&self, target: &Target, after: StreamId) -> Result<History, BrokerError> {
+        match self {
+            Broker::Memory(b) => b.history(target, after).await,
+            Broker::Redis(b) => b.history(target, after).await,
+        }
+    }
+
+    pub async fn newest(&self, client: &ClientId) -> Result<(StreamId, StreamId), BrokerError> {
+        match self {
+            Broker::Memory(b) => b.newest(client).await,
+            Broker::Redis(b) => b.newest(client).await,
+        }
+    }
+
+    pub fn hold(&self, client: &ClientId) -> Subscribed {
+        match self {
+            Broker::Memory(b) => b.hold(client),
+            Broker::Redis(b) => b.hold(client),
+        }
+    }
+
+    pub fn release(&self, client: &ClientId) {
+        match self {
+            Broker::Memory(b) => b.release(client),
+            Broker::Redis(b) => b.release(client),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        match self {
+            Broker::Memory(b) => b.is_ready(),
+            Broker::Redis(b) => b.is_ready(),
+        }
+    }
+
+    pub async fn announce(&self, info: &ReplicaInfo) -> Result<(), BrokerError> {
+        match self {
+            Broker::Memory(b) => b.announce(info).await,
+            Broker::Redis(b) => b.announce(info).await,
+        }
+    }
+
+    pub async fn replicas(&self) -> Result<Vec<ReplicaInfo>, BrokerError> {
+        match self {
+            Broker::Memory(b) => b.replicas().await,
+            Broker::Redis(b) => b.replicas().await,
+        }
+    }
+}
+
+/// Test suite every driver must pass; run against both in their modules' tests.
+#[cfg(test)]
+pub(crate) mod suite {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Records what an inbox received.
+    #[derive(Clone, Default)]
+    pub(crate) struct Collected(Arc<Mutex<Vec<Received>>>);
+
+    type Received = (Target, Option<StreamId>, Vec<u8>);
+
+    impl Collected {
+        pub(crate) fn inbox(&self) -> Inbox {
+            let seen = self.0.clone();
+            Arc::new(move |target, id, payload| {
+                seen.lock().unwrap().push((target, id, payload.to_vec()));
+            })
+        }
+
+        pub(crate) async fn wait_for(&self, n: usize) -> Vec<Received> {
+            for _ in 0..200 {
+                if self.0.lock().unwrap().len() >= n {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            self.0.lock().unwrap().clone()
+        }
+
+        pub(crate) async fn payloads(&self, n: usize) -> Vec<Vec<u8>> {
+            self.wait_for(n)
+                .await
+                .into_iter()
+                .map(|(_, _, p)| p)
+                .collect()
+        }
+    }
+
+    pub(crate) fn window() -> Window {
+        Window {
+            per_client: 5,
+            broadcast: 5,
+            ttl: Duration::from_secs(60),
+        }
+    }
+
+    fn client(s: &str) -> ClientId {
+        ClientId::parse(s).unwrap()
+    }
+
+    async fn receivers<D: Driver>(d: &D, target: &Target, payload: &[u8]) -> u64 {
+        d.publish(target, payload.to_vec()).await.unwrap().receivers
+    }
+
+    /// `a` and `b` are two replicas on one broker; their inboxes collect into `seen_a`/`seen_b`.
+    pub(crate) async fn targeted_publish_reaches_only_holders<D: Driver>(
+        a: &D,
+        b: &D,
+        seen_a: &Collected,
+        seen_b: &Collected,
+    ) {
+        let alice = Target::Client(client("alice"));
+        a.hold(&client("alice")).await.unwrap();
+        assert_eq!(receivers(a, &alice, b"m1").await, 1);
+        assert_eq!(
+            receivers(b, &Target::Client(client("nobody")), b"m2").await,
+            0
+        );
+        let got = seen_a.wait_for(1).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!((&got[0].0, &got[0].2), (&alice, &b"m1".to_vec()));
+        assert!(
+            got[0].1.is_some(),
+            "with history on, a message carries its id"
+        );
+        assert!(
+            seen_b.wait_for(0).await.is_empty(),
+            "b holds nobody, so it receives nothing"
+        );
+
+        b.hold(&client("alice")).await.unwrap();
+        assert_eq!(receivers(a, &alice, b"m3").await, 2);
+        a.release(&client("alice"));
+        // release only enqueues; a hold of another client confirms the queue has moved past it
+        a.hold(&client("other")).await.unwrap();
+        assert_eq!(receivers(a, &alice, b"m4").await, 1);
+        assert_eq!(
+            seen_b.payloads(2).await,
+            vec![b"m3".to_vec(), b"m4".to_vec()]
+        );
+    }
+
+    pub(crate) async fn broadcast_reaches_every_replica<D: Driver>(
+        a: &D,
+        b: &D,
+        seen_a: &Collected,
+        seen_b: &Collected,
+    ) {
+        assert_eq!(receivers(a, &Target::Broadcast, b"all").await, 2);
+        assert_eq!(receivers(b, &Target::Broadcast, b"all 2").await, 2);
+        for seen in [seen_a, seen_b] {
+            assert_eq!(
+                seen.payloads(2).await,
+                vec![b"all".to_vec(), b"all 2".to_vec()]
+            );
+        }
+    }
+
+    pub(crate) async fn history_returns_what_came_after_an_id<D: Driver>(a: &D) {
+        let carol = client("carol");
+        let target = Target::Client(carol.clone());
+        let (start, _) = a.newest(&carol).await.unwrap();
+        assert_eq!(start, StreamId::ZERO, "a new client has no history");
+        let mut ids = Vec::new();
+        for i in 0..4u8 {
+            ids.push(a.publish(&target, vec![i]).await.unwrap().id.unwrap());
+        }
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        assert_eq!(a.newest(&carol).await.unwrap().0, ids[3]);
+        let after = a.history(&target, ids[0]).await.unwrap();
+        assert!(!after.gap);
+        assert_eq!(
+            after.entries,
+            vec![(ids[1], vec![1]), (ids[2], vec![2]), (ids[3], vec![3])]
+        );
+        let all = a.history(&target, StreamId::ZERO).await.unwrap();
+        assert_eq!(all.entries.len(), 4);
+        assert!(!all.gap);
+        // The window keeps 5: three more push the first two out, and a client behind them hears so.
+        for i in 4..7u8 {
+            a.publish(&target, vec![i]).await.unwrap();
+        }
+        let behind = a.history(&target, ids[0]).await.unwrap();
+        assert!(behind.gap, "message 1 was trimmed");
+        assert_eq!(behind.entries.len(), 5);
+        assert!(!a.history(&target, ids[1]).await.unwrap().gap);
+        let unknown = a
+            .history(&Target::Client(client("dave")), ids[0])
+            .await
+            .unwrap();
+        assert!(
+            unknown.gap && unknown.entries.is_empty(),
+            "no history to prove continuity"
+        );
+    }
+
+    pub(crate) async fn announced_replicas_are_listed<D: Driver>(a: &D, b: &D) {
+        let info = |id: &str, sockets| ReplicaInfo {
+            id: id.to_owned(),
+            sockets,
+            clients: 1,
+        };
+        b.announce(&info("rb", 2)).await.unwrap();
+        a.announce(&info("ra", 1)).await.unwrap();
+        let listed = a.replicas().await.unwrap();
+        let ours: Vec<_> = listed
+            .into_iter()
+            .filter(|r| r.id.starts_with('r'))
+            .collect();
+        assert_eq!(ours, vec![info("ra", 1), info("rb", 2)]);
+    }
+}

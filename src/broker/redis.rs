@@ -1,0 +1,661 @@
+//! The Redis broker: a channel per client, subscribed only by the replicas that hold one of its
+//! sockets, so a targeted message costs work only where it is delivered.
+//!
+//! Two connections per replica: one subscriber, multiplexing every channel this replica holds
+//! (plus the broadcast channel), driven by one task; and one for commands (PUBLISH, presence),
+//! a [`ConnectionManager`] that reconnects by itself. When the subscriber connection drops, the
+//! replica reports not-ready, reconnects with backoff and jitter, and resubscribes everything it
+//! still holds before it reports ready again.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::{
+    BrokerError, ClientId, Driver, History, Inbox, Published, ReplicaInfo, StreamId, Subscribed,
+    Target, Window,
+};
+use crate::backoff::Backoff;
+
+/// Channel of one client's messages: `stickyws:client:<client id>`.
+pub const CLIENT_CHANNEL_PREFIX: &str = "stickyws:client:";
+/// Channel every replica subscribes to for `/api/broadcast`.
+pub const BROADCAST_CHANNEL: &str = "stickyws:broadcast";
+/// Stream of one client's recent messages (`<prefix><client id>`), for recovery.
+pub const CLIENT_STREAM_PREFIX: &str = "stickyws:history:";
+/// Stream of recent broadcasts, for recovery.
+pub const BROADCAST_STREAM: &str = "stickyws:history:*broadcast";
+/// Sorted set of replica ids scored by when they last announced themselves (ms since epoch).
+pub const REPLICAS_KEY: &str = "stickyws:replicas";
+/// `stickyws:replica:<id>`: the replica's last announcement, JSON, expiring.
+pub const REPLICA_KEY_PREFIX: &str = "stickyws:replica:";
+
+/// A replica that has not announced itself for this long is no longer listed.
+const PRESENCE_TTL: Duration = Duration::from_secs(6);
+/// Longest wait for Redis to answer one command; past it the broker counts as unavailable.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub fn client_channel(client: &ClientId) -> String {
+    format!("{CLIENT_CHANNEL_PREFIX}{client}")
+}
+
+fn channel_and_stream(target: &Target) -> (String, String) {
+    match target {
+        Target::Client(client) => (
+            client_channel(client),
+            format!("{CLIENT_STREAM_PREFIX}{client}"),
+        ),
+        Target::Broadcast => (BROADCAST_CHANNEL.to_owned(), BROADCAST_STREAM.to_owned()),
+    }
+}
+
+/// Appends to the target's history and publishes, atomically and in one round trip, so the
+/// order of the history is the order of delivery. The published payload is `<id>\n<message>`.
+const PUBLISH_SCRIPT: &str = r"
+local over = redis.call('XLEN', KEYS[1]) - tonumber(ARGV[2]) + 1
+if over > 0 then
+  -- XDEL rather than XADD's MAXLEN: only deletions move max-deleted-entry-id, which is how a
+  -- reconnecting client behind the window is told it lost messages.
+  local old = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', over)
+  for i = 1, #old do redis.call('XDEL', KEYS[1], old[i][1]) end
+end
+local id = redis.call('XADD', KEYS[1], '*', 'm', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {id, redis.call('PUBLISH', KEYS[2], id .. '\n' .. ARGV[1])}
+";
+
+/// What a stream holds after an id, and the newest id it ever trimmed (Redis 7's
+/// `max-deleted-entry-id`), which tells whether anything after the id was lost.
+const HISTORY_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, '0-0', {}} end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local trimmed = '0-0'
+for i = 1, #info, 2 do
+  if info[i] == 'max-deleted-entry-id' then trimmed = info[i + 1] end
+end
+return {1, trimmed, redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])}
+";
+
+/// Stream entries as Redis returns them: `[id, [field, value, …]]`.
+type Entries = Vec<(String, Vec<(String, Vec<u8>)>)>;
+
+/// Splits a pub/sub payload into its history id (if any) and the message.
+fn split_payload(payload: &[u8]) -> (Option<StreamId>, &[u8]) {
+    if payload.first() == Some(&b'{') {
+        return (None, payload);
+    }
+    match payload.iter().position(|b| *b == b'\n') {
+        Some(at) => {
+            let id = std::str::from_utf8(&payload[..at])
+                .ok()
+                .and_then(|s| s.parse().ok());
+            (id, &payload[at + 1..])
+        }
+        None => (None, payload),
+    }
+}
+
+/// What the subscriber task is asked to do, in the order the registry decided it.
+enum Command {
+    Hold(ClientId, oneshot::Sender<Result<(), BrokerError>>),
+    Release(ClientId),
+}
+
+/// Subscriber-side events the replica reports (records log, metrics).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// Connected and subscribed to the broadcast channel and every held client channel.
+    Subscribed { channels: usize, reconnect: bool },
+    /// The subscriber connection is gone; reconnecting.
+    Lost { reason: String },
+}
+
+/// Receives [`LinkEvent`]s; called from the subscriber task.
+pub type LinkObserver = Arc<dyn Fn(LinkEvent) + Send + Sync>;
+
+/// Handle on the Redis broker; clones share the connections and the subscriber task.
+#[derive(Clone)]
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    commands: mpsc::UnboundedSender<Command>,
+    ready: Arc<AtomicBool>,
+    conn: ConnectionManager,
+    window: Window,
+    publish_script: redis::Script,
+    history_script: redis::Script,
+    /// Ends the subscriber task when the last handle goes.
+    _stop: DropGuard,
+}
+
+impl fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("ready", &self.inner.ready.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+fn unavailable(err: impl fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(err.to_string())
+}
+
+impl RedisBroker {
+    /// Starts the subscriber task and returns at once: Redis being down at start-up is an outage
+    /// like any other (not ready until it comes back), not a reason to exit.
+    pub fn start(
+        url: &str,
+        inbox: Inbox,
+        observer: LinkObserver,
+        window: Window,
+    ) -> Result<Self, BrokerError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn =
+            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)?;
+        let (commands, rx) = mpsc::unbounded_channel();
+        let ready = Arc::new(AtomicBool::new(false));
+        let stop = CancellationToken::new();
+        let task = Subscriber {
+            client,
+            commands: rx,
+            inbox,
+            observer,
+            ready: ready.clone(),
+            held: HashSet::new(),
+        };
+        tokio::spawn(task.run(stop.clone()));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                commands,
+                ready,
+                conn,
+                window,
+                publish_script: redis::Script::new(PUBLISH_SCRIPT),
+                history_script: redis::Script::new(HISTORY_SCRIPT),
+                _stop: stop.drop_guard(),
+            }),
+        })
+    }
+}
+
+impl Driver for RedisBroker {
+    async fn publish(&self, target: &Target, payload: Vec<u8>) -> Result<Published, BrokerError> {
+        let (channel, stream) = channel_and_stream(target);
+        let mut conn = self.inner.conn.clone();
+        let window = &self.inner.window;
+        // PUBLISH answers with the number of subscribers that received the message: with one
+        // subscriber connection per replica, that is the number of receiving replicas.
+        if !window.enabled() {
+            let receivers = conn.publish(channel, payload).await.map_err(unavailable)?;
+            return Ok(Published {
+                receivers,
+                id: None,
+            });
+        }
+        let (id, receivers): (String, u64) = self
+            .inner
+            .publish_script
+            .key(stream)
+            .key(channel)
+            .arg(payload)
+            .arg(window.cap(target))
+            .arg(window.ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let id = id.parse().map_err(unavailable)?;
+        Ok(Published {
+            receivers,
+            id: Some(id),
+        })
+    }
+
+    async fn history(&self, target: &Target, after: StreamId) -> Result<History, BrokerError> {
+        let (_, stream) = channel_and_stream(target);
+        let mut conn = self.inner.conn.clone();
+        let (exists, trimmed, entries): (u8, String, Entries) = self
+            .inner
+            .history_script
+            .key(stream)
+            .arg(after.to_string())
+            .arg(self.inner.window.cap(target).max(1))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if exists == 0 {
+            // Expired or never written: continuity cannot be shown for a client that saw
+            // something, and there is nothing to miss for one that saw nothing.
+            return Ok(History {
+                entries: Vec::new(),
+                gap: after != StreamId::ZERO,
+            });
+        }
+        let trimmed: StreamId = trimmed.parse().unwrap_or_default();
+        let entries = entries
+            .into_iter()
+            .filter_map(|(id, fields)| {
+                let id = id.parse().ok()?;
+                let (_, message) = fields.into_iter().next()?;
+                Some((id, message))
+            })
+            .collect();
+        Ok(History {
+            entries,
+            gap: trimmed > after,
+        })
+    }
+
+    async fn newest(&self, client: &ClientId) -> Result<(StreamId, StreamId), BrokerError> {
+        if !self.inner.window.enabled() {
+            return Ok((StreamId::ZERO, StreamId::ZERO));
+        }
+        let (_, own) = channel_and_stream(&Target::Client(client.clone()));
+        let mut conn = self.inner.conn.clone();
+        let (own, broadcast): (Entries, Entries) = redis::pipe()
+            .cmd("XREVRANGE")
+            .arg(own)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .cmd("XREVRANGE")
+            .arg(BROADCAST_STREAM)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let newest = |last: Entries| {
+            last.into_iter()
+                .next()
+                .and_then(|(id, _)| id.parse().ok())
+                .unwrap_or_default()
+        };
+        Ok((newest(own), newest(broadcast)))
+    }
+
+    fn hold(&self, client: &ClientId) -> Subscribed {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.inner.commands.send(Command::Hold(client.clone(), tx));
+        Box::pin(async move {
+            sent.map_err(|_| unavailable("broker stopped"))?;
+            rx.await.map_err(|_| unavailable("broker stopped"))?
+        })
+    }
+
+    fn release(&self, client: &ClientId) {
+        // A stopped subscriber task holds nothing, so there is nothing to release.
+        let _ = self.inner.commands.send(Command::Release(client.clone()));
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Relaxed)
+    }
+
+    async fn announce(&self, info: &ReplicaInfo) -> Result<(), BrokerError> {
+        let now = now_ms();
+        let json = serde_json::to_string(info).map_err(unavailable)?;
+        let mut conn = self.inner.conn.clone();
+        redis::pipe()
+            .set_options(
+                format!("{REPLICA_KEY_PREFIX}{}", info.id),
+                json,
+                redis::SetOptions::default()
+                    .with_expiration(redis::SetExpiry::PX(PRESENCE_TTL.as_millis() as u64)),
+            )
+            .ignore()
+            .zadd(REPLICAS_KEY, &info.id, now)
+            .ignore()
+            .zrembyscore(
+                REPLICAS_KEY,
+                0,
+                now.saturating_sub(PRESENCE_TTL.as_millis() as u64),
+            )
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn replicas(&self) -> Result<Vec<ReplicaInfo>, BrokerError> {
+        let mut conn = self.inner.conn.clone();
+        let since = now_ms().saturating_sub(PRESENCE_TTL.as_millis() as u64);
+        let ids: Vec<String> = conn
+            .zrangebyscore(REPLICAS_KEY, since, "+inf")
+            .await
+            .map_err(unavailable)?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| format!("{REPLICA_KEY_PREFIX}{id}"))
+            .collect();
+        let values: Vec<Option<String>> = conn.mget(keys).await.map_err(unavailable)?;
+        let mut infos: Vec<ReplicaInfo> = values
+            .into_iter()
+            .flatten()
+            .filter_map(|json| serde_json::from_str(&json).ok())
+            .collect();
+        infos.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(infos)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The task that owns the subscriber connection.
+struct Subscriber {
+    client: redis::Client,
+    commands: mpsc::UnboundedReceiver<Command>,
+    inbox: Inbox,
+    observer: LinkObserver,
+    ready: Arc<AtomicBool>,
+    /// Every client this replica holds a socket of: what to resubscribe after a reconnect.
+    held: HashSet<ClientId>,
+}
+
+/// Why the connected loop ended.
+enum Ended {
+    Stopped,
+    Lost(String),
+}
+
+impl Subscriber {
+    async fn run(mut self, stop: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut connected_before = false;
+        loop {
+            let attempt = tokio::select! {
+                attempt = self.connect() => attempt,
+                () = stop.cancelled() => return,
+            };
+            let (sink, stream) = match attempt {
+                Ok(halves) => halves,
+                Err(reason) => {
+                    let delay = backoff.next_delay();
+                    tracing::debug!(%reason, ?delay, "redis subscriber connect failed");
+                    if !self.wait_answering(delay, &stop).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            backoff.reset();
+            self.ready.store(true, Ordering::Relaxed);
+            (self.observer)(LinkEvent::Subscribed {
+                channels: self.held.len() + 1,
+                reconnect: connected_before,
+            });
+            connected_before = true;
+            let ended = self.serve(sink, stream, &stop).await;
+            self.ready.store(false, Ordering::Relaxed);
+            match ended {
+                Ended::Stopped => return,
+                Ended::Lost(reason) => (self.observer)(LinkEvent::Lost { reason }),
+            }
+        }
+    }
+
+    /// Connects and subscribes to the broadcast channel and every held client's channel.
+    async fn connect(&mut self) -> Result<(PubSubSink, PubSubStream), String> {
+        let connecting = async {
+            let pubsub = self.client.get_async_pubsub().await?;
+            let (mut sink, stream) = pubsub.split();
+            sink.subscribe(BROADCAST_CHANNEL).await?;
+            let channels: Vec<String> = self.held.iter().map(client_channel).collect();
+            for chunk in channels.chunks(512) {
+                sink.subscribe(chunk).await?;
+            }
+            Ok::<_, redis::RedisError>((sink, stream))
+        };
+        match tokio::time::timeout(RESPONSE_TIMEOUT + CONNECT_TIMEOUT, connecting).await {
+            Ok(Ok(halves)) => Ok(halves),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err("timed out".to_owned()),
+        }
+    }
+
+    /// Connected: subscribe and unsubscribe as asked, hand every message to the inbox.
+    async fn serve(
+        &mut self,
+        mut sink: PubSubSink,
+        mut stream: PubSubStream,
+        stop: &CancellationToken,
+    ) -> Ended {
+        loop {
+            tokio::select! {
+                command = self.commands.recv() => {
+                    let Some(command) = command else { return Ended::Stopped };
+                    if let Err(reason) = self.apply(&mut sink, command).await {
+                        return Ended::Lost(reason);
+                    }
+                }
+                message = stream.next() => {
+                    let Some(message) = message else {
+                        return Ended::Lost("connection closed".to_owned());
+                    };
+                    let target = match message.get_channel_name() {
+                        BROADCAST_CHANNEL => Target::Broadcast,
+                        channel => match channel
+                            .strip_prefix(CLIENT_CHANNEL_PREFIX)
+                            .and_then(|id| ClientId::parse(id).ok())
+                        {
+                            Some(client) => Target::Client(client),
+                            None => continue,
+                        },
+                    };
+                    let (id, payload) = split_payload(message.get_payload_bytes());
+                    (self.inbox)(target, id, payload);
+                }
+                () = stop.cancelled() => return Ended::Stopped,
+            }
+        }
+    }
+
+    async fn apply(&mut self, sink: &mut PubSubSink, command: Command) -> Result<(), String> {
+        match command {
+            Command::Hold(client, done) => {
+                let channel = client_channel(&client);
+                self.held.insert(client);
+                let result = tokio::time::timeout(RESPONSE_TIMEOUT, sink.subscribe(channel)).await;
+                let result = match result {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(err)) => Err(err.to_string()),
+                    Err(_) => Err("subscribe timed out".to_owned()),
+                };
+                let _ = done.send(result.clone().map_err(unavailable));
+                result
+            }
+            Command::Release(client) => {
+                let channel = client_channel(&client);
+                self.held.remove(&client);
+                match tokio::time::timeout(RESPONSE_TIMEOUT, sink.unsubscribe(channel)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(err)) => Err(err.to_string()),
+                    Err(_) => Err("unsubscribe timed out".to_owned()),
+                }
+            }
+        }
+    }
+
+    /// Disconnected: keep the held set current and answer holds at once while waiting to retry.
+    /// Returns false when the broker is stopping.
+    async fn wait_answering(&mut self, delay: Duration, stop: &CancellationToken) -> bool {
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => return true,
+                () = stop.cancelled() => return false,
+                command = self.commands.recv() => match command {
+                    None => return false,
+                    Some(Command::Hold(client, done)) => {
+                        self.held.insert(client);
+                        let _ = done.send(Err(unavailable("redis is not connected")));
+                    }
+                    Some(Command::Release(client)) => {
+                        self.held.remove(&client);
+                    }
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The driver suite against a real `redis-server` on a free loopback port; skipped (with a
+    //! message) only where `redis-server` is not installed.
+    use std::process::{Child, Command as Process, Stdio};
+
+    use super::super::suite::{self, Collected};
+    use super::*;
+
+    struct Server {
+        child: Child,
+        url: String,
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn start_server() -> Option<Server> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = Process::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn();
+        let Ok(child) = child else {
+            eprintln!("redis-server not installed; skipping");
+            return None;
+        };
+        let server = Server {
+            child,
+            url: format!("redis://127.0.0.1:{port}"),
+        };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(server);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not start on port {port}");
+    }
+
+    async fn pair(url: &str) -> (RedisBroker, RedisBroker, Collected, Collected) {
+        let (seen_a, seen_b) = (Collected::default(), Collected::default());
+        let observer: LinkObserver = Arc::new(|_| {});
+        let a = RedisBroker::start(url, seen_a.inbox(), observer.clone(), suite::window()).unwrap();
+        let b = RedisBroker::start(url, seen_b.inbox(), observer, suite::window()).unwrap();
+        for _ in 0..200 {
+            if a.is_ready() && b.is_ready() {
+                return (a, b, seen_a, seen_b);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("brokers did not become ready");
+    }
+
+    #[tokio::test]
+    async fn targeted_publish_reaches_only_holders() {
+        let Some(server) = start_server() else { return };
+        let (a, b, seen_a, seen_b) = pair(&server.url).await;
+        suite::targeted_publish_reaches_only_holders(&a, &b, &seen_a, &seen_b).await;
+    }
+
+    #[tokio::test]
+    async fn broadcast_reaches_every_replica() {
+        let Some(server) = start_server() else { return };
+        let (a, b, seen_a, seen_b) = pair(&server.url).await;
+        suite::broadcast_reaches_every_replica(&a, &b, &seen_a, &seen_b).await;
+    }
+
+    #[tokio::test]
+    async fn history_returns_what_came_after_an_id() {
+        let Some(server) = start_server() else { return };
+        let (a, _, _, _) = pair(&server.url).await;
+        suite::history_returns_what_came_after_an_id(&a).await;
+    }
+
+    #[test]
+    fn payloads_carry_their_id_before_a_newline() {
+        assert_eq!(
+            split_payload(b"1-2\n{\"a\":1}"),
+            (Some(StreamId { ms: 1, seq: 2 }), &b"{\"a\":1}"[..])
+        );
+        assert_eq!(split_payload(b"{\"a\":1}"), (None, &b"{\"a\":1}"[..]));
+    }
+
+    #[tokio::test]
+    async fn announced_replicas_are_listed() {
+        let Some(server) = start_server() else { return };
+        let (a, b, _, _) = pair(&server.url).await;
+        suite::announced_replicas_are_listed(&a, &b).await;
+    }
+
+    #[tokio::test]
+    async fn publish_without_redis_is_unavailable_not_a_hang() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let broker = RedisBroker::start(
+            &format!("redis://127.0.0.1:{port}"),
+            Arc::new(|_, _, _| {}),
+            Arc::new(|_| {}),
+            suite::window(),
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let result = broker.publish(&Target::Broadcast, b"x".to_vec()).await;
+        assert!(
+            matches!(result, Err(BrokerError::Unavailable(_))),
+            "{result:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(!broker.is_ready());
+        let hold = broker.hold(&ClientId::parse("c").unwrap()).await;
+        assert!(matches!(hold, Err(BrokerError::Unavailable(_))));
+    }
+}

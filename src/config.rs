@@ -1,0 +1,297 @@
+//! Configuration of one replica: read from the environment (12-factor), each setting mirrored by
+//! a flag, validated once at start-up into a typed [`Config`]. Secrets never appear in `Debug`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::limits::Limits;
+
+/// `stickyws serve` flags; every one also reads its environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// The replica's name, shown in every response, frame and log line [default: <hostname>-<pid>]
+    #[arg(long, env = "APP_ID")]
+    pub app_id: Option<String>,
+
+    /// Listen address.
+    #[arg(long, env = "BIND", default_value = "0.0.0.0:8000")]
+    pub bind: SocketAddr,
+
+    /// Broker URL (redis://host:port); unset means an in-process broker, for one replica only.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Key that signs client tokens; every replica of one deployment shares it.
+    #[arg(long, env = "STICKY_SECRET", hide_env_values = true)]
+    pub sticky_secret: Option<String>,
+
+    /// Bearer key of the server-side publish API; unset disables it.
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Path of the records log, appended to by every replica ("off" disables it).
+    #[arg(long, env = "RECORDS_LOG", default_value = "records.log")]
+    pub records_log: String,
+
+    /// Processes sharing BIND through SO_REUSEPORT, each its own replica APP_ID.wN.
+    #[arg(long, env = "WORKERS", default_value_t = 1)]
+    pub workers: u16,
+
+    /// Origins allowed to open a WebSocket besides the page's own (comma separated, or "*").
+    #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Seconds a stopping replica waits for its sockets to close before exiting anyway.
+    #[arg(long, env = "DRAIN_TIMEOUT", default_value_t = 10)]
+    pub drain_timeout: u64,
+
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("APP_ID must be 1 to 64 characters of [A-Za-z0-9._-], got {0:?}")]
+    BadAppId(String),
+    #[error("REDIS_URL must start with redis:// or rediss://, got {0:?}")]
+    BadRedisUrl(String),
+    #[error("{0} must not be empty when set")]
+    EmptySecret(&'static str),
+    #[error(
+        "STICKY_SECRET must be at least 16 bytes (got {0}); generate one with `openssl rand -hex 32`"
+    )]
+    ShortSecret(usize),
+    #[error("WORKERS must be between 1 and 64, got {0}")]
+    BadWorkers(u16),
+    #[error("{0}")]
+    BadLimit(String),
+    #[error("DRAIN_TIMEOUT must be between 1 and 3600 seconds, got {0}")]
+    BadDrainTimeout(u64),
+}
+
+/// Where the signing secret came from: a random one works for a single replica only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretSource {
+    Configured,
+    /// Shipped as a demo default (it starts with `demo-`): fine on a laptop, flagged on the page.
+    Demo,
+    Random,
+}
+
+/// A validated replica configuration.
+#[derive(Clone)]
+pub struct Config {
+    pub app_id: String,
+    pub bind: SocketAddr,
+    pub redis_url: Option<String>,
+    pub secret: Vec<u8>,
+    pub secret_source: SecretSource,
+    pub api_key: Option<String>,
+    /// `None` when the records log is turned off.
+    pub records_log: Option<PathBuf>,
+    pub workers: u16,
+    pub allowed_origins: Vec<String>,
+    pub drain_timeout: std::time::Duration,
+    pub limits: Limits,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("app_id", &self.app_id)
+            .field("bind", &self.bind)
+            .field("redis_url", &self.redis_url)
+            .field("secret", &"<redacted>")
+            .field("secret_source", &self.secret_source)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("records_log", &self.records_log)
+            .field("workers", &self.workers)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+const MIN_SECRET_BYTES: usize = 16;
+
+impl Config {
+    /// Validates the flags and environment into a configuration.
+    pub fn from_args(args: ServeArgs) -> Result<Self, ConfigError> {
+        let app_id = match args.app_id {
+            Some(id) => id,
+            None => default_app_id(),
+        };
+        if !is_valid_app_id(&app_id) {
+            return Err(ConfigError::BadAppId(app_id));
+        }
+        if let Some(url) = &args.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(ConfigError::BadRedisUrl(url.clone()));
+        }
+        let (secret, secret_source) = match args.sticky_secret {
+            Some(s) if s.is_empty() => return Err(ConfigError::EmptySecret("STICKY_SECRET")),
+            Some(s) if s.len() < MIN_SECRET_BYTES => return Err(ConfigError::ShortSecret(s.len())),
+            Some(s) if s.starts_with("demo-") => (s.into_bytes(), SecretSource::Demo),
+            Some(s) => (s.into_bytes(), SecretSource::Configured),
+            None => (rand::random::<[u8; 32]>().to_vec(), SecretSource::Random),
+        };
+        if args.api_key.as_deref() == Some("") {
+            return Err(ConfigError::EmptySecret("API_KEY"));
+        }
+        if args.workers == 0 || args.workers > 64 {
+            return Err(ConfigError::BadWorkers(args.workers));
+        }
+        args.limits.validate().map_err(ConfigError::BadLimit)?;
+        if !(1..=3600).contains(&args.drain_timeout) {
+            return Err(ConfigError::BadDrainTimeout(args.drain_timeout));
+        }
+        let records_log = match args.records_log.as_str() {
+            "" | "off" => None,
+            path => Some(PathBuf::from(path)),
+        };
+        Ok(Self {
+            app_id,
+            bind: args.bind,
+            redis_url: args.redis_url,
+            secret,
+            secret_source,
+            api_key: args.api_key,
+            records_log,
+            workers: args.workers,
+            drain_timeout: std::time::Duration::from_secs(args.drain_timeout),
+            allowed_origins: args
+                .allowed_origins
+                .into_iter()
+                .map(|o| o.trim().trim_end_matches('/').to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
+            limits: args.limits,
+        })
+    }
+}
+
+/// `<hostname>-<pid>`, reduced to the characters an APP_ID may hold.
+fn default_app_id() -> String {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .take(40)
+        .collect();
+    let host = if host.is_empty() {
+        "replica".to_owned()
+    } else {
+        host
+    };
+    format!("{host}-{}", std::process::id())
+}
+
+/// APP_ID travels in a cookie, JSON and log lines; keep it to characters that need no escaping.
+pub fn is_valid_app_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["serve"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).expect("flags parse");
+        Config::from_args(cli.serve)
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let config = parse(&["--app-id", "app-1"]).unwrap();
+        assert_eq!(config.bind.to_string(), "0.0.0.0:8000");
+        assert_eq!(config.redis_url, None);
+        assert_eq!(config.secret_source, SecretSource::Random);
+        assert_eq!(config.records_log, Some(PathBuf::from("records.log")));
+        assert_eq!(config.workers, 1);
+        assert!(config.api_key.is_none());
+    }
+
+    #[test]
+    fn default_app_id_is_hostname_dash_pid() {
+        let id = default_app_id();
+        assert!(id.ends_with(&format!("-{}", std::process::id())), "{id}");
+        assert!(is_valid_app_id(&id), "{id}");
+    }
+
+    #[test]
+    fn app_id_with_spaces_or_separators_is_refused() {
+        for bad in ["", "app 1", "app|1", "a;b", &"x".repeat(65)] {
+            assert!(
+                matches!(parse(&["--app-id", bad]), Err(ConfigError::BadAppId(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn short_or_empty_secret_is_refused() {
+        assert_eq!(
+            parse(&["--app-id", "a", "--sticky-secret", "short"]).unwrap_err(),
+            ConfigError::ShortSecret(5)
+        );
+        assert_eq!(
+            parse(&["--app-id", "a", "--sticky-secret", ""]).unwrap_err(),
+            ConfigError::EmptySecret("STICKY_SECRET")
+        );
+    }
+
+    #[test]
+    fn demo_secret_is_accepted_but_flagged() {
+        let config = parse(&["--app-id", "a", "--sticky-secret", "demo-secret-change-me"]).unwrap();
+        assert_eq!(config.secret_source, SecretSource::Demo);
+    }
+
+    #[test]
+    fn redis_url_must_be_a_redis_url() {
+        assert!(matches!(
+            parse(&["--app-id", "a", "--redis-url", "http://localhost"]),
+            Err(ConfigError::BadRedisUrl(_))
+        ));
+        assert!(parse(&["--app-id", "a", "--redis-url", "redis://127.0.0.1:6379"]).is_ok());
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let config = parse(&[
+            "--app-id",
+            "a",
+            "--sticky-secret",
+            "a-very-secret-value-123",
+            "--api-key",
+            "key-456",
+        ])
+        .unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("a-very-secret-value-123"), "{shown}");
+        assert!(!shown.contains("key-456"), "{shown}");
+    }
+
+    #[test]
+    fn records_log_can_be_turned_off() {
+        let config = parse(&["--app-id", "a", "--records-log", "off"]).unwrap();
+        assert_eq!(config.records_log, None);
+    }
+}

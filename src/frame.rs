@@ -1,0 +1,317 @@
+//! WebSocket frames in and out, and the envelope replicas pass through the broker; parsed and
+//! limited in this one place.
+
+use axum::extract::ws::Utf8Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::broker::StreamId;
+
+/// How a message reached the socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    Ws,
+    Direct,
+    Publish,
+    Broadcast,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Ws => "ws",
+            Via::Direct => "direct",
+            Via::Publish => "publish",
+            Via::Broadcast => "broadcast",
+        }
+    }
+}
+
+/// Frames the server sends.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ServerFrame<'a> {
+    Welcome {
+        replica: &'a str,
+        client_id: &'a str,
+        /// Where this client's message history stands: pass it back as `last_id` to resume.
+        last_id: StreamIdText,
+        /// The same for broadcasts (`last_broadcast_id`).
+        last_broadcast_id: StreamIdText,
+    },
+    Message {
+        via: Via,
+        from: &'a str,
+        replica: &'a str,
+        text: &'a str,
+        /// The message's id in its history (publish and broadcast only).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<StreamIdText>,
+        /// Sent again after a reconnect because the client had missed it.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        replayed: bool,
+    },
+    /// Messages after the client's last id may have been lost (the recovery window was exceeded).
+    #[serde(rename = "history_lost")]
+    HistoryLost {
+        stream: &'a str,
+        message: &'a str,
+    },
+    Error {
+        code: &'a str,
+        message: &'a str,
+    },
+}
+
+/// A [`StreamId`] written as its string form.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamIdText(pub StreamId);
+
+impl Serialize for StreamIdText {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+/// Which history a delivered message belongs to, and where in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cursor {
+    Client(StreamId),
+    Broadcast(StreamId),
+}
+
+/// A frame on its way to a socket: its bytes, shared by every recipient, and its history
+/// position, so a resuming session can drop what it already replayed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    pub bytes: Utf8Bytes,
+    pub cursor: Option<Cursor>,
+}
+
+impl From<Utf8Bytes> for Outgoing {
+    fn from(bytes: Utf8Bytes) -> Self {
+        Self {
+            bytes,
+            cursor: None,
+        }
+    }
+}
+
+impl ServerFrame<'_> {
+    /// Serializes once; the bytes are shared by every local recipient.
+    pub fn to_bytes(&self) -> Utf8Bytes {
+        // Serializing these plain structs to a String cannot fail.
+        Utf8Bytes::from(serde_json::to_string(self).unwrap_or_default())
+    }
+}
+
+/// What a replica hands the broker: the message, without the delivering replica, which each
+/// receiving replica fills in for itself.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Envelope {
+    pub via: Via,
+    pub from: String,
+    pub text: String,
+}
+
+impl Envelope {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(raw: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(raw)
+    }
+
+    /// The frame a replica sends for this envelope (no history id).
+    pub fn frame_for(&self, replica: &str) -> Utf8Bytes {
+        self.outgoing(replica, None, false).bytes
+    }
+
+    /// The frame a replica sends for this envelope, carrying its history id when it has one.
+    pub fn outgoing(&self, replica: &str, id: Option<StreamId>, replayed: bool) -> Outgoing {
+        let bytes = ServerFrame::Message {
+            via: self.via,
+            from: &self.from,
+            replica,
+            text: &self.text,
+            id: id.map(StreamIdText),
+            replayed,
+        }
+        .to_bytes();
+        let cursor = id.map(|id| match self.via {
+            Via::Broadcast => Cursor::Broadcast(id),
+            _ => Cursor::Client(id),
+        });
+        Outgoing { bytes, cursor }
+    }
+}
+
+/// The one frame a client sends: `{"text": "..."}`.
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientFrame {
+    pub text: String,
+}
+
+/// Why a client frame was refused; `code` goes into the error frame.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("binary frames are not accepted; send JSON text like {{\"text\": \"hi\"}}")]
+    Binary,
+    #[error("frame is not valid JSON of the form {{\"text\": \"...\"}}: {0}")]
+    BadJson(String),
+    #[error("text is {len} bytes; the limit is {max}")]
+    TextTooLong { len: usize, max: usize },
+}
+
+impl FrameError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            FrameError::Binary => "binary_frame",
+            FrameError::BadJson(_) => "bad_frame",
+            FrameError::TextTooLong { .. } => "text_too_long",
+        }
+    }
+}
+
+/// Parses and limits one text frame from a client.
+pub fn parse_client_frame(raw: &str, max_text_bytes: usize) -> Result<ClientFrame, FrameError> {
+    let frame: ClientFrame =
+        serde_json::from_str(raw).map_err(|err| FrameError::BadJson(short_reason(&err)))?;
+    check_text(&frame.text, max_text_bytes)?;
+    Ok(frame)
+}
+
+/// The text limit shared by frames and HTTP bodies.
+pub fn check_text(text: &str, max_text_bytes: usize) -> Result<(), FrameError> {
+    if text.len() > max_text_bytes {
+        return Err(FrameError::TextTooLong {
+            len: text.len(),
+            max: max_text_bytes,
+        });
+    }
+    Ok(())
+}
+
+/// serde_json's message without echoing back arbitrary client input at length.
+fn short_reason(err: &serde_json::Error) -> String {
+    let mut reason = err.to_string();
+    if reason.len() > 160 {
+        let mut cut = 160;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        reason.push('…');
+    }
+    reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_text_frame_parses() {
+        assert_eq!(
+            parse_client_frame(r#"{"text":"héllo <b>"}"#, 100),
+            Ok(ClientFrame {
+                text: "héllo <b>".to_owned()
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_fields_missing_text_and_broken_json_are_bad_frames() {
+        for raw in [
+            r#"{"text":"a","x":1}"#,
+            r#"{}"#,
+            r#"{"text":1}"#,
+            "{",
+            "null",
+            "[]",
+            "",
+        ] {
+            let err = parse_client_frame(raw, 100).unwrap_err();
+            assert_eq!(err.code(), "bad_frame", "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn text_over_the_limit_is_refused_with_its_length() {
+        let raw = format!(r#"{{"text":"{}"}}"#, "a".repeat(11));
+        assert_eq!(
+            parse_client_frame(&raw, 10),
+            Err(FrameError::TextTooLong { len: 11, max: 10 })
+        );
+    }
+
+    #[test]
+    fn welcome_and_message_frames_have_the_contract_shape() {
+        let welcome = ServerFrame::Welcome {
+            replica: "app-1",
+            client_id: "c1",
+            last_id: StreamIdText(StreamId { ms: 5, seq: 1 }),
+            last_broadcast_id: StreamIdText(StreamId::ZERO),
+        };
+        let value: serde_json::Value = serde_json::from_str(&welcome.to_bytes()).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"type": "welcome", "replica": "app-1", "client_id": "c1",
+                               "last_id": "5-1", "last_broadcast_id": "0-0"})
+        );
+        let envelope = Envelope {
+            via: Via::Publish,
+            from: "app-2".to_owned(),
+            text: "\"quoted\" \u{1F600}".to_owned(),
+        };
+        let value: serde_json::Value = serde_json::from_str(&envelope.frame_for("app-3")).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"type": "message", "via": "publish", "from": "app-2",
+                               "replica": "app-3", "text": "\"quoted\" \u{1F600}"})
+        );
+    }
+
+    #[test]
+    fn published_messages_carry_their_id_and_replays_say_so() {
+        let envelope = Envelope {
+            via: Via::Publish,
+            from: "app-2".to_owned(),
+            text: "t".to_owned(),
+        };
+        let id = StreamId { ms: 9, seq: 0 };
+        let out = envelope.outgoing("app-1", Some(id), true);
+        assert_eq!(out.cursor, Some(Cursor::Client(id)));
+        let value: serde_json::Value = serde_json::from_str(&out.bytes).unwrap();
+        assert_eq!(
+            (value["id"].as_str(), value["replayed"].as_bool()),
+            (Some("9-0"), Some(true))
+        );
+        let plain: serde_json::Value = serde_json::from_str(&envelope.frame_for("app-1")).unwrap();
+        assert!(
+            plain.get("id").is_none() && plain.get("replayed").is_none(),
+            "{plain}"
+        );
+    }
+
+    #[test]
+    fn envelopes_round_trip() {
+        let envelope = Envelope {
+            via: Via::Broadcast,
+            from: "app-1".to_owned(),
+            text: "x".to_owned(),
+        };
+        assert_eq!(Envelope::decode(&envelope.encode()).unwrap(), envelope);
+    }
+
+    #[test]
+    fn long_parse_errors_are_cut_on_a_char_boundary() {
+        let raw = format!("{{\"text\": \"{}", "é".repeat(500));
+        let FrameError::BadJson(reason) = parse_client_frame(&raw, 10_000).unwrap_err() else {
+            panic!("expected bad json");
+        };
+        assert!(reason.len() <= 164);
+    }
+}

@@ -1,0 +1,208 @@
+//! `/api/*`: minting clients, and the three ways an HTTP request can reach a socket (answered
+//! over HTTP, delivered in memory, published through the broker).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{ClientPath, TextBody, bearer, sticky_cookie};
+use crate::broker::{ReplicaInfo, Target};
+use crate::frame::{Envelope, Via};
+use crate::records::Event;
+use crate::token::ClientId;
+
+/// `POST /api/clients`: a fresh client id and its token.
+pub(super) async fn mint_client(State(state): State<AppState>) -> Json<Value> {
+    let client = ClientId::generate();
+    let token = state.signer.mint(&client);
+    Json(json!({"client_id": client.as_str(), "token": token, "replica": &*state.replica}))
+}
+
+/// The request proves it may act as `client`: its token (within the client's send rate), or
+/// the server API key (trusted, not limited).
+fn authorize(state: &AppState, headers: &HeaderMap, client: &ClientId) -> Result<(), ApiError> {
+    let credential = bearer(headers).ok_or_else(|| {
+        ApiError::unauthorized("missing_token", "send Authorization: Bearer <client token>")
+    })?;
+    // The client token first: it is what nearly every request carries, and the API-key check
+    // costs two digests.
+    if !state.signer.verify(client, credential) {
+        if is_api_key(state, credential) {
+            return Ok(());
+        }
+        return Err(ApiError::unauthorized(
+            "bad_token",
+            "the token is not valid for this client id",
+        ));
+    }
+    state.rate.check_key(client).map_err(|_| {
+        ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "more than {} sends per second for this client; slow down",
+                state.config.limits.publish_rate
+            ),
+        )
+    })
+}
+
+fn is_api_key(state: &AppState, credential: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let Some(key) = state.config.api_key.as_deref() else {
+        return false;
+    };
+    // Comparing digests keeps the comparison constant-time whatever the lengths.
+    Sha256::digest(key.as_bytes())
+        .ct_eq(&Sha256::digest(credential.as_bytes()))
+        .into()
+}
+
+/// `POST /api/echo/{client_id}`: answered over HTTP by whichever replica got it.
+pub(super) async fn echo(
+    State(state): State<AppState>,
+    ClientPath(client): ClientPath,
+    headers: HeaderMap,
+    TextBody(text): TextBody,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers, &client)?;
+    let sticky = sticky_cookie(&headers).is_some();
+    let detail = format!("sticky={} {text}", if sticky { "yes" } else { "no" });
+    state
+        .records
+        .record(Event::HttpEcho, Some(client.as_str()), &detail);
+    Ok(Json(
+        json!({"replica": &*state.replica, "text": text, "sticky": sticky}),
+    ))
+}
+
+/// `POST /api/direct/{client_id}`: delivered to the sockets this replica holds, and no others.
+pub(super) async fn direct(
+    State(state): State<AppState>,
+    ClientPath(client): ClientPath,
+    headers: HeaderMap,
+    TextBody(text): TextBody,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers, &client)?;
+    let envelope = Envelope {
+        via: Via::Direct,
+        from: state.replica.to_string(),
+        text,
+    };
+    let delivered = state
+        .registry
+        .deliver(&client, &envelope.frame_for(&state.replica).into())
+        .reached;
+    state.metrics.delivered(Via::Direct, delivered as u64);
+    let name = Some(client.as_str());
+    state
+        .records
+        .record(Event::Direct, name, &format!("delivered={delivered}"));
+    if delivered == 0 {
+        state.records.record(
+            Event::NotHere,
+            name,
+            "direct: no socket of this client here; message lost",
+        );
+    } else {
+        state.records.record(
+            Event::Deliver,
+            name,
+            &format!("via=direct sockets={delivered}"),
+        );
+    }
+    Ok(Json(
+        json!({"replica": &*state.replica, "delivered": delivered}),
+    ))
+}
+
+/// `POST /api/publish/{client_id}`: through the broker to whichever replicas hold the client.
+pub(super) async fn publish(
+    State(state): State<AppState>,
+    ClientPath(client): ClientPath,
+    headers: HeaderMap,
+    TextBody(text): TextBody,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers, &client)?;
+    let receivers = send(&state, Target::Client(client.clone()), Via::Publish, text).await?;
+    state.records.record(
+        Event::Publish,
+        Some(client.as_str()),
+        &format!("receivers={receivers}"),
+    );
+    Ok(Json(
+        json!({"replica": &*state.replica, "receivers": receivers}),
+    ))
+}
+
+/// `POST /api/broadcast`: to every socket on every replica; needs the API key.
+pub(super) async fn broadcast(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    TextBody(text): TextBody,
+) -> Result<Json<Value>, ApiError> {
+    if state.config.api_key.is_none() {
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "api_disabled",
+            "the server API is disabled: set API_KEY to enable /api/broadcast",
+        ));
+    }
+    let credential = bearer(&headers).ok_or_else(|| {
+        ApiError::unauthorized("missing_token", "send Authorization: Bearer <API key>")
+    })?;
+    if !is_api_key(&state, credential) {
+        return Err(ApiError::unauthorized(
+            "bad_token",
+            "broadcast needs the API key",
+        ));
+    }
+    let receivers = send(&state, Target::Broadcast, Via::Broadcast, text).await?;
+    state
+        .records
+        .record(Event::Broadcast, None, &format!("receivers={receivers}"));
+    Ok(Json(
+        json!({"replica": &*state.replica, "receivers": receivers}),
+    ))
+}
+
+async fn send(state: &AppState, target: Target, via: Via, text: String) -> Result<u64, ApiError> {
+    let kind = match target {
+        Target::Client(_) => "client",
+        Target::Broadcast => "broadcast",
+    };
+    let envelope = Envelope {
+        via,
+        from: state.replica.to_string(),
+        text,
+    };
+    let result = state.broker.publish(&target, envelope.encode()).await;
+    state.metrics.published(kind, result.is_ok());
+    Ok(result?.receivers)
+}
+
+/// `GET /api/replicas`: the replicas of this deployment, as they last announced themselves.
+pub(super) async fn replicas(State(state): State<AppState>) -> Json<Value> {
+    let (sockets, clients) = state.registry.counts();
+    let me = ReplicaInfo {
+        id: state.replica.to_string(),
+        sockets,
+        clients,
+    };
+    let (mut list, complete) = match state.broker.replicas().await {
+        Ok(list) => (list, true),
+        Err(_) => (Vec::new(), false),
+    };
+    match list.iter_mut().find(|r| r.id == me.id) {
+        Some(entry) => *entry = me,
+        None => {
+            list.push(me);
+            list.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+    }
+    Json(json!({"replica": &*state.replica, "replicas": list, "complete": complete}))
+}

@@ -1,0 +1,131 @@
+//! The one error shape every endpoint answers with: `{"error": {"code", "message"}}` and a
+//! fitting status. Server faults are logged; client mistakes are not.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::broker::BrokerError;
+use crate::frame::FrameError;
+use crate::token::BadClientId;
+
+/// An error answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, code, message)
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this endpoint does not take that method",
+        )
+    }
+}
+
+impl From<BadClientId> for ApiError {
+    fn from(err: BadClientId) -> Self {
+        Self::bad_request("bad_client_id", err.to_string())
+    }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(err: BrokerError) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "broker_unavailable",
+            err.to_string(),
+        )
+    }
+}
+
+impl From<FrameError> for ApiError {
+    fn from(err: FrameError) -> Self {
+        let status = match err {
+            FrameError::TextTooLong { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            FrameError::Binary | FrameError::BadJson(_) => StatusCode::BAD_REQUEST,
+        };
+        let (code, message) = match &err {
+            // The reason may quote the client's JSON: it is passed on as it is.
+            FrameError::BadJson(reason) => (
+                "bad_body",
+                format!("body is not valid JSON of the form {{\"text\": \"...\"}}: {reason}"),
+            ),
+            _ => (err.code(), err.to_string()),
+        };
+        Self::new(status, code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() && self.status != StatusCode::SERVICE_UNAVAILABLE {
+            tracing::error!(code = self.code, message = %self.message, "request failed");
+        }
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn errors_render_the_contract_shape() {
+        let response = ApiError::from(BrokerError::Unavailable("down".to_owned())).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["error"]["code"], "broker_unavailable");
+        assert!(value["error"]["message"].as_str().unwrap().contains("down"));
+    }
+
+    #[test]
+    fn long_text_is_too_large_and_broken_json_a_bad_body() {
+        assert_eq!(
+            ApiError::from(FrameError::TextTooLong { len: 9, max: 1 }).status,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        let bad = ApiError::from(FrameError::BadJson("eof".to_owned()));
+        assert_eq!(
+            (bad.status, bad.code),
+            (StatusCode::BAD_REQUEST, "bad_body")
+        );
+        let quoted = "unknown field `frame`, expected `text`".to_owned();
+        let bad = ApiError::from(FrameError::BadJson(quoted.clone()));
+        assert!(bad.message.starts_with("body is not"), "{}", bad.message);
+        assert!(
+            bad.message.ends_with(&quoted),
+            "the client's words: {}",
+            bad.message
+        );
+    }
+}

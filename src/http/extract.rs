@@ -1,0 +1,231 @@
+//! Extractors that check what a client sends before a handler sees it, and turn every failure
+//! into the contract's error shape instead of axum's plain-text rejections.
+
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use bytes::BytesMut;
+use futures_util::StreamExt;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::frame::parse_client_frame;
+use crate::token::ClientId;
+
+/// `{client_id}` from the path, validated.
+#[derive(Debug)]
+pub(super) struct ClientPath(pub ClientId);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| ApiError::bad_request("bad_client_id", rejection.body_text()))?;
+        Ok(Self(ClientId::parse(&raw)?))
+    }
+}
+
+/// The `text` of a JSON body `{"text": "..."}`, within the body and text limits.
+#[derive(Debug)]
+pub(super) struct TextBody(pub String);
+
+impl FromRequest<AppState> for TextBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        if !is_json(req.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send Content-Type: application/json",
+            ));
+        }
+        let limits = &state.config.limits;
+        let announced = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let bytes = read_body(req.into_body(), announced, limits.max_body_bytes)
+            .await
+            .map_err(|err| match err {
+                BodyError::TooLarge => ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("request body is limited to {} bytes", limits.max_body_bytes),
+                ),
+                BodyError::Broken(reason) => ApiError::bad_request("bad_body", reason),
+            })?;
+        let raw = std::str::from_utf8(&bytes)
+            .map_err(|_| ApiError::bad_request("bad_body", "body is not valid UTF-8"))?;
+        let frame = parse_client_frame(raw, limits.max_text_bytes)?;
+        Ok(Self(frame.text))
+    }
+}
+
+/// A body over the limit is still read, up to this much in all, before the 413 goes out:
+/// answering while the body is arriving and then closing makes the kernel reset the connection,
+/// and a proxy still sending the body (nginx) reports 502 instead of passing the 413 on.
+const DRAIN_MAX_BYTES: u64 = 1024 * 1024;
+/// ... and for at most this long.
+const DRAIN_MAX_TIME: Duration = Duration::from_secs(2);
+
+#[derive(Debug, PartialEq, Eq)]
+enum BodyError {
+    TooLarge,
+    Broken(String),
+}
+
+/// The body, if it holds at most `limit` bytes; only `limit` bytes are ever kept in memory.
+async fn read_body(body: Body, announced: Option<u64>, limit: usize) -> Result<Bytes, BodyError> {
+    if announced.is_some_and(|len| len > DRAIN_MAX_BYTES) {
+        // Too large to be worth reading: refuse at once, whatever the connection does then.
+        return Err(BodyError::TooLarge);
+    }
+    let mut stream = body.into_data_stream();
+    let mut kept = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|err| BodyError::Broken(err.to_string()))?;
+        if kept.len() + chunk.len() > limit {
+            let mut seen = (kept.len() + chunk.len()) as u64;
+            drop(kept);
+            let drain = async {
+                while seen < DRAIN_MAX_BYTES {
+                    match stream.next().await {
+                        Some(Ok(chunk)) => seen += chunk.len() as u64,
+                        _ => break,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_MAX_TIME, drain).await;
+            return Err(BodyError::TooLarge);
+        }
+        kept.extend_from_slice(&chunk);
+    }
+    Ok(kept.freeze())
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// The bearer credential of the request, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, credential) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credential.trim())
+        .filter(|c| !c.is_empty())
+}
+
+/// The value of the `sticky` cookie, if the request carries one.
+pub fn sticky_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == "sticky")
+        .map(|(_, value)| value.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn bearer_accepts_any_case_of_the_scheme_and_nothing_else() {
+        assert_eq!(
+            bearer(&headers(&[("authorization", "Bearer abc")])),
+            Some("abc")
+        );
+        assert_eq!(
+            bearer(&headers(&[("authorization", "bearer abc")])),
+            Some("abc")
+        );
+        assert_eq!(bearer(&headers(&[("authorization", "Basic abc")])), None);
+        assert_eq!(bearer(&headers(&[("authorization", "Bearer ")])), None);
+        assert_eq!(bearer(&headers(&[])), None);
+    }
+
+    #[test]
+    fn the_sticky_cookie_is_found_among_others() {
+        let h = headers(&[("cookie", "a=1; sticky=app-2; b=3")]);
+        assert_eq!(sticky_cookie(&h), Some("app-2"));
+        let h = headers(&[("cookie", "a=1"), ("cookie", "sticky=app-3")]);
+        assert_eq!(sticky_cookie(&h), Some("app-3"));
+        assert_eq!(sticky_cookie(&headers(&[("cookie", "notsticky=1")])), None);
+    }
+
+    fn chunked_body(chunks: usize, size: usize) -> (Body, std::sync::Arc<AtomicUsize>) {
+        let read = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = read.clone();
+        let stream = futures_util::stream::iter(0..chunks).map(move |_| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            Ok::<_, std::io::Error>(Bytes::from(vec![b' '; size]))
+        });
+        (Body::from_stream(stream), read)
+    }
+
+    #[tokio::test]
+    async fn a_body_within_the_limit_is_read_whole() {
+        let (body, _) = chunked_body(4, 1000);
+        assert_eq!(read_body(body, None, 4000).await.map(|b| b.len()), Ok(4000));
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_read_to_its_end_before_the_refusal() {
+        let (body, read) = chunked_body(64, 1024);
+        assert_eq!(
+            read_body(body, None, 16 * 1024).await,
+            Err(BodyError::TooLarge)
+        );
+        assert_eq!(
+            read.load(Ordering::Relaxed),
+            64,
+            "drained, so the 413 arrives"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_announced_huge_is_refused_unread() {
+        let (body, read) = chunked_body(4, 1000);
+        let huge = Some(DRAIN_MAX_BYTES + 1);
+        assert_eq!(read_body(body, huge, 4000).await, Err(BodyError::TooLarge));
+        assert_eq!(read.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn json_content_type_may_carry_parameters() {
+        assert!(is_json(&headers(&[(
+            "content-type",
+            "application/json; charset=utf-8"
+        )])));
+        assert!(!is_json(&headers(&[("content-type", "text/plain")])));
+        assert!(!is_json(&headers(&[])));
+    }
+}

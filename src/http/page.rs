@@ -1,0 +1,74 @@
+//! `GET /`: the demo page, rendered by one replica, which mints the page's client id and token
+//! and sets the `sticky` cookie naming itself. The page's script and style are compiled in.
+
+use askama::Template;
+use axum::extract::State;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, SET_COOKIE};
+use axum::response::{Html, IntoResponse, Response};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::config::SecretSource;
+use crate::records::Event;
+use crate::token::ClientId;
+
+#[derive(Template)]
+#[template(path = "page.html")]
+struct Page<'a> {
+    replica: &'a str,
+    client_id: &'a str,
+    token: &'a str,
+    secret_is_demo: bool,
+}
+
+pub(super) async fn index(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let client = ClientId::generate();
+    let token = state.signer.mint(&client);
+    let page = Page {
+        replica: &state.replica,
+        client_id: client.as_str(),
+        token: &token,
+        secret_is_demo: state.config.secret_source == SecretSource::Demo,
+    };
+    let html = page.render().map_err(|err| {
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "render_failed",
+            err.to_string(),
+        )
+    })?;
+    let cookie = format!("sticky={}; Path=/; HttpOnly; SameSite=Lax", state.replica);
+    state.records.record(
+        Event::Page,
+        Some(client.as_str()),
+        &format!("rendered the page; cookie sticky={}", state.replica),
+    );
+    Ok((
+        [(SET_COOKIE, cookie), (CACHE_CONTROL, "no-store".to_owned())],
+        Html(html),
+    )
+        .into_response())
+}
+
+pub(super) async fn script() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../../static/app.js"),
+    )
+}
+
+pub(super) async fn style() -> Response {
+    asset(
+        "text/css; charset=utf-8",
+        include_str!("../../static/app.css"),
+    )
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    // no-cache, not a long max-age: the demo is rebuilt often and must never run stale script.
+    (
+        [(CONTENT_TYPE, content_type), (CACHE_CONTROL, "no-cache")],
+        body,
+    )
+        .into_response()
+}

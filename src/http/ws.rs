@@ -1,0 +1,200 @@
+//! `GET /ws/{client_id}?token=…`: checks everything it can before the upgrade (so refusals are
+//! plain HTTP answers), then hands the socket to a [`Session`].
+
+use std::collections::HashMap;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::header::{HOST, ORIGIN};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use futures_util::StreamExt;
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::ClientPath;
+use crate::broker::StreamId;
+use crate::broker::history::BadStreamId;
+use crate::records::Event;
+use crate::registry::AdmitError;
+use crate::resume::Seen;
+use crate::session::Session;
+
+pub(super) async fn upgrade(
+    State(state): State<AppState>,
+    ClientPath(client): ClientPath,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let upgrade = upgrade.map_err(|rejection| {
+        ApiError::new(rejection.status(), "not_a_websocket", rejection.body_text())
+    })?;
+    if !origin_allowed(&headers, &state.config.allowed_origins) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            "WebSocket from another origin; add it to ALLOWED_ORIGINS to allow it",
+        ));
+    }
+    let mut query = query.map(|Query(q)| q).unwrap_or_default();
+    let token = query
+        .remove("token")
+        .ok_or_else(|| ApiError::unauthorized("missing_token", "add ?token=<client token>"))?;
+    if !state.signer.verify(&client, &token) {
+        return Err(ApiError::unauthorized(
+            "bad_token",
+            "the token is not valid for this client id",
+        ));
+    }
+    let resume = resume_point(&query)?;
+    if state.is_draining() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "this replica is shutting down; connect again",
+        ));
+    }
+    let registration = state.registry.register(&client).map_err(|err| {
+        let status = match err {
+            AdmitError::ReplicaFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AdmitError::ClientFull(_) => StatusCode::TOO_MANY_REQUESTS,
+        };
+        ApiError::new(status, "too_many_sockets", err.to_string())
+    })?;
+    let tabs = state.registry.sockets_of(&client);
+    state.records.record(
+        Event::Connect,
+        Some(client.as_str()),
+        &format!("tabs={tabs}"),
+    );
+    let limits = &state.config.limits;
+    let session = Session {
+        replica: state.replica.clone(),
+        client,
+        registration,
+        records: state.records.clone(),
+        metrics: state.metrics.clone(),
+        max_text_bytes: limits.max_text_bytes,
+        shutdown: state.shutdown.token.clone(),
+        broker: state.broker.clone(),
+        resume,
+    };
+    let tracker = state.shutdown.tracker.clone();
+    Ok(upgrade
+        .max_message_size(limits.max_ws_message_bytes)
+        .max_frame_size(limits.max_ws_message_bytes)
+        // Small buffers: an idle socket should cost kilobytes, not the 128 KiB default.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(4 * 1024)
+        .max_write_buffer_size(64 * 1024 + limits.max_ws_message_bytes)
+        .on_upgrade(move |socket: WebSocket| {
+            tracker.track_future(async move {
+                let (sink, stream) = socket.split();
+                session.run(sink, stream).await;
+            })
+        }))
+}
+
+/// `last_id` and `last_broadcast_id`: present on a reconnect (either one suffices; the other
+/// then counts from the start of its history).
+fn resume_point(query: &HashMap<String, String>) -> Result<Option<Seen>, ApiError> {
+    let parse = |name: &str| -> Result<Option<StreamId>, ApiError> {
+        query
+            .get(name)
+            .map(|raw| {
+                raw.parse().map_err(|err: BadStreamId| {
+                    ApiError::bad_request("bad_last_id", format!("{name}: {err}"))
+                })
+            })
+            .transpose()
+    };
+    let client = parse("last_id")?;
+    let broadcast = parse("last_broadcast_id")?;
+    if client.is_none() && broadcast.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(Seen {
+        client: client.unwrap_or_default(),
+        broadcast: broadcast.unwrap_or_default(),
+    }))
+}
+
+/// Same-origin by default: a page on another site must not open a socket with a token it
+/// got hold of (cross-site WebSocket hijacking). Requests without `Origin` are not from a
+/// browser and pass; `ALLOWED_ORIGINS` widens the check ("*" allows all).
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return headers.get(ORIGIN).is_none();
+    };
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let Some(host) = headers.get(HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Some((scheme, origin_host)) = origin.split_once("://") else {
+        return false;
+    };
+    let default_port = match scheme {
+        "http" => ":80",
+        "https" => ":443",
+        _ => return false,
+    };
+    let strip = |h: &str| {
+        h.strip_suffix(default_port)
+            .unwrap_or(h)
+            .to_ascii_lowercase()
+    };
+    strip(origin_host) == strip(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn headers(origin: Option<&'static str>, host: &'static str) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        map.insert(HOST, HeaderValue::from_static(host));
+        if let Some(origin) = origin {
+            map.insert(ORIGIN, HeaderValue::from_static(origin));
+        }
+        map
+    }
+
+    #[test]
+    fn same_origin_and_non_browser_requests_pass() {
+        assert!(origin_allowed(
+            &headers(Some("http://127.0.0.1:8080"), "127.0.0.1:8080"),
+            &[]
+        ));
+        assert!(origin_allowed(
+            &headers(Some("http://Example.com"), "example.com:80"),
+            &[]
+        ));
+        assert!(origin_allowed(&headers(None, "127.0.0.1:8080"), &[]));
+    }
+
+    #[test]
+    fn other_origins_are_refused_unless_allowed() {
+        let evil = headers(Some("http://evil.example"), "127.0.0.1:8080");
+        assert!(!origin_allowed(&evil, &[]));
+        assert!(!origin_allowed(
+            &headers(Some("null"), "127.0.0.1:8080"),
+            &[]
+        ));
+        assert!(!origin_allowed(
+            &headers(Some("http://127.0.0.1:9"), "127.0.0.1:8080"),
+            &[]
+        ));
+        assert!(origin_allowed(&evil, &["http://evil.example".to_owned()]));
+        assert!(origin_allowed(&evil, &["*".to_owned()]));
+    }
+}

@@ -1,0 +1,83 @@
+//! stickyws: a WebSocket fan-out gateway, and a hands-on demonstration of sticky sessions.
+//!
+//! Several replicas of this binary each hold WebSocket connections in memory. A message for a
+//! client is published to a broker; only the replicas holding a socket of that client deliver
+//! it. nginx in front routes on the `sticky` cookie to the replica that issued it.
+//!
+//! # Layout
+//! - [`config`], [`limits`]: the replica's validated configuration and every client-facing limit.
+//! - [`server`]: one replica — builds the state, serves, drains on shutdown.
+//! - [`http`]: router, page, `/api/*`, `/ws/*` upgrade, probes, the error shape.
+//! - [`session`]: one WebSocket — reader loop, writer with its bounded queue, pings, close codes.
+//! - [`resume`]: where a socket's stream starts; replay of what a reconnecting client missed.
+//! - [`registry`]: the sockets a replica holds, by client id; delivery to them.
+//! - [`broker`]: how messages reach the replicas holding a client — in-process or Redis.
+//! - [`frame`]: frames in and out, and the envelope replicas exchange through the broker.
+//! - [`token`]: client ids and the HMAC tokens proving who may act as one.
+//! - [`records`]: the shared, human-readable records log.  [`metrics`]: Prometheus metrics.
+//! - [`shutdown`], [`backoff`], [`telemetry`]: signals and draining, retry delays, diagnostics.
+//! - [`cluster`], [`nginx_conf`]: `stickyws cluster`, the local demo without Docker.
+//! - [`load`]: `stickyws load`, traffic and checks against any running deployment.
+//! - [`workers`]: `WORKERS=N`, several replica processes sharing one port.
+//!
+//! # On the wire (Redis)
+//! - `stickyws:client:<client id>` — channel of one client; a replica subscribes while it holds
+//!   at least one socket of that client and unsubscribes when the last one closes, so PUBLISH's
+//!   reply counts exactly the replicas that deliver.
+//! - `stickyws:broadcast` — channel every replica subscribes to for `/api/broadcast`.
+//! - `stickyws:replicas` (sorted set, score = last announcement in ms) and
+//!   `stickyws:replica:<id>` (JSON, expiring) — who is alive, for `/api/replicas`.
+//!
+//! Payloads are JSON envelopes `{"via", "from", "text"}`; each receiving replica adds itself as
+//! `replica` when it builds the frame, once for all its local recipients.
+
+pub mod backoff;
+pub mod broker;
+pub mod cluster;
+pub mod config;
+pub mod frame;
+pub mod http;
+pub mod limits;
+pub mod load;
+pub mod metrics;
+pub mod nginx_conf;
+pub mod records;
+pub mod registry;
+pub mod resume;
+pub mod server;
+pub mod session;
+pub mod shutdown;
+pub mod telemetry;
+pub mod token;
+pub mod workers;
+
+pub use config::{Config, ServeArgs};
+pub use server::Replica;
+
+/// `stickyws serve`: runs one replica until Ctrl-C or SIGTERM.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    raise_open_files_limit();
+    if config.workers > 1 {
+        return workers::supervise(config).await;
+    }
+    let token = tokio_util::sync::CancellationToken::new();
+    let replica = if std::env::var_os(workers::REUSEPORT_ENV).is_some() {
+        let listener = workers::reuseport_listener(config.bind)?;
+        Replica::with_listener(config, listener, token.clone())?
+    } else {
+        Replica::build(config, token.clone()).await?
+    };
+    tokio::spawn(async move {
+        shutdown::signal().await;
+        token.cancel();
+    });
+    replica.run().await
+}
+
+/// Every socket is a descriptor: lift the soft limit to the hard one.
+pub fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(err) => tracing::warn!(cause = %err, "cannot raise the open files limit"),
+    }
+}

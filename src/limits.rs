@@ -1,0 +1,140 @@
+//! Every limit a client can run into, in one place, each configurable by flag or environment.
+//! The defaults sit well below the libraries' own (axum reads bodies up to 2 MiB, tungstenite
+//! accepts 64 MiB messages and buffers writes without bound).
+
+use clap::Args;
+
+/// Limits on what a client may send and hold.
+#[derive(Debug, Clone, Args)]
+pub struct Limits {
+    /// Largest HTTP request body, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Longest message text, in bytes of UTF-8.
+    #[arg(long, env = "MAX_TEXT_BYTES", default_value_t = 4 * 1024)]
+    pub max_text_bytes: usize,
+
+    /// Largest WebSocket message (and frame) a client may send, in bytes.
+    #[arg(long, env = "MAX_WS_MESSAGE_BYTES", default_value_t = 16 * 1024)]
+    pub max_ws_message_bytes: usize,
+
+    /// Sockets one replica holds at most; further upgrades get 503.
+    #[arg(long, env = "MAX_SOCKETS", default_value_t = 100_000)]
+    pub max_sockets: usize,
+
+    /// Sockets one client id may hold on one replica (tabs); further upgrades get 429.
+    #[arg(long, env = "MAX_SOCKETS_PER_CLIENT", default_value_t = 16)]
+    pub max_sockets_per_client: usize,
+
+    /// Frames queued for one socket before it counts as a slow consumer and is closed (1013).
+    #[arg(long, env = "SOCKET_QUEUE", default_value_t = 256)]
+    pub socket_queue: usize,
+
+    /// Messages kept per client for recovery after a reconnect; 0 turns recovery off.
+    #[arg(long, env = "HISTORY_LEN", default_value_t = 1000)]
+    pub history_len: usize,
+
+    /// Broadcast messages kept for recovery.
+    #[arg(long, env = "HISTORY_BROADCAST_LEN", default_value_t = 10_000)]
+    pub history_broadcast_len: usize,
+
+    /// How long history is kept after a client's last message, in seconds.
+    #[arg(long, env = "HISTORY_TTL_SECS", default_value_t = 300)]
+    pub history_ttl_secs: u64,
+
+    /// Publishes (and directs) one client may make per second on one replica; bursts of twice
+    /// that pass. Over it: 429.
+    #[arg(long, env = "PUBLISH_RATE", default_value_t = 200)]
+    pub publish_rate: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 * 1024,
+            max_text_bytes: 4 * 1024,
+            max_ws_message_bytes: 16 * 1024,
+            max_sockets: 100_000,
+            max_sockets_per_client: 16,
+            socket_queue: 256,
+            history_len: 1000,
+            history_broadcast_len: 10_000,
+            history_ttl_secs: 300,
+            publish_rate: 200,
+        }
+    }
+}
+
+impl Limits {
+    /// The recovery window these limits describe.
+    pub fn window(&self) -> crate::broker::Window {
+        crate::broker::Window {
+            per_client: self.history_len,
+            broadcast: if self.history_len == 0 {
+                0
+            } else {
+                self.history_broadcast_len
+            },
+            ttl: std::time::Duration::from_secs(self.history_ttl_secs),
+        }
+    }
+
+    /// Refuses limits that would make the replica useless or unsafe.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("MAX_BODY_BYTES", self.max_body_bytes),
+            ("MAX_TEXT_BYTES", self.max_text_bytes),
+            ("MAX_WS_MESSAGE_BYTES", self.max_ws_message_bytes),
+            ("MAX_SOCKETS", self.max_sockets),
+            ("MAX_SOCKETS_PER_CLIENT", self.max_sockets_per_client),
+            ("SOCKET_QUEUE", self.socket_queue),
+            ("HISTORY_TTL_SECS", self.history_ttl_secs as usize),
+            ("PUBLISH_RATE", self.publish_rate as usize),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{name} must be at least 1"));
+        }
+        if self.max_text_bytes > self.max_body_bytes {
+            return Err("MAX_TEXT_BYTES must not exceed MAX_BODY_BYTES".to_owned());
+        }
+        if self.max_text_bytes > self.max_ws_message_bytes {
+            return Err("MAX_TEXT_BYTES must not exceed MAX_WS_MESSAGE_BYTES".to_owned());
+        }
+        if self.max_ws_message_bytes > 16 * 1024 * 1024 {
+            return Err("MAX_WS_MESSAGE_BYTES must be at most 16 MiB".to_owned());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Limits::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        let limits = Limits {
+            socket_queue: 0,
+            ..Limits::default()
+        };
+        assert_eq!(
+            limits.validate().unwrap_err(),
+            "SOCKET_QUEUE must be at least 1"
+        );
+    }
+
+    #[test]
+    fn text_larger_than_a_body_is_refused() {
+        let limits = Limits {
+            max_text_bytes: 32 * 1024,
+            ..Limits::default()
+        };
+        assert!(limits.validate().is_err());
+    }
+}

@@ -1,0 +1,313 @@
+//! Receiving: what each load socket gets, tallied by the task that holds it — which of this run's
+//! messages arrived, how late, how often, and at the right client or not — plus the socket's
+//! outages when the server closes it (the holder reconnects, resuming from the last history id
+//! it saw, as a page would).
+//!
+//! Every message a run sends carries `<tag> <client> <seq> <sent µs>` as its text: the tag tells
+//! this run's messages from anyone else's, the client index finds misdeliveries, the sequence
+//! number finds losses and duplicates, and the send time (on the run's monotonic clock, the
+//! sender being this same process) gives publish-to-receipt latency without clock sync.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use super::socket::{Creds, Dialer, Opened, Ws};
+
+/// The client index broadcasts carry: they are for everyone.
+pub const EVERYONE: u32 = u32::MAX;
+
+/// The run's monotonic clock, shared by senders and receivers.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    start: Instant,
+}
+
+impl Clock {
+    pub fn start() -> Self {
+        Self {
+            start: Instant::now(),
+        }
+    }
+
+    pub fn us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+}
+
+/// The text of message `seq` for client `client` (or [`EVERYONE`]).
+pub fn text(tag: &str, client: u32, seq: u64, sent_us: u64) -> String {
+    if client == EVERYONE {
+        format!("{tag} * {seq} {sent_us}")
+    } else {
+        format!("{tag} {client} {seq} {sent_us}")
+    }
+}
+
+/// A marked message's `(client, seq, sent µs)`, or None if it is not this run's.
+pub fn parse(tag: &str, text: &str) -> Option<(u32, u64, u64)> {
+    let mut parts = text.split(' ');
+    if parts.next()? != tag {
+        return None;
+    }
+    let client = match parts.next()? {
+        "*" => EVERYONE,
+        n => n.parse().ok()?,
+    };
+    let seq = parts.next()?.parse().ok()?;
+    let sent = parts.next()?.parse().ok()?;
+    Some((client, seq, sent))
+}
+
+/// A fresh tag for one run.
+pub fn new_tag() -> String {
+    format!("lt{:08x}", rand::random::<u32>())
+}
+
+/// Counters the progress bar reads while the run goes on.
+#[derive(Debug, Default)]
+pub struct Live {
+    pub delivered: AtomicU64,
+    pub sent: AtomicU64,
+    pub connected: AtomicI64,
+}
+
+/// One delivery: when it arrived (ms into the run) and how late (µs).
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub at_ms: u32,
+    pub latency_us: u32,
+}
+
+/// A time a socket was closed by the other side, and when it was back.
+#[derive(Debug, Clone)]
+pub struct Outage {
+    pub replica: String,
+    pub closed_us: u64,
+    /// Why: `closed_1012`, `reset`, …
+    pub kind: String,
+    pub back_us: Option<u64>,
+    pub back_on: Option<String>,
+}
+
+/// What one socket received over its life.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// The client index this socket is for.
+    pub client: u32,
+    /// The replica holding it (the latest, after reconnects).
+    pub replica: String,
+    /// Sequence numbers of this run's messages for this client (or everyone), as they came.
+    pub seqs: Vec<u64>,
+    pub samples: Vec<Sample>,
+    /// This run's messages for another client: must never happen.
+    pub misdelivered: u64,
+    /// Messages not from this run (other users, other runs).
+    pub foreign: u64,
+    /// Messages resent on a reconnect because they had been missed.
+    pub replayed: u64,
+    /// The socket was open when the run stopped it.
+    pub up_at_end: bool,
+    pub outages: Vec<Outage>,
+    /// Reconnect failures by kind.
+    pub reconnect_errors: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Frame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
+    #[serde(default, borrow)]
+    via: Option<&'a str>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    replayed: bool,
+}
+
+/// How a holder behaves.
+#[derive(Debug, Clone)]
+pub struct HoldPlan {
+    pub tag: String,
+    pub clock: Clock,
+    /// Reconnect when the server closes the socket (else a close ends the holder).
+    pub reconnect: bool,
+    /// Latest time to keep trying to reconnect.
+    pub deadline: Instant,
+    /// Record latency samples (off for sockets only held to count them).
+    pub samples: bool,
+}
+
+/// Holds `opened` for `creds` (client index `client`) until `stop`, tallying what comes.
+pub async fn hold(
+    mut opened: Opened,
+    creds: Creds,
+    client: u32,
+    dialer: Arc<Dialer>,
+    plan: HoldPlan,
+    live: Arc<Live>,
+    stop: CancellationToken,
+) -> Tally {
+    let mut tally = Tally {
+        client,
+        replica: opened.replica.clone(),
+        ..Tally::default()
+    };
+    let mut last_id = opened.last_id.take();
+    let mut last_broadcast_id = opened.last_broadcast_id.take();
+    let mut ws = opened.ws;
+    live.connected.fetch_add(1, Ordering::Relaxed);
+    loop {
+        let end = receive(
+            &mut ws,
+            &plan,
+            &mut tally,
+            &live,
+            &stop,
+            &mut last_id,
+            &mut last_broadcast_id,
+        )
+        .await;
+        let Some(kind) = end else {
+            // Stopped by the run: a polite close, bounded, then done.
+            tally.up_at_end = true;
+            let _ = tokio::time::timeout(Duration::from_millis(500), ws.close(None)).await;
+            live.connected.fetch_sub(1, Ordering::Relaxed);
+            return tally;
+        };
+        live.connected.fetch_sub(1, Ordering::Relaxed);
+        let mut outage = Outage {
+            replica: tally.replica.clone(),
+            closed_us: plan.clock.us(),
+            kind,
+            back_us: None,
+            back_on: None,
+        };
+        if !plan.reconnect {
+            tally.outages.push(outage);
+            return tally;
+        }
+        let mut query = String::new();
+        if let Some(id) = &last_id {
+            query.push_str(&format!("&last_id={id}"));
+        }
+        if let Some(id) = &last_broadcast_id {
+            query.push_str(&format!("&last_broadcast_id={id}"));
+        }
+        let mut delay = Duration::from_millis(20);
+        let reopened = loop {
+            if stop.is_cancelled() || Instant::now() >= plan.deadline {
+                break None;
+            }
+            match dialer.open(&creds, None, &query).await {
+                Ok(o) => break Some(o),
+                Err(kind) => tally.reconnect_errors.push(kind),
+            }
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_millis(500));
+        };
+        let Some(o) = reopened else {
+            tally.outages.push(outage);
+            return tally;
+        };
+        outage.back_us = Some(plan.clock.us());
+        outage.back_on = Some(o.replica.clone());
+        tally.outages.push(outage);
+        tally.replica = o.replica;
+        ws = o.ws;
+        live.connected.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Reads until `stop` (None) or the socket ends (Some(why)).
+async fn receive(
+    ws: &mut Ws,
+    plan: &HoldPlan,
+    tally: &mut Tally,
+    live: &Live,
+    stop: &CancellationToken,
+    last_id: &mut Option<String>,
+    last_broadcast_id: &mut Option<String>,
+) -> Option<String> {
+    loop {
+        let message = tokio::select! {
+            () = stop.cancelled() => return None,
+            m = ws.next() => m,
+        };
+        let text = match message {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Close(frame))) => {
+                return Some(match frame {
+                    Some(f) => format!("closed_{}", u16::from(f.code)),
+                    None => "closed".to_owned(),
+                });
+            }
+            // Pings are answered by tungstenite as part of reading.
+            Some(Ok(_)) => continue,
+            Some(Err(err)) => return Some(super::socket::ws_kind(&err)),
+            None => return Some("closed".to_owned()),
+        };
+        let now = plan.clock.us();
+        let Ok(frame) = serde_json::from_str::<Frame>(&text) else {
+            tally.foreign += 1;
+            continue;
+        };
+        if frame.kind != "message" {
+            continue;
+        }
+        if let Some(id) = frame.id {
+            if frame.via == Some("broadcast") {
+                *last_broadcast_id = Some(id);
+            } else {
+                *last_id = Some(id);
+            }
+        }
+        let Some((client, seq, sent)) = frame.text.as_deref().and_then(|t| parse(&plan.tag, t))
+        else {
+            tally.foreign += 1;
+            continue;
+        };
+        if client != tally.client && client != EVERYONE {
+            tally.misdelivered += 1;
+            continue;
+        }
+        if frame.replayed {
+            tally.replayed += 1;
+        }
+        tally.seqs.push(seq);
+        live.delivered.fetch_add(1, Ordering::Relaxed);
+        if plan.samples {
+            tally.samples.push(Sample {
+                at_ms: u32::try_from(now / 1000).unwrap_or(u32::MAX),
+                latency_us: u32::try_from(now.saturating_sub(sent)).unwrap_or(u32::MAX),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marked_texts_round_trip_and_others_are_ignored() {
+        assert_eq!(parse("t1", &text("t1", 7, 42, 1000)), Some((7, 42, 1000)));
+        assert_eq!(
+            parse("t1", &text("t1", EVERYONE, 3, 9)),
+            Some((EVERYONE, 3, 9))
+        );
+        assert_eq!(parse("t2", &text("t1", 7, 42, 1000)), None);
+        assert_eq!(parse("t1", "hello"), None);
+        assert_eq!(parse("t1", "t1 x 1 2"), None);
+    }
+}

@@ -1,0 +1,182 @@
+//! The deployment under load, over plain HTTP: minting client identities in bulk, learning the
+//! replicas' names (`/api/replicas`) and reading each one's `/metrics` — through the front door
+//! with the cookie `sticky=<name>`, since `/metrics` answers for whichever replica gets it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use super::report::Errors;
+use super::socket::Creds;
+
+/// A replica's figures from `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReplicaFigures {
+    pub sockets: u64,
+    pub resident_bytes: u64,
+}
+
+/// HTTP access to one deployment.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Deployment {
+    /// A client pooling up to `concurrency` connections to the front door.
+    pub fn new(base: &str, concurrency: usize) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(concurrency.max(1))
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+        })
+    }
+
+    /// `n` fresh identities, minted `concurrency` at a time; failures by kind.
+    pub async fn mint_many(&self, n: usize, concurrency: usize) -> (Vec<Creds>, Errors) {
+        let gate = Arc::new(Semaphore::new(concurrency.max(1)));
+        let mut tasks = Vec::with_capacity(n);
+        for _ in 0..n {
+            let gate = gate.clone();
+            let this = self.clone();
+            tasks.push(tokio::spawn(async move {
+                let _permit = gate.acquire_owned().await;
+                this.mint().await
+            }));
+        }
+        let mut creds = Vec::with_capacity(n);
+        let mut errors = Errors::default();
+        for task in tasks {
+            match task.await {
+                Ok(Ok(c)) => creds.push(c),
+                Ok(Err(kind)) => errors.add(&format!("mint_{kind}")),
+                Err(_) => errors.add("mint_panicked"),
+            }
+        }
+        (creds, errors)
+    }
+
+    async fn mint(&self) -> Result<Creds, String> {
+        let response = self
+            .http
+            .post(format!("{}/api/clients", self.base))
+            .send()
+            .await
+            .map_err(|e| reqwest_kind(&e))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("http_{}", status.as_u16()));
+        }
+        response.json().await.map_err(|_| "bad_body".to_owned())
+    }
+
+    /// The replicas' names, as `/api/replicas` lists them.
+    pub async fn replicas(&self) -> anyhow::Result<Vec<String>> {
+        let body: Value = self
+            .http
+            .get(format!("{}/api/replicas", self.base))
+            .send()
+            .await
+            .with_context(|| format!("reaching {}", self.base))?
+            .error_for_status()?
+            .json()
+            .await?;
+        let mut names: Vec<String> = body["replicas"]
+            .as_array()
+            .context("/api/replicas answered without a list")?
+            .iter()
+            .filter_map(|r| r["id"].as_str().map(str::to_owned))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// One replica's `/metrics`, reached with its sticky cookie.
+    pub async fn figures(&self, replica: &str) -> anyhow::Result<ReplicaFigures> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .header("cookie", format!("sticky={replica}"))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        Ok(parse_metrics(&text))
+    }
+
+    /// Every replica's figures, by name; a replica that does not answer is left out.
+    pub async fn all_figures(&self, replicas: &[String]) -> BTreeMap<String, ReplicaFigures> {
+        let mut out = BTreeMap::new();
+        for name in replicas {
+            if let Ok(f) = self.figures(name).await {
+                out.insert(name.clone(), f);
+            }
+        }
+        out
+    }
+}
+
+/// The two figures this tool reads from a Prometheus text exposition.
+pub fn parse_metrics(text: &str) -> ReplicaFigures {
+    let mut figures = ReplicaFigures::default();
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(name), Some(value)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        match name {
+            "stickyws_sockets" => figures.sockets = value as u64,
+            "process_resident_memory_bytes" => figures.resident_bytes = value as u64,
+            _ => {}
+        }
+    }
+    figures
+}
+
+/// The kind of an HTTP client failure, as the report counts it.
+pub fn reqwest_kind(err: &reqwest::Error) -> String {
+    if err.is_timeout() {
+        return "timeout".to_owned();
+    }
+    if err.is_connect() {
+        let mut source = std::error::Error::source(err);
+        while let Some(inner) = source {
+            if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+                return super::socket::io_kind(io);
+            }
+            source = inner.source();
+        }
+        return "connect".to_owned();
+    }
+    if err.is_body() || err.is_decode() {
+        return "bad_body".to_owned();
+    }
+    "http_error".to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_text_gives_sockets_and_resident_memory() {
+        let text = "# HELP x\nprocess_resident_memory_bytes 1048576\nstickyws_sockets 12\n\
+                    stickyws_clients 3\n# EOF\n";
+        let f = parse_metrics(text);
+        assert_eq!(f.sockets, 12);
+        assert_eq!(f.resident_bytes, 1_048_576);
+    }
+}

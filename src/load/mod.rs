@@ -1,0 +1,274 @@
+//! `stickyws load <scenario> --url …`: traffic against any running deployment (`stickyws
+//! cluster`, compose, or a real one), bounded in count and time. Each scenario sends, collects
+//! and reports in separate steps: [`publisher`] sends over HTTP, [`fleet`] and [`deliveries`]
+//! hold sockets and tally what arrives, [`report`] turns the raw samples into a table, JSON
+//! lines and, through [`plot`], SVG plots; [`cpu`] measures the server processes meanwhile.
+//!
+//! Scenarios: `tour` (the demo's six buttons, checked), `connect`, `targeted`, `broadcast`,
+//! `sticky` and `failover` (see [`Scenario`]).
+
+mod broadcast;
+mod client;
+mod connect;
+mod cpu;
+mod deliveries;
+mod deployment;
+mod failover;
+mod fleet;
+mod plot;
+mod progress;
+mod publisher;
+mod report;
+mod socket;
+mod sticky;
+mod targeted;
+mod tour;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+
+use self::cpu::ServerPids;
+use self::deliveries::{Clock, Live};
+use self::deployment::Deployment;
+use self::report::Report;
+use self::socket::Dialer;
+
+/// `stickyws load` flags.
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// What to run.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// Front door of the deployment (nginx, or one replica).
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub url: String,
+    /// Presses per button (tour).
+    #[arg(long, default_value_t = 12)]
+    pub count: usize,
+    /// Hard limit on the whole run, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// The measuring scenarios' settings (boxed: they are many, and clap flattens a box).
+    #[command(flatten)]
+    pub options: Box<LoadOptions>,
+}
+
+/// Settings of the measuring scenarios (all but `tour`).
+#[derive(Debug, Clone, Args)]
+pub struct LoadOptions {
+    /// WebSockets to open (one client identity each).
+    #[arg(long, default_value_t = 100)]
+    pub sockets: usize,
+    /// Messages to send: publishes (targeted, failover), broadcasts (broadcast), requests per
+    /// cookie mode (sticky).
+    #[arg(long, default_value_t = 1000)]
+    pub messages: u64,
+    /// Messages per second; 0 sends as fast as --concurrency allows (failover: 0 means 500).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// HTTP requests in flight at once.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// WebSocket handshakes in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub connect_concurrency: usize,
+    /// Handshakes started per second; 0: as fast as --connect-concurrency allows.
+    #[arg(long, default_value_t = 0.0)]
+    pub connect_rate: f64,
+    /// Seconds to hold the sockets idle before reading memory (connect).
+    #[arg(long, default_value_t = 1.0)]
+    pub hold: f64,
+    /// Longest wait, in seconds, for deliveries still on their way after the last send.
+    #[arg(long, default_value_t = 3.0)]
+    pub settle: f64,
+    /// Loopback source addresses to spread sockets over (127.0.0.1, .2, …): each has its own
+    /// ~28k ephemeral ports.
+    #[arg(long, default_value_t = 1)]
+    pub source_ips: usize,
+    /// API key for /api/broadcast.
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Append the results as JSON lines to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write SVG plots into this folder.
+    #[arg(long)]
+    pub plots: Option<PathBuf>,
+    /// Names this run in the JSON lines and plot file names (default: the scenario).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Server processes whose CPU to measure (comma-separated pids).
+    #[arg(long, default_value = "")]
+    pub server_pids: String,
+    /// Measure the stickyws, nginx and redis-server processes below this pid (`stickyws cluster`).
+    #[arg(long)]
+    pub cluster_pid: Option<u32>,
+    /// failover: SIGKILL this pid (a replica you started) during the run.
+    #[arg(long)]
+    pub kill_pid: Option<u32>,
+    /// failover: SIGTERM this pid (the replica drains) during the run.
+    #[arg(long, conflicts_with = "kill_pid")]
+    pub drain_pid: Option<u32>,
+    /// failover: seconds into the sending before the signal (default: a third of the run).
+    #[arg(long)]
+    pub fault_after: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Presses each of the demo page's six buttons and checks what each one promises.
+    Tour,
+    /// Ramps --sockets WebSockets, holds them: connect rate, handshake latency, failures by
+    /// kind, sockets and resident memory per socket on each replica.
+    Connect,
+    /// --messages publishes, each to one client's socket, over HTTP through the front door:
+    /// deliveries/s, publish-to-receipt latency, loss, duplicates, misdeliveries.
+    Targeted,
+    /// --messages broadcasts (API key) to --sockets sockets: deliveries/s and latency.
+    Broadcast,
+    /// /api/direct with and without the sticky cookie: where requests land, and how often a
+    /// direct message reaches its socket (about 1/N without the cookie, all with it).
+    Sticky,
+    /// A targeted run at a fixed rate while --kill-pid or --drain-pid is signalled: time until
+    /// the clients are back, messages lost.
+    Failover,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Tour => "tour",
+            Scenario::Connect => "connect",
+            Scenario::Targeted => "targeted",
+            Scenario::Broadcast => "broadcast",
+            Scenario::Sticky => "sticky",
+            Scenario::Failover => "failover",
+        }
+    }
+}
+
+/// What every scenario shares: the target, the run's clock and limits, the counters the
+/// progress bar reads, and the server processes to measure.
+#[derive(Debug)]
+struct Ctx {
+    scenario: Scenario,
+    timeout: u64,
+    args: LoadOptions,
+    deployment: Deployment,
+    dialer: Arc<Dialer>,
+    clock: Clock,
+    /// The run ends by this time, whatever it is doing.
+    deadline: Instant,
+    live: Arc<Live>,
+    /// Marks this run's messages.
+    tag: String,
+    servers: Option<ServerPids>,
+}
+
+impl Ctx {
+    fn label(&self) -> String {
+        self.args
+            .label
+            .clone()
+            .unwrap_or_else(|| self.scenario.name().to_owned())
+    }
+
+    fn report(&self) -> Report {
+        Report::new(
+            self.scenario.name(),
+            &self.deployment.base,
+            self.args.label.as_deref(),
+        )
+    }
+
+    /// Time left before the deadline, keeping `reserve` for reporting.
+    fn until_deadline(&self, reserve: Duration) -> Instant {
+        self.deadline.checked_sub(reserve).unwrap_or(self.deadline)
+    }
+
+    /// Sends --messages requests made by `make` at `rate` with --concurrency workers, stopping
+    /// in time to let deliveries settle and the report be written.
+    async fn send<F>(&self, rate: f64, make: F) -> publisher::Sent
+    where
+        F: Fn(u64, u64) -> publisher::Request + Send + Sync + 'static,
+    {
+        let plan = publisher::Plan {
+            count: self.args.messages,
+            rate,
+            concurrency: self.args.concurrency,
+            deadline: self.until_deadline(Duration::from_secs_f64(self.args.settle + 2.0)),
+        };
+        let http = self.deployment.http.clone();
+        let base = self.deployment.base.clone();
+        publisher::send(http, base, plan, self.clock, self.live.clone(), make).await
+    }
+
+    /// Prints the table, appends the JSON lines.
+    fn publish(&self, report: &Report) -> anyhow::Result<()> {
+        print!("{}", report.table());
+        if let Some(path) = &self.args.json {
+            report.append_json(path)?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs a scenario; an error means the run could not be made (or, for `tour`, that a promise of
+/// the deployment did not hold). Measured figures are reported, not judged.
+pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
+    let limit = Duration::from_secs(args.timeout);
+    if args.scenario == Scenario::Tour {
+        return match tokio::time::timeout(limit, tour::run(&args.url, args.count)).await {
+            Ok(result) => result,
+            Err(_) => anyhow::bail!("the run did not finish within {}s", args.timeout),
+        };
+    }
+    crate::raise_open_files_limit();
+    let url: reqwest::Url = args
+        .url
+        .parse()
+        .with_context(|| format!("--url {}", args.url))?;
+    let LoadArgs {
+        scenario,
+        timeout,
+        options,
+        ..
+    } = args;
+    let args = *options;
+    let servers = ServerPids::resolve(&cpu::parse_pids(&args.server_pids)?, args.cluster_pid)?;
+    if let Some(plots) = &args.plots {
+        std::fs::create_dir_all(plots).with_context(|| format!("creating {}", plots.display()))?;
+    }
+    let ctx = Ctx {
+        deployment: Deployment::new(url.as_str(), args.concurrency)?,
+        dialer: Arc::new(Dialer::new(&url, args.source_ips, Duration::from_secs(10)).await?),
+        clock: Clock::start(),
+        deadline: Instant::now() + limit,
+        live: Arc::new(Live::default()),
+        tag: deliveries::new_tag(),
+        servers,
+        scenario,
+        timeout,
+        args,
+    };
+    // Every stage watches the deadline itself; this outer bound (with a little room for the
+    // report) only catches a stage that does not.
+    let work = async {
+        match ctx.scenario {
+            Scenario::Tour => Ok(()),
+            Scenario::Connect => connect::run(&ctx).await,
+            Scenario::Targeted => targeted::run(&ctx).await,
+            Scenario::Broadcast => broadcast::run(&ctx).await,
+            Scenario::Sticky => sticky::run(&ctx).await,
+            Scenario::Failover => failover::run(&ctx).await,
+        }
+    };
+    match tokio::time::timeout(limit + Duration::from_secs(10), work).await {
+        Ok(result) => result,
+        Err(_) => anyhow::bail!("the run did not finish within {}s", ctx.timeout),
+    }
+}

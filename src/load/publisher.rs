@@ -1,0 +1,170 @@
+//! Sending: HTTP requests (`/api/publish`, `/api/broadcast`, `/api/direct`) from a fixed number
+//! of workers, at a fixed rate (request `i` is due at `i / rate` seconds) or as fast as the
+//! workers go, until the count is reached or the deadline passes. Receiving and reporting are
+//! elsewhere; this keeps the answers and the failures by kind.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::deliveries::{Clock, Live};
+use super::deployment::reqwest_kind;
+use super::report::Errors;
+
+/// How much to send, how fast, how many at once, until when.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub count: u64,
+    /// Requests per second; 0 sends as fast as the workers go.
+    pub rate: f64,
+    pub concurrency: usize,
+    pub deadline: Instant,
+}
+
+/// One request to send: path under the base, bearer credential, optional sticky cookie, text.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub path: String,
+    pub bearer: String,
+    pub sticky: Option<String>,
+    pub text: String,
+}
+
+/// A request the server accepted (2xx), with its answer.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub seq: u64,
+    pub body: Value,
+}
+
+/// What sending did.
+#[derive(Debug, Default)]
+pub struct Sent {
+    pub accepted: Vec<Accepted>,
+    pub errors: Errors,
+    /// HTTP round trips, µs.
+    pub round_trips: Vec<u32>,
+    /// When the first and last request went out (µs on the run's clock).
+    pub first_us: u64,
+    pub last_us: u64,
+    /// How far the fixed-rate schedule fell behind at worst (µs).
+    pub max_lag_us: u64,
+}
+
+/// Sends `plan.count` requests built by `make(seq, now µs)`.
+pub async fn send<F>(
+    http: reqwest::Client,
+    base: String,
+    plan: Plan,
+    clock: Clock,
+    live: Arc<Live>,
+    make: F,
+) -> Sent
+where
+    F: Fn(u64, u64) -> Request + Send + Sync + 'static,
+{
+    let next = Arc::new(AtomicU64::new(0));
+    let make = Arc::new(make);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..plan.concurrency.max(1) {
+        let (http, base, next, make, live) = (
+            http.clone(),
+            base.clone(),
+            next.clone(),
+            make.clone(),
+            live.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut sent = Sent {
+                first_us: u64::MAX,
+                ..Sent::default()
+            };
+            loop {
+                let seq = next.fetch_add(1, Ordering::Relaxed);
+                if seq >= plan.count || Instant::now() >= plan.deadline {
+                    break;
+                }
+                if plan.rate > 0.0 {
+                    let due = started + Duration::from_secs_f64(seq as f64 / plan.rate);
+                    if due >= plan.deadline {
+                        break;
+                    }
+                    let now = Instant::now();
+                    if due > now {
+                        tokio::time::sleep_until(due.into()).await;
+                    } else {
+                        sent.max_lag_us = sent.max_lag_us.max((now - due).as_micros() as u64);
+                    }
+                }
+                let now = clock.us();
+                let request = make(seq, now);
+                sent.first_us = sent.first_us.min(now);
+                let mut builder = http
+                    .post(format!("{base}{}", request.path))
+                    .bearer_auth(&request.bearer)
+                    .json(&json!({ "text": request.text }));
+                if let Some(replica) = &request.sticky {
+                    builder = builder.header("cookie", format!("sticky={replica}"));
+                }
+                let outcome = match builder.send().await {
+                    Ok(response) => {
+                        let status = response.status();
+                        let body = response.json::<Value>().await.unwrap_or(Value::Null);
+                        if status.is_success() {
+                            Ok(body)
+                        } else {
+                            Err(format!("http_{}", status.as_u16()))
+                        }
+                    }
+                    Err(err) => Err(reqwest_kind(&err)),
+                };
+                let done = clock.us();
+                sent.last_us = sent.last_us.max(done);
+                sent.round_trips
+                    .push(u32::try_from(done - now).unwrap_or(u32::MAX));
+                live.sent.fetch_add(1, Ordering::Relaxed);
+                match outcome {
+                    Ok(body) => sent.accepted.push(Accepted { seq, body }),
+                    Err(kind) => sent.errors.add(&kind),
+                }
+            }
+            sent
+        }));
+    }
+    let mut all = Sent {
+        first_us: u64::MAX,
+        ..Sent::default()
+    };
+    for worker in workers {
+        let Ok(sent) = worker.await else {
+            all.errors.add("sender_panicked");
+            continue;
+        };
+        all.accepted.extend(sent.accepted);
+        all.errors.merge(&sent.errors);
+        all.round_trips.extend(sent.round_trips);
+        all.first_us = all.first_us.min(sent.first_us);
+        all.last_us = all.last_us.max(sent.last_us);
+        all.max_lag_us = all.max_lag_us.max(sent.max_lag_us);
+    }
+    if all.first_us == u64::MAX {
+        all.first_us = 0;
+    }
+    all.accepted.sort_by_key(|a| a.seq);
+    all
+}
+
+impl Sent {
+    /// Requests sent, accepted or not.
+    pub fn attempted(&self) -> u64 {
+        self.accepted.len() as u64 + self.errors.total()
+    }
+
+    /// Seconds from the first request out to the last answer in.
+    pub fn seconds(&self) -> f64 {
+        self.last_us.saturating_sub(self.first_us) as f64 / 1e6
+    }
+}

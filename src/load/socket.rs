@@ -1,0 +1,239 @@
+//! Opening load sockets: a TCP connection (bound to one of several loopback source addresses
+//! when asked, to get past one address's ephemeral ports), the WebSocket upgrade with small
+//! buffers, and the welcome frame; timed, with every failure reduced to a kind for the report.
+//! Reading what arrives afterwards is [`super::deliveries`]' job.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// A client identity: what `POST /api/clients` mints.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Creds {
+    pub client_id: String,
+    pub token: String,
+}
+
+/// Where and how sockets are opened.
+#[derive(Debug)]
+pub struct Dialer {
+    addr: SocketAddr,
+    /// `host:port` as the URL wrote it, for the Host header.
+    authority: String,
+    /// Path prefix of the deployment (usually empty).
+    prefix: String,
+    /// Local addresses to bind, in turn; empty lets the kernel choose.
+    sources: Vec<IpAddr>,
+    next_source: AtomicUsize,
+    timeout: Duration,
+}
+
+/// An open socket and how long it took.
+#[derive(Debug)]
+pub struct Opened {
+    pub ws: Ws,
+    /// The replica named in the welcome frame.
+    pub replica: String,
+    /// Connect + upgrade (101 received).
+    pub upgrade: Duration,
+    /// Connect + upgrade + welcome frame received.
+    pub welcome: Duration,
+    /// History cursors from the welcome, to resume from after a reconnect.
+    pub last_id: Option<String>,
+    pub last_broadcast_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Welcome {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    replica: String,
+    last_id: Option<String>,
+    last_broadcast_id: Option<String>,
+}
+
+impl Dialer {
+    /// For the deployment at `url` (`http://host:port[/prefix]`); `sources` loopback addresses
+    /// 127.0.0.1, 127.0.0.2, … are bound in turn when `sources` > 1.
+    pub async fn new(
+        url: &reqwest::Url,
+        sources: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        if url.scheme() != "http" {
+            bail!("the load tool speaks plain http/ws only; got {url}");
+        }
+        let host = url.host_str().context("the URL has no host")?;
+        let port = url.port_or_known_default().unwrap_or(80);
+        let addr = tokio::net::lookup_host((host, port))
+            .await
+            .with_context(|| format!("resolving {host}"))?
+            .next()
+            .with_context(|| format!("{host} resolves to nothing"))?;
+        let sources = if sources > 1 {
+            if !addr.ip().is_loopback() || !addr.is_ipv4() {
+                bail!("--source-ips needs an IPv4 loopback target, not {addr}");
+            }
+            let count = u8::try_from(sources.min(250)).unwrap_or(250);
+            (1..=count).map(|i| IpAddr::from([127, 0, 0, i])).collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Self {
+            addr,
+            authority: format!("{host}:{port}"),
+            prefix: url.path().trim_end_matches('/').to_owned(),
+            sources,
+            next_source: AtomicUsize::new(0),
+            timeout,
+        })
+    }
+
+    /// Opens `creds`' socket, with the sticky cookie if given and `query` appended (e.g.
+    /// `&last_id=…`), and waits for the welcome. Err is the failure's kind.
+    pub async fn open(
+        &self,
+        creds: &Creds,
+        sticky: Option<&str>,
+        query: &str,
+    ) -> Result<Opened, String> {
+        let started = Instant::now();
+        match tokio::time::timeout(self.timeout, self.open_inner(creds, sticky, query, started))
+            .await
+        {
+            Ok(result) => result,
+            Err(_) => Err("timeout".to_owned()),
+        }
+    }
+
+    async fn open_inner(
+        &self,
+        creds: &Creds,
+        sticky: Option<&str>,
+        query: &str,
+        started: Instant,
+    ) -> Result<Opened, String> {
+        let stream = self.tcp().await.map_err(|e| io_kind(&e))?;
+        let url = format!(
+            "ws://{}{}/ws/{}?token={}{query}",
+            self.authority, self.prefix, creds.client_id, creds.token
+        );
+        let mut request = url
+            .into_client_request()
+            .map_err(|_| "bad_request".to_owned())?;
+        if let Some(replica) = sticky {
+            let cookie = format!("sticky={replica}")
+                .parse()
+                .map_err(|_| "bad_request".to_owned())?;
+            request.headers_mut().insert("cookie", cookie);
+        }
+        let (mut ws, _) =
+            tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config()))
+                .await
+                .map_err(|e| ws_kind(&e))?;
+        let upgrade = started.elapsed();
+        let welcome = loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    break serde_json::from_str::<Welcome>(&text)
+                        .map_err(|_| "bad_welcome".to_owned())?;
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Err(match frame {
+                        Some(f) => format!("closed_{}", u16::from(f.code)),
+                        None => "closed".to_owned(),
+                    });
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(ws_kind(&e)),
+                None => return Err("closed_before_welcome".to_owned()),
+            }
+        };
+        if welcome.kind != "welcome" {
+            return Err("no_welcome".to_owned());
+        }
+        Ok(Opened {
+            ws,
+            replica: welcome.replica,
+            upgrade,
+            welcome: started.elapsed(),
+            last_id: welcome.last_id,
+            last_broadcast_id: welcome.last_broadcast_id,
+        })
+    }
+
+    async fn tcp(&self) -> std::io::Result<TcpStream> {
+        let socket = if self.addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if !self.sources.is_empty() {
+            let i = self.next_source.fetch_add(1, Ordering::Relaxed) % self.sources.len();
+            socket.bind(SocketAddr::new(self.sources[i], 0))?;
+        }
+        let stream = socket.connect(self.addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}
+
+/// Small buffers: tens of thousands of idle sockets should cost the load tool little.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(1 << 20))
+        .max_frame_size(Some(1 << 20))
+}
+
+/// The kind of an I/O failure, as the report counts it.
+pub fn io_kind(err: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    // EMFILE / ENFILE have no ErrorKind of their own.
+    if matches!(err.raw_os_error(), Some(24 | 23)) {
+        return "too_many_open_files".to_owned();
+    }
+    match err.kind() {
+        ErrorKind::ConnectionRefused => "refused",
+        ErrorKind::ConnectionReset => "reset",
+        ErrorKind::ConnectionAborted => "aborted",
+        ErrorKind::AddrNotAvailable => "addr_unavailable",
+        ErrorKind::AddrInUse => "addr_in_use",
+        ErrorKind::TimedOut => "timeout",
+        ErrorKind::UnexpectedEof => "closed",
+        ErrorKind::BrokenPipe => "broken_pipe",
+        _ => "io",
+    }
+    .to_owned()
+}
+
+/// The kind of a WebSocket failure: `http_<status>` for a refused upgrade.
+pub fn ws_kind(err: &WsError) -> String {
+    match err {
+        WsError::Http(response) => format!("http_{}", response.status().as_u16()),
+        WsError::Io(io) => io_kind(io),
+        WsError::ConnectionClosed | WsError::AlreadyClosed => "closed".to_owned(),
+        // What a client sees when the server process dies: the TCP connection ends without
+        // a close frame.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            "reset_without_close".to_owned()
+        }
+        WsError::Protocol(_) => "protocol".to_owned(),
+        WsError::Capacity(_) => "too_large".to_owned(),
+        _ => "ws_other".to_owned(),
+    }
+}

@@ -1,0 +1,202 @@
+//! Where a socket's message stream starts: for a new client, at the newest message (nothing to
+//! replay); for a reconnecting one, right after the last message it saw — the missed messages
+//! are replayed in order before anything new, and live messages it was already replayed are
+//! dropped, so each arrives exactly once.
+//!
+//! Correctness rests on ordering: the socket is subscribed before history is read, so every
+//! message newer than the replay is in the socket's queue, and everything older was replayed.
+
+use crate::broker::{Broker, BrokerError, History, StreamId, Target};
+use crate::frame::{Cursor, Envelope, Outgoing};
+use crate::token::ClientId;
+
+/// What a reconnecting client says it has seen (`?last_id=…&last_broadcast_id=…`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Seen {
+    pub client: StreamId,
+    pub broadcast: StreamId,
+}
+
+/// Drops queued frames at or below what was replayed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Skip(Seen);
+
+impl Skip {
+    pub fn keeps(&self, frame: &Outgoing) -> bool {
+        match frame.cursor {
+            Some(Cursor::Client(id)) => id > self.0.client,
+            Some(Cursor::Broadcast(id)) => id > self.0.broadcast,
+            None => true,
+        }
+    }
+}
+
+/// How a session starts.
+#[derive(Debug, Default)]
+pub struct Start {
+    /// The cursors the welcome frame reports.
+    pub welcome: Seen,
+    /// Missed messages, oldest first.
+    pub replay: Vec<Outgoing>,
+    /// Histories (`client`, `broadcast`) in which messages may have been lost.
+    pub lost: Vec<&'static str>,
+    pub skip: Skip,
+}
+
+/// Works out the start; a broker that cannot answer means history is unknown, said as lost.
+pub async fn start(broker: &Broker, client: &ClientId, replica: &str, seen: Option<Seen>) -> Start {
+    let Some(seen) = seen else {
+        let welcome = match broker.newest(client).await {
+            Ok((client, broadcast)) => Seen { client, broadcast },
+            Err(_) => Seen::default(),
+        };
+        return Start {
+            welcome,
+            ..Start::default()
+        };
+    };
+    let own = broker
+        .history(&Target::Client(client.clone()), seen.client)
+        .await;
+    let all = broker.history(&Target::Broadcast, seen.broadcast).await;
+    let mut start = Start {
+        welcome: seen,
+        skip: Skip(seen),
+        ..Start::default()
+    };
+    let mut entries = Vec::new();
+    for (name, history) in [("client", own), ("broadcast", all)] {
+        match history {
+            Ok(History { entries: got, gap }) => {
+                if gap {
+                    start.lost.push(name);
+                }
+                entries.extend(got.into_iter().map(|(id, payload)| (id, name, payload)));
+            }
+            Err(BrokerError::Unavailable(_)) => start.lost.push(name),
+        }
+    }
+    // Both histories share Redis's clock; merging by id replays them in publish order.
+    entries.sort_by_key(|(id, _, _)| *id);
+    for (id, name, payload) in entries {
+        let Ok(envelope) = Envelope::decode(&payload) else {
+            continue;
+        };
+        if name == "client" {
+            start.skip.0.client = start.skip.0.client.max(id);
+        } else {
+            start.skip.0.broadcast = start.skip.0.broadcast.max(id);
+        }
+        start
+            .replay
+            .push(envelope.outgoing(replica, Some(id), true));
+    }
+    start
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::broker::memory::MemoryBroker;
+    use crate::frame::Via;
+    use crate::limits::Limits;
+
+    fn broker() -> Broker {
+        Broker::Memory(MemoryBroker::new(
+            Arc::new(|_, _, _| {}),
+            Limits::default().window(),
+        ))
+    }
+
+    async fn publish(broker: &Broker, target: Target, text: &str) -> StreamId {
+        let via = if target == Target::Broadcast {
+            Via::Broadcast
+        } else {
+            Via::Publish
+        };
+        let envelope = Envelope {
+            via,
+            from: "app-1".to_owned(),
+            text: text.to_owned(),
+        };
+        broker
+            .publish(&target, envelope.encode())
+            .await
+            .unwrap()
+            .id
+            .unwrap()
+    }
+
+    fn texts(start: &Start) -> Vec<String> {
+        start
+            .replay
+            .iter()
+            .map(|o| {
+                serde_json::from_str::<serde_json::Value>(&o.bytes).unwrap()["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_new_client_starts_at_the_newest_message_with_nothing_to_replay() {
+        let broker = broker();
+        let c = ClientId::parse("c").unwrap();
+        let last = publish(&broker, Target::Client(c.clone()), "old").await;
+        let start = start(&broker, &c, "app-1", None).await;
+        assert_eq!(start.welcome.client, last);
+        assert!(start.replay.is_empty() && start.lost.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_reconnecting_client_gets_what_it_missed_from_both_histories_in_order() {
+        let broker = broker();
+        let c = ClientId::parse("c").unwrap();
+        let seen_own = publish(&broker, Target::Client(c.clone()), "seen").await;
+        let seen_all = publish(&broker, Target::Broadcast, "seen all").await;
+        publish(&broker, Target::Client(c.clone()), "m1").await;
+        publish(&broker, Target::Broadcast, "b1").await;
+        let last = publish(&broker, Target::Client(c.clone()), "m2").await;
+        let seen = Seen {
+            client: seen_own,
+            broadcast: seen_all,
+        };
+        let start = start(&broker, &c, "app-2", Some(seen)).await;
+        assert_eq!(texts(&start), ["m1", "b1", "m2"]);
+        assert!(start.lost.is_empty());
+        let live = Envelope {
+            via: Via::Publish,
+            from: "x".to_owned(),
+            text: "m2".to_owned(),
+        };
+        assert!(
+            !start.skip.keeps(&live.outgoing("app-2", Some(last), false)),
+            "already replayed"
+        );
+        let newer = StreamId {
+            ms: last.ms + 1,
+            seq: 0,
+        };
+        assert!(
+            start
+                .skip
+                .keeps(&live.outgoing("app-2", Some(newer), false))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_behind_the_window_is_told() {
+        let broker = broker();
+        let c = ClientId::parse("c").unwrap();
+        let seen = Seen {
+            client: StreamId { ms: 1, seq: 0 },
+            broadcast: StreamId::ZERO,
+        };
+        let start = start(&broker, &c, "app-1", Some(seen)).await;
+        assert_eq!(start.lost, ["client"]);
+    }
+}

@@ -1,0 +1,274 @@
+//! One replica: builds its state (broker, registry, records, metrics), binds its listener and
+//! serves until shut down, then drains its sockets.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::memory::MemoryBroker;
+use crate::broker::redis::{LinkEvent, RedisBroker};
+use crate::broker::{Broker, Inbox, ReplicaInfo, StreamId, Target};
+use crate::config::{Config, SecretSource};
+use crate::frame::{Envelope, Via};
+use crate::http::{AppState, router};
+use crate::metrics::Metrics;
+use crate::records::{Event, Records};
+use crate::registry::Registry;
+use crate::shutdown::Shutdown;
+use crate::token::Signer;
+
+/// How long a stopping replica keeps answering (readiness 503, upgrades refused with 503) before
+/// it stops accepting connections: long enough for a load balancer to see it go.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
+/// How often a replica tells the others it is alive (`/api/replicas`).
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
+
+/// A replica, bound and ready to serve.
+#[derive(Debug)]
+pub struct Replica {
+    state: AppState,
+    listener: TcpListener,
+}
+
+impl Replica {
+    /// Connects the pieces and binds `config.bind`.
+    pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.bind)
+            .await
+            .with_context(|| format!("binding {}", config.bind))?;
+        Self::with_listener(config, listener, shutdown)
+    }
+
+    /// Like [`Replica::build`] on a listener bound elsewhere (workers sharing a port).
+    pub fn with_listener(
+        config: Config,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let replica: Arc<str> = config.app_id.as_str().into();
+        let records = match &config.records_log {
+            Some(path) => Records::open(&replica, path)
+                .with_context(|| format!("opening records log {}", path.display()))?,
+            None => Records::disabled(&replica),
+        };
+        if config.secret_source == SecretSource::Random {
+            tracing::warn!(
+                "STICKY_SECRET is not set: using a random secret, so tokens minted here are \
+                 refused by every other replica; set one shared secret for a deployment"
+            );
+        }
+        let metrics = Metrics::new();
+        // The inbox needs the registry, and the registry needs the broker the inbox belongs
+        // to: the slot is filled right after both exist, before any subscription is made.
+        let slot: Arc<OnceLock<Dispatch>> = Arc::new(OnceLock::new());
+        let inbox: Inbox = {
+            let slot = slot.clone();
+            Arc::new(move |target, id, payload| {
+                if let Some(dispatch) = slot.get() {
+                    dispatch.deliver(target, id, payload);
+                }
+            })
+        };
+        let window = config.limits.window();
+        let broker = match &config.redis_url {
+            Some(url) => {
+                let observer = link_observer(records.clone(), metrics.clone());
+                Broker::Redis(RedisBroker::start(url, inbox, observer, window)?)
+            }
+            None => {
+                records.record(
+                    Event::Subscribed,
+                    None,
+                    "in-process broker (one replica only)",
+                );
+                Broker::Memory(MemoryBroker::new(inbox, window))
+            }
+        };
+        let registry = Registry::new(broker.clone(), metrics.clone(), &config.limits);
+        let _ = slot.set(Dispatch {
+            replica: replica.clone(),
+            registry: registry.clone(),
+            records: records.clone(),
+            metrics: metrics.clone(),
+        });
+        let config_rate = config.limits.publish_rate;
+        let state = AppState {
+            signer: Signer::new(&config.secret),
+            config: Arc::new(config),
+            replica,
+            registry,
+            broker,
+            records,
+            metrics,
+            shutdown: Shutdown::new(shutdown),
+            draining: Arc::new(AtomicBool::new(false)),
+            rate: Arc::new(crate::http::rate_limit(config_rate)),
+        };
+        Ok(Self { state, listener })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until the shutdown token is cancelled, then drains.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let Self { state, listener } = self;
+        let token = state.shutdown.token.clone();
+        let addr = listener.local_addr()?;
+        let detail = format!(
+            "listening on {addr}, broker {}, pid {}",
+            state.broker.kind(),
+            std::process::id()
+        );
+        state.records.record(Event::Start, None, &detail);
+        tracing::info!(replica = %state.replica, %addr, broker = state.broker.kind(), "replica started");
+
+        let announcer = tokio::spawn(announce(state.clone(), token.clone()));
+
+        // 1. Serve until the token is cancelled (SIGTERM, Ctrl-C).
+        let draining = state.draining.clone();
+        let drain_timeout = state.config.drain_timeout;
+        let app = router(state.clone());
+        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel();
+        let stopping = {
+            let token = token.clone();
+            async move {
+                token.cancelled().await;
+                let _ = stopped_tx.send(tokio::time::Instant::now());
+                // 2. At once: readiness answers 503 and new sockets are refused with 503, which
+                //    nginx passes to another replica. Every session saw the same token and is
+                //    closing its socket with 1012 (service restart), so clients reconnect.
+                draining.store(true, Ordering::Relaxed);
+                // 3. Keep answering for a moment so load balancers see the 503s, then stop
+                //    accepting connections; axum lets in-flight requests finish.
+                tokio::time::sleep(DRAIN_GRACE.min(drain_timeout / 2)).await;
+            }
+        };
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stopping)
+            .await
+            .context("serving HTTP")?;
+
+        // 4. Wait for the sessions to end, within what is left of the drain timeout.
+        let (sockets, _) = state.registry.counts();
+        let left = match stopped_rx.await {
+            Ok(at) => drain_timeout.saturating_sub(at.elapsed()),
+            Err(_) => drain_timeout,
+        };
+        let drained = state.shutdown.drain(left).await;
+        if !drained {
+            tracing::warn!(sockets, "drain timeout: closing remaining sockets");
+        }
+        announcer.abort();
+        state
+            .records
+            .record(Event::Stop, None, &format!("drained {sockets} sockets"));
+        // 5. Flush the records log last, so the stop line is in it.
+        state.records.close();
+        tracing::info!(replica = %state.replica, "replica stopped");
+        Ok(())
+    }
+}
+
+/// Delivers what the broker hands this replica to the local sockets it concerns.
+#[derive(Debug)]
+struct Dispatch {
+    replica: Arc<str>,
+    registry: Registry,
+    records: Records,
+    metrics: Metrics,
+}
+
+impl Dispatch {
+    fn deliver(&self, target: Target, id: Option<StreamId>, payload: &[u8]) {
+        let Ok(envelope) = Envelope::decode(payload) else {
+            tracing::warn!(bytes = payload.len(), "undecodable broker message dropped");
+            return;
+        };
+        // Serialized once here; every local socket of the target shares these bytes.
+        let frame = envelope.outgoing(&self.replica, id, false);
+        let (client, delivery) = match &target {
+            Target::Client(client) => {
+                (Some(client.as_str()), self.registry.deliver(client, &frame))
+            }
+            Target::Broadcast => (None, self.registry.broadcast(&frame)),
+        };
+        self.metrics
+            .delivered(envelope.via, delivery.reached as u64);
+        if delivery.reached == 0 && envelope.via != Via::Broadcast {
+            // Subscribed a moment ago and the last socket just left: the race is real.
+            self.records
+                .record(Event::NotHere, client, "no local socket for this message");
+            return;
+        }
+        let detail = format!(
+            "via={} from={} sockets={}",
+            envelope.via.as_str(),
+            envelope.from,
+            delivery.reached
+        );
+        self.records.record(Event::Deliver, client, &detail);
+    }
+}
+
+/// Turns the Redis link's events into records and metrics.
+fn link_observer(records: Records, metrics: Metrics) -> crate::broker::redis::LinkObserver {
+    Arc::new(move |event| match event {
+        LinkEvent::Subscribed {
+            channels,
+            reconnect,
+        } => {
+            metrics.broker_up(true);
+            if reconnect {
+                metrics.broker_reconnected();
+            }
+            let detail = format!(
+                "redis {} ({channels} channels)",
+                if reconnect {
+                    "re-subscribed"
+                } else {
+                    "subscribed"
+                }
+            );
+            records.record(Event::Subscribed, None, &detail);
+            tracing::info!(channels, reconnect, "broker subscribed");
+        }
+        LinkEvent::Lost { reason } => {
+            metrics.broker_up(false);
+            records.record(
+                Event::BrokerLost,
+                None,
+                &format!("redis link lost: {reason}"),
+            );
+            tracing::warn!(%reason, "broker link lost; reconnecting");
+        }
+    })
+}
+
+/// Tells the other replicas about this one, every few seconds, until shutdown.
+async fn announce(state: AppState, token: CancellationToken) {
+    let mut tick = tokio::time::interval(ANNOUNCE_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = token.cancelled() => return,
+        }
+        let (sockets, clients) = state.registry.counts();
+        let info = ReplicaInfo {
+            id: state.replica.to_string(),
+            sockets,
+            clients,
+        };
+        if let Err(err) = state.broker.announce(&info).await {
+            tracing::debug!(cause = %err, "announce failed");
+        }
+        // Forget the rate buckets of clients that have gone quiet, so they cannot pile up.
+        state.rate.retain_recent();
+    }
+}

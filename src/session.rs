@@ -1,0 +1,601 @@
+//! One WebSocket session: the reader loop parses the client's frames, the writer drains the
+//! socket's queue and pings; both watch shutdown, and when either side ends the other does too.
+//!
+//! Written over `Sink<Message>` + `Stream<Item = Result<Message, _>>`, so tests can drive it
+//! with channels instead of a network socket.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::Broker;
+use crate::frame::{
+    Envelope, FrameError, Outgoing, ServerFrame, StreamIdText, Via, parse_client_frame,
+};
+use crate::metrics::Metrics;
+use crate::records::{Event, Records};
+use crate::registry::Registration;
+use crate::resume::{self, Seen, Skip};
+use crate::token::ClientId;
+
+/// How often an idle socket is pinged; below every proxy's idle timeout (nginx: 60 s default).
+pub const PING_EVERY: Duration = Duration::from_secs(25);
+/// How long a slow consumer's close frame may wait behind what the client has not yet read.
+const SLOW_CLOSE_WAIT: Duration = Duration::from_secs(10);
+/// Longest wait for the broker to confirm a new client's subscription before the welcome.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(3);
+
+/// Close codes this server uses (RFC 6455 §7.4.1 and the IANA registry).
+pub mod close_code {
+    /// The client broke the WebSocket protocol (unmasked or reserved bits, bad opcode, ...).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text message (or close reason) was not valid UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// A message or frame over `MAX_WS_MESSAGE_BYTES`.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The server is restarting: reconnect, probably elsewhere.
+    pub const SERVICE_RESTART: u16 = 1012;
+    /// The socket's queue overflowed: it did not read fast enough.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// Everything one session needs.
+#[derive(Debug)]
+pub struct Session {
+    pub replica: Arc<str>,
+    pub client: ClientId,
+    pub registration: Registration,
+    pub records: Records,
+    pub metrics: Metrics,
+    pub max_text_bytes: usize,
+    pub shutdown: CancellationToken,
+    pub broker: Broker,
+    /// What a reconnecting client has already seen; None for a fresh one.
+    pub resume: Option<Seen>,
+}
+
+/// Why a session ended, for the records log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    ClientClosed,
+    SlowConsumer,
+    Shutdown,
+    SendFailed,
+    PeerSilent,
+    /// The client broke the protocol; the socket is closed with this code.
+    Fault(u16),
+}
+
+impl End {
+    fn as_str(self) -> &'static str {
+        match self {
+            End::ClientClosed => "closed by client",
+            End::SlowConsumer => "slow consumer (1013)",
+            End::Shutdown => "replica stopping (1012)",
+            End::SendFailed => "send failed",
+            End::PeerSilent => "no pong",
+            End::Fault(close_code::INVALID_PAYLOAD) => "invalid UTF-8 (1007)",
+            End::Fault(close_code::MESSAGE_TOO_BIG) => "message too big (1009)",
+            End::Fault(_) => "protocol error (1002)",
+        }
+    }
+}
+
+impl Session {
+    pub async fn run<S, R>(mut self, mut sink: S, mut stream: R)
+    where
+        S: Sink<Message, Error = axum::Error> + Unpin + Send,
+        R: Stream<Item = Result<Message, axum::Error>> + Unpin + Send,
+    {
+        let client = self.client.as_str().to_owned();
+        if let Some(subscribed) = self.registration.subscribed.take() {
+            match tokio::time::timeout(SUBSCRIBE_WAIT, subscribed).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    tracing::warn!(client = %client, cause = %err, "socket held without broker subscription")
+                }
+                Err(_) => {
+                    tracing::warn!(client = %client, "broker subscription not confirmed in time")
+                }
+            }
+        }
+        let start = resume::start(&self.broker, &self.client, &self.replica, self.resume).await;
+        if self.greet(&mut sink, &start).await.is_err() {
+            return;
+        }
+        let Some(outbox) = self.registration.outbox.take() else {
+            return;
+        };
+        let skip = start.skip;
+        // Set by the reader whenever anything arrives; the writer closes a socket whose peer
+        // stayed silent for two ping periods.
+        let heard = AtomicBool::new(true);
+        let end = tokio::select! {
+            end = self.write(&mut sink, outbox, skip, &heard) => end,
+            end = self.read(&mut stream, &heard) => end,
+        };
+        match end {
+            // tungstenite answers a client's close by queueing the reply frame; only a flush
+            // writes it, and nothing else is left to flush once the reader has stopped.
+            End::ClientClosed => {
+                let _ = tokio::time::timeout(CLOSE_WAIT, sink.flush()).await;
+            }
+            End::Fault(code) => {
+                // What the client sent after the fault stays unread (tungstenite stops reading
+                // there), so dropping the socket now resets the connection, and a proxy whose
+                // write upstream fails first (nginx) then drops the close frame on its way.
+                // Leave the registry at once; keep only the socket a moment longer.
+                self.registration.leave();
+                close(&mut sink, code, fault_reason(code), CLOSE_WAIT).await;
+                tokio::select! {
+                    () = tokio::time::sleep(FAULT_LINGER) => {}
+                    () = self.shutdown.cancelled() => {}
+                }
+            }
+            _ => {}
+        }
+        if end == End::SlowConsumer {
+            // Out of the registry at once, so nothing more queues up for it; the close frame
+            // then waits behind the backlog for as long as the client takes to read it.
+            self.registration.leave();
+            let reason = "too slow: send queue full";
+            close(
+                &mut sink,
+                close_code::TRY_AGAIN_LATER,
+                reason,
+                SLOW_CLOSE_WAIT,
+            )
+            .await;
+        }
+        self.records
+            .record(Event::Disconnect, Some(&client), end.as_str());
+        if end == End::SlowConsumer {
+            self.records.record(
+                Event::SlowConsumer,
+                Some(&client),
+                "queue full, closed with 1013",
+            );
+        }
+    }
+
+    /// The welcome, then what a reconnecting client missed (and whether history was lost).
+    async fn greet<S>(&self, sink: &mut S, start: &resume::Start) -> Result<(), axum::Error>
+    where
+        S: Sink<Message, Error = axum::Error> + Unpin,
+    {
+        let client = self.client.as_str();
+        let welcome = ServerFrame::Welcome {
+            replica: &self.replica,
+            client_id: client,
+            last_id: StreamIdText(start.welcome.client),
+            last_broadcast_id: StreamIdText(start.welcome.broadcast),
+        };
+        sink.feed(Message::Text(welcome.to_bytes())).await?;
+        for stream in &start.lost {
+            let lost = ServerFrame::HistoryLost {
+                stream,
+                message: "some messages since your last id are no longer kept",
+            };
+            sink.feed(Message::Text(lost.to_bytes())).await?;
+        }
+        for frame in &start.replay {
+            sink.feed(Message::Text(frame.bytes.clone())).await?;
+        }
+        if self.resume.is_some() {
+            let detail = format!(
+                "replayed {} missed, lost: {:?}",
+                start.replay.len(),
+                start.lost
+            );
+            self.records.record(Event::Replay, Some(client), &detail);
+        }
+        sink.flush().await
+    }
+
+    async fn write<S>(
+        &self,
+        sink: &mut S,
+        mut outbox: mpsc::Receiver<Outgoing>,
+        skip: Skip,
+        heard: &AtomicBool,
+    ) -> End
+    where
+        S: Sink<Message, Error = axum::Error> + Unpin,
+    {
+        let slow = &self.registration.slow;
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+        let mut silent_ticks = 0u8;
+        loop {
+            tokio::select! {
+                biased;
+                () = slow.cancelled() => return End::SlowConsumer,
+                () = self.shutdown.cancelled() => {
+                    let reason = "replica restarting";
+                    close(sink, close_code::SERVICE_RESTART, reason, CLOSE_WAIT).await;
+                    return End::Shutdown;
+                }
+                frame = outbox.recv() => {
+                    let Some(frame) = frame else { return End::Shutdown };
+                    // A peer that stopped reading blocks the send; the overflow signal must
+                    // still get through, so race them.
+                    tokio::select! {
+                        sent = send_batch(sink, frame, &mut outbox, skip) => if sent.is_err() {
+                            return End::SendFailed;
+                        },
+                        () = slow.cancelled() => return End::SlowConsumer,
+                    }
+                }
+                _ = ping.tick() => {
+                    if heard.swap(false, Ordering::Relaxed) {
+                        silent_ticks = 0;
+                    } else {
+                        silent_ticks += 1;
+                        if silent_ticks >= 2 {
+                            return End::PeerSilent;
+                        }
+                    }
+                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                        return End::SendFailed;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn read<R>(&self, stream: &mut R, heard: &AtomicBool) -> End
+    where
+        R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    {
+        while let Some(next) = stream.next().await {
+            // A protocol fault (bad UTF-8, an oversized frame) ends the stream with an error
+            // and tungstenite sends nothing for it: the session closes with the code.
+            let message = match next {
+                Ok(message) => message,
+                Err(err) => return fault_code(&err).map_or(End::ClientClosed, End::Fault),
+            };
+            heard.store(true, Ordering::Relaxed);
+            let reply = match message {
+                Message::Text(text) => self.on_text(&text),
+                Message::Binary(_) => Some(error_frame(&FrameError::Binary).into()),
+                Message::Close(_) => return End::ClientClosed,
+                Message::Ping(_) | Message::Pong(_) => None,
+            };
+            if let Some(reply) = reply {
+                self.send_own(reply);
+            }
+        }
+        End::ClientClosed
+    }
+
+    /// Handles one text frame; returns the frame to send back.
+    fn on_text(&self, raw: &str) -> Option<Outgoing> {
+        let client = self.client.as_str();
+        match parse_client_frame(raw, self.max_text_bytes) {
+            Ok(frame) => {
+                self.records
+                    .record(Event::WsRecv, Some(client), &frame.text);
+                let envelope = Envelope {
+                    via: Via::Ws,
+                    from: self.replica.to_string(),
+                    text: frame.text,
+                };
+                self.metrics.delivered(Via::Ws, 1);
+                Some(envelope.frame_for(&self.replica).into())
+            }
+            Err(err) => Some(error_frame(&err).into()),
+        }
+    }
+
+    /// Queues a frame for this socket only, behind whatever is already queued for it.
+    fn send_own(&self, frame: Outgoing) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.registration.queue.try_send(frame)
+            && !self.registration.slow.is_cancelled()
+        {
+            self.registration.slow.cancel();
+            self.metrics.slow_consumer();
+        }
+    }
+}
+
+/// Writes `first` and whatever else is already queued, then flushes once: one write system
+/// call for a burst instead of one per frame.
+async fn send_batch<S>(
+    sink: &mut S,
+    first: Outgoing,
+    outbox: &mut mpsc::Receiver<Outgoing>,
+    skip: Skip,
+) -> Result<(), axum::Error>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    const MAX_BATCH: usize = 64;
+    let mut next = Some(first);
+    for _ in 0..MAX_BATCH {
+        let Some(frame) = next.take().or_else(|| outbox.try_recv().ok()) else {
+            break;
+        };
+        if skip.keeps(&frame) {
+            sink.feed(Message::Text(frame.bytes)).await?;
+        }
+    }
+    sink.flush().await
+}
+
+/// The close code for a read error that is the client's fault; None when the peer is simply
+/// gone (reset, I/O error). axum wraps tungstenite's error, which names the fault.
+fn fault_code(err: &axum::Error) -> Option<u16> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
+    let source = std::error::Error::source(err)?;
+    match source.downcast_ref::<WsError>()? {
+        WsError::Utf8(_) => Some(close_code::INVALID_PAYLOAD),
+        WsError::Capacity(_) => Some(close_code::MESSAGE_TOO_BIG),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        WsError::Protocol(_) => Some(close_code::PROTOCOL_ERROR),
+        _ => None,
+    }
+}
+
+fn fault_reason(code: u16) -> &'static str {
+    match code {
+        close_code::INVALID_PAYLOAD => "text is not valid UTF-8",
+        close_code::MESSAGE_TOO_BIG => "message too big",
+        _ => "protocol error",
+    }
+}
+
+fn error_frame(err: &FrameError) -> Utf8Bytes {
+    ServerFrame::Error {
+        code: err.code(),
+        message: &err.to_string(),
+    }
+    .to_bytes()
+}
+
+/// How long an ordinary close frame may take to go out.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// How long a socket closed for a protocol fault stays open for its close frame to arrive.
+const FAULT_LINGER: Duration = Duration::from_secs(1);
+
+async fn close<S>(sink: &mut S, code: u16, reason: &'static str, wait: Duration)
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    };
+    // The peer may already be gone; there is nobody left to tell.
+    let _ = tokio::time::timeout(wait, sink.send(Message::Close(Some(frame)))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_channel::mpsc as fmpsc;
+
+    use super::*;
+    use crate::broker::Broker;
+    use crate::broker::memory::MemoryBroker;
+    use crate::limits::Limits;
+    use crate::registry::Registry;
+
+    struct Harness {
+        to_session: fmpsc::UnboundedSender<Result<Message, axum::Error>>,
+        from_session: fmpsc::UnboundedReceiver<Message>,
+        registry: Registry,
+        shutdown: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    fn start(limits: Limits) -> Harness {
+        let broker = Broker::Memory(MemoryBroker::new(
+            Arc::new(|_, _, _| {}),
+            Limits::default().window(),
+        ));
+        let metrics = Metrics::new();
+        let registry = Registry::new(broker.clone(), metrics.clone(), &limits);
+        let client = ClientId::parse("c1").unwrap();
+        let registration = registry.register(&client).unwrap();
+        let shutdown = CancellationToken::new();
+        let session = Session {
+            replica: "app-1".into(),
+            client,
+            registration,
+            records: Records::disabled("app-1"),
+            metrics,
+            max_text_bytes: limits.max_text_bytes,
+            shutdown: shutdown.clone(),
+            broker,
+            resume: None,
+        };
+        let (to_session, incoming) = fmpsc::unbounded();
+        let (outgoing, from_session) = fmpsc::unbounded::<Message>();
+        let sink = outgoing.sink_map_err(axum::Error::new);
+        let task = tokio::spawn(session.run(Box::pin(sink), incoming));
+        Harness {
+            to_session,
+            from_session,
+            registry,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn next_json(h: &mut Harness) -> serde_json::Value {
+        let message = tokio::time::timeout(Duration::from_secs(2), h.from_session.next())
+            .await
+            .expect("a frame in time")
+            .expect("session open");
+        match message {
+            Message::Text(text) => serde_json::from_str(&text).unwrap(),
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+
+    async fn next_close_code(h: &mut Harness) -> u16 {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(2), h.from_session.next())
+                .await
+                .expect("a frame in time")
+                .expect("session open");
+            if let Message::Close(Some(frame)) = message {
+                return frame.code;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn welcome_comes_first_then_text_is_echoed_via_ws() {
+        let mut h = start(Limits::default());
+        assert_eq!(
+            next_json(&mut h).await,
+            serde_json::json!({"type": "welcome", "replica": "app-1", "client_id": "c1",
+                               "last_id": "0-0", "last_broadcast_id": "0-0"})
+        );
+        h.to_session
+            .unbounded_send(Ok(Message::Text(r#"{"text":"<b>hi</b>"}"#.into())))
+            .unwrap();
+        assert_eq!(
+            next_json(&mut h).await,
+            serde_json::json!({"type": "message", "via": "ws", "from": "app-1",
+                               "replica": "app-1", "text": "<b>hi</b>"})
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_frames_get_an_error_frame_and_the_socket_stays_open() {
+        let mut h = start(Limits {
+            max_text_bytes: 5,
+            ..Limits::default()
+        });
+        next_json(&mut h).await;
+        let cases: [(Message, &str); 4] = [
+            (Message::Binary(vec![1, 2, 3].into()), "binary_frame"),
+            (Message::Text("not json".into()), "bad_frame"),
+            (
+                Message::Text(r#"{"text":"a","extra":1}"#.into()),
+                "bad_frame",
+            ),
+            (
+                Message::Text(r#"{"text":"toolong"}"#.into()),
+                "text_too_long",
+            ),
+        ];
+        for (message, code) in cases {
+            h.to_session.unbounded_send(Ok(message)).unwrap();
+            let frame = next_json(&mut h).await;
+            assert_eq!(frame["type"], "error");
+            assert_eq!(frame["code"], code);
+        }
+        h.to_session
+            .unbounded_send(Ok(Message::Text(r#"{"text":"ok"}"#.into())))
+            .unwrap();
+        assert_eq!(next_json(&mut h).await["text"], "ok");
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_with_service_restart() {
+        let mut h = start(Limits::default());
+        next_json(&mut h).await;
+        h.shutdown.cancel();
+        assert_eq!(next_close_code(&mut h).await, close_code::SERVICE_RESTART);
+        tokio::time::timeout(Duration::from_secs(2), &mut h.task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.registry.counts(), (0, 0), "the socket left the registry");
+    }
+
+    #[tokio::test]
+    async fn a_consumer_that_falls_behind_is_closed_with_try_again_later() {
+        let mut h = start(Limits {
+            socket_queue: 4,
+            ..Limits::default()
+        });
+        next_json(&mut h).await;
+        let client = ClientId::parse("c1").unwrap();
+        let frame = Outgoing::from(Utf8Bytes::from_static(r#"{"type":"message"}"#));
+        // The test does not read from_session while delivering, but the channel sink is
+        // unbounded, so fill the queue faster than the session can forward it.
+        let mut overflowed = 0;
+        for _ in 0..10_000 {
+            overflowed += h.registry.deliver(&client, &frame).overflowed;
+            if overflowed > 0 {
+                break;
+            }
+        }
+        assert!(overflowed > 0, "the queue never filled");
+        assert_eq!(next_close_code(&mut h).await, close_code::TRY_AGAIN_LATER);
+    }
+
+    // Paused time: each fault's linger passes at once.
+    #[tokio::test(start_paused = true)]
+    async fn protocol_faults_close_with_their_code_and_a_vanished_peer_without_one() {
+        use tokio_tungstenite::tungstenite::Error as WsError;
+        use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
+        let faults = [
+            (
+                WsError::Utf8("bad".to_owned()),
+                Some(close_code::INVALID_PAYLOAD),
+            ),
+            (
+                WsError::Capacity(CapacityError::MessageTooLong {
+                    size: 20,
+                    max_size: 10,
+                }),
+                Some(close_code::MESSAGE_TOO_BIG),
+            ),
+            (
+                WsError::Protocol(ProtocolError::UnmaskedFrameFromClient),
+                Some(close_code::PROTOCOL_ERROR),
+            ),
+            (
+                WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake),
+                None,
+            ),
+            (WsError::Io(std::io::ErrorKind::BrokenPipe.into()), None),
+        ];
+        for (fault, code) in faults {
+            let what = fault.to_string();
+            let mut h = start(Limits::default());
+            next_json(&mut h).await;
+            h.to_session
+                .unbounded_send(Err(axum::Error::new(fault)))
+                .unwrap();
+            tokio::time::timeout(Duration::from_secs(2), &mut h.task)
+                .await
+                .unwrap()
+                .unwrap();
+            let mut sent = Vec::new();
+            while let Ok(message) = h.from_session.try_recv() {
+                sent.push(message);
+            }
+            let closed = sent.iter().find_map(|m| match m {
+                Message::Close(Some(frame)) => Some(frame.code),
+                _ => None,
+            });
+            assert_eq!(closed, code, "{what}: {sent:?}");
+            assert_eq!(h.registry.counts(), (0, 0), "{what}");
+        }
+    }
+
+    #[tokio::test]
+    async fn client_close_ends_the_session_and_frees_the_registration() {
+        let mut h = start(Limits::default());
+        next_json(&mut h).await;
+        h.to_session
+            .unbounded_send(Ok(Message::Close(None)))
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(2), &mut h.task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.registry.counts(), (0, 0));
+    }
+}

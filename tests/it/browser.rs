@@ -1,0 +1,505 @@
+//! The demo page in headless Chromium, through nginx, as a person sees it: which replica
+//! rendered it and holds its socket, what each of the six buttons does over many presses, and
+//! the page moving its socket when that replica dies, with nothing published meanwhile lost.
+//! Also the screenshots in docs/ (an ignored test that `scripts/screenshots` runs).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fantoccini::Locator;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::support::browser::{Browser, Chromedriver};
+use crate::support::{Client, TestCluster};
+
+const REPLICAS: [&str; 3] = ["app-1", "app-2", "app-3"];
+const BUTTONS: [&str; 6] = [
+    "btn-echo-rr",
+    "btn-echo-sticky",
+    "btn-ws",
+    "btn-publish",
+    "btn-direct-rr",
+    "btn-direct-sticky",
+];
+/// Presses per button: enough that round robin shows more than one replica, and that in-memory
+/// delivery without the cookie both succeeds and fails.
+const PRESSES: usize = 12;
+
+/// The press entries of the feed, oldest first, as their `data-*` attributes.
+const PRESSES_JS: &str = "return [...document.querySelectorAll('#feed > li[data-kind=press]')]\
+    .reverse().map((li) => ({ ...li.dataset }));";
+
+/// Every tally, by button, as its `data-*` attributes.
+const TALLIES_JS: &str = "return Object.fromEntries([...document.querySelectorAll('.tally')]\
+    .map((t) => [t.dataset.button, { ...t.dataset }]));";
+
+/// Holds when the topology picture draws app-1..app-3.
+const DRAWN_JS: &str = "return [...document.querySelectorAll('#topology [data-node-replica]')]\
+    .map((g) => g.dataset.nodeReplica).join() === 'app-1,app-2,app-3';";
+
+/// Messages that no press sent (broadcasts, publishes by scripts), oldest first.
+const MESSAGES_JS: &str = "return [...document.querySelectorAll('#feed > li[data-kind=event][data-via]')]\
+    .reverse().map((li) => ({ ...li.dataset, text: li.querySelector('.event-text').textContent }));";
+
+/// The socket events of the feed, newest first.
+const EVENTS_JS: &str = "return [...document.querySelectorAll('#feed > li[data-kind=event]')]\
+    .map((li) => li.textContent);";
+
+/// Holds when the page's socket is open.
+const OPEN_JS: &str = "return window.stickyws && window.stickyws.state().wsState === 'open';";
+
+/// Holds when no press is waiting for its answer or frame.
+const SETTLED_JS: &str = "return [...document.querySelectorAll('.tally')]\
+    .every((t) => t.dataset.pending === '0');";
+
+/// Starts recording every value `ws-state`'s `data-state` takes, into `window.wsStates`.
+const RECORD_STATES_JS: &str = "const node = document.getElementById('ws-state');\
+    window.wsStates = [];\
+    new MutationObserver(() => window.wsStates.push(node.dataset.state))\
+    .observe(node, { attributes: true, attributeFilter: ['data-state'] }); return true;";
+
+/// Logged by the test itself, proving that the console log it checks is really collected.
+const CANARY: &str = "browser test: console log capture works";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_every_path_and_keeps_its_messages_when_its_socket_moves() {
+    let mut cluster = TestCluster::start(3);
+    let driver = Chromedriver::start(cluster.dir.path());
+    let page = open_page(&cluster, &driver, 1280, 900).await;
+    page.eval(&format!("console.error('{CANARY}'); return true;"))
+        .await;
+
+    let shown = who_serves_the_page(&cluster, &page).await;
+    press_every_button(&page, &shown).await;
+    page.wait_until("the topology to draw app-1..app-3", secs(5), DRAWN_JS)
+        .await;
+    kill_the_socket_replica_and_publish_meanwhile(&mut cluster, &page, &shown).await;
+
+    // No console errors, apart from the page's socket failing while its replica was down.
+    let console = page.console().await;
+    assert!(
+        console.iter().any(|e| e.message.contains(CANARY)),
+        "the console log was not captured: {console:#?}"
+    );
+    let unexpected: Vec<_> = console
+        .iter()
+        .filter(|e| e.level == "SEVERE" && !e.message.contains(CANARY))
+        .filter(|e| !is_failed_socket(&e.message, &shown.client_id))
+        .collect();
+    assert!(unexpected.is_empty(), "console errors: {unexpected:#?}");
+}
+
+/// What the page's header shows.
+struct Shown {
+    page_by: String,
+    ws_by: String,
+    client_id: String,
+}
+
+/// Who rendered the page and who holds its socket: as shown, and as the servers say.
+async fn who_serves_the_page(cluster: &TestCluster, page: &Browser) -> Shown {
+    let shown = Shown {
+        page_by: page.text("page-by").await,
+        ws_by: page.text("ws-by").await,
+        client_id: page.text("client-id").await,
+    };
+    let Shown {
+        page_by,
+        ws_by,
+        client_id,
+    } = &shown;
+    let cookie = page.client.get_named_cookie("sticky").await.unwrap();
+    assert_eq!(
+        cookie.value(),
+        page_by,
+        "page-by names the cookie's replica"
+    );
+    assert!(REPLICAS.contains(&page_by.as_str()), "{page_by}");
+    assert_eq!(
+        ws_by, page_by,
+        "the socket is opened with the page's cookie, so nginx sends it to the page's replica"
+    );
+    let state = page.state().await;
+    assert_eq!(state["pageBy"], page_by.as_str());
+    assert_eq!(state["wsBy"], ws_by.as_str());
+    assert_eq!(state["clientId"], client_id.as_str());
+    assert_eq!(page.attr("ws-state", "data-state").await, "open");
+    let records = cluster.records();
+    for (replica, event) in [(page_by, "page"), (ws_by, "connect")] {
+        let line = format!("| {replica} | {event:<13} | {client_id} |");
+        assert!(records.contains(&line), "no `{line}` in\n{records}");
+    }
+    shown
+}
+
+/// Every button, [`PRESSES`] times: each keeps its promise, and its tally matches its entries.
+async fn press_every_button(page: &Browser, shown: &Shown) {
+    for button in BUTTONS {
+        page.press(button, PRESSES).await;
+    }
+    page.wait_until("every press to settle", secs(8), SETTLED_JS)
+        .await;
+    let presses = page.eval(PRESSES_JS).await;
+    let presses = presses.as_array().unwrap();
+    let tallies = page.eval(TALLIES_JS).await;
+    for button in BUTTONS {
+        tally_matches_feed(button, &tallies[button], &entries_of(presses, button));
+    }
+
+    let (page_by, ws_by) = (shown.page_by.as_str(), shown.ws_by.as_str());
+    let of = |button: &str, key: &str| -> BTreeSet<String> {
+        entries_of(presses, button)
+            .iter()
+            .map(|e| str_of(&e[key]).to_owned())
+            .collect()
+    };
+    let one = |name: &str| BTreeSet::from([name.to_owned()]);
+    // 1: HTTP without the cookie is spread; 2: with it, always the page's replica.
+    assert_eq!(of("btn-echo-rr", "outcome"), one("answered"));
+    let answered_by = of("btn-echo-rr", "took");
+    assert!(answered_by.len() >= 2, "{answered_by:?}");
+    assert_eq!(of("btn-echo-sticky", "outcome"), one("answered"));
+    assert_eq!(of("btn-echo-sticky", "took"), one(page_by));
+    // 3: the socket's replica answers on the socket; 4: publish always reaches it.
+    for button in ["btn-ws", "btn-publish"] {
+        assert_eq!(of(button, "outcome"), one("delivered"), "{button}");
+        assert_eq!(of(button, "deliveredBy"), one(ws_by), "{button}");
+    }
+    assert_eq!(of("btn-ws", "took"), one(ws_by));
+    // 5: in-memory delivery works exactly when the request lands on the socket's replica.
+    for entry in entries_of(presses, "btn-direct-rr") {
+        let expected = if entry["took"] == ws_by {
+            "delivered"
+        } else {
+            "not-delivered"
+        };
+        assert_eq!(entry["outcome"], expected, "{entry}");
+    }
+    assert_eq!(
+        of("btn-direct-rr", "outcome"),
+        BTreeSet::from(["delivered".to_owned(), "not-delivered".to_owned()]),
+        "round robin over 3 replicas both finds and misses the socket in {PRESSES} presses"
+    );
+    // 6: the cookie sends the request to the socket's replica, every time.
+    assert_eq!(of("btn-direct-sticky", "outcome"), one("delivered"));
+    assert_eq!(of("btn-direct-sticky", "took"), one(page_by));
+    assert_eq!(of("btn-direct-sticky", "deliveredBy"), one(ws_by));
+}
+
+/// A button's tally counts what its feed entries show, and nothing failed or was lost.
+fn tally_matches_feed(button: &str, tally: &Value, entries: &[&Value]) {
+    assert_eq!(entries.len(), PRESSES, "{button}: {entries:#?}");
+    assert_eq!(tally["sent"], PRESSES.to_string(), "{button}: {tally}");
+    for key in ["lost", "errors", "pending"] {
+        assert_eq!(tally[key], "0", "{button} {key}: {tally}\n{entries:#?}");
+    }
+    let count = |outcome: &str| {
+        let n = entries.iter().filter(|e| e["outcome"] == outcome).count();
+        n.to_string()
+    };
+    assert_eq!(tally["answered"], count("answered"), "{button}: {tally}");
+    assert_eq!(tally["delivered"], count("delivered"), "{button}: {tally}");
+    assert_eq!(tally["notDelivered"], count("not-delivered"), "{button}");
+    let took = counts_attr(entries.iter().map(|e| str_of(&e["took"])));
+    assert_eq!(tally["took"], took, "{button}: {tally}");
+    let delivered_by = counts_attr(entries.iter().map(|e| str_of(&e["deliveredBy"])));
+    assert_eq!(tally["deliveredBy"], delivered_by, "{button}: {tally}");
+}
+
+/// SIGKILLs the socket's replica, publishes 5 messages through the API and presses publish on
+/// the page while it reconnects: the page says it moved, and shows every message once, in
+/// order, the replayed ones marked as recovered.
+async fn kill_the_socket_replica_and_publish_meanwhile(
+    cluster: &mut TestCluster,
+    page: &Browser,
+    shown: &Shown,
+) {
+    let (ws_by, client_id) = (shown.ws_by.as_str(), shown.client_id.as_str());
+    let client = page_client(page).await;
+    page.eval(RECORD_STATES_JS).await;
+
+    cluster.replica(ws_by).proc.kill();
+    let texts: Vec<String> = (1..=5).map(|i| format!("while away {i}")).collect();
+    for text in &texts {
+        let (status, body) = cluster.call("publish", &client, None, text).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    page.click("btn-publish").await;
+
+    // The page reconnects elsewhere and says so.
+    let moved = page
+        .wait_until(
+            "the socket to reopen on another replica",
+            secs(10),
+            &format!(
+                "const s = window.stickyws.state(); \
+                 return s.wsState === 'open' && s.wsBy !== '{ws_by}' && s.wsBy;"
+            ),
+        )
+        .await;
+    let moved = str_of(&moved).to_owned();
+    assert!(REPLICAS.contains(&moved.as_str()), "{moved}");
+    assert_eq!(page.text("ws-by").await, moved);
+    let detail = page.text("ws-detail").await;
+    assert!(detail.contains(&format!("moved from {ws_by}")), "{detail}");
+    let states = page.eval("return window.wsStates;").await;
+    let states: Vec<&str> = states.as_array().unwrap().iter().map(str_of).collect();
+    let reconnecting = states.iter().position(|s| *s == "reconnecting");
+    assert!(
+        reconnecting.is_some_and(|i| states[i..].contains(&"open")),
+        "ws-state went {states:?}"
+    );
+    let events = page.eval(EVENTS_JS).await;
+    let told = format!("socket moved from {ws_by} to {moved}");
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| str_of(e).contains(&told)),
+        "no feed event says `{told}`: {events:#}"
+    );
+
+    // Every message arrives once, in order. The first was published before the page could
+    // notice the loss, so at least it was replayed; replayed ones come before live ones.
+    let arrived = format!(
+        "const got = (() => {{ {MESSAGES_JS} }})(); \
+         return got.filter((m) => m.text.includes('while away')).length >= {};",
+        texts.len()
+    );
+    page.wait_until("the messages published while away", secs(5), &arrived)
+        .await;
+    page.wait_until("the press while away", secs(5), SETTLED_JS)
+        .await;
+    let messages = page.eval(MESSAGES_JS).await;
+    let away: Vec<&Value> = messages
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| str_of(&m["text"]).contains("while away"))
+        .collect();
+    let in_feed: Vec<&str> = away
+        .iter()
+        .map(|m| {
+            let text = str_of(&m["text"]);
+            texts
+                .iter()
+                .find(|t| text.contains(&format!(": {t}")))
+                .map_or(text, String::as_str)
+        })
+        .collect();
+    assert_eq!(in_feed, texts, "{away:#?}");
+    let replayed: Vec<bool> = away.iter().map(|m| m["replayed"] == "true").collect();
+    assert!(replayed[0], "{away:#?}");
+    assert!(replayed.is_sorted_by(|a, b| a >= b), "{away:#?}");
+    for message in &away {
+        assert_eq!(message["via"], "publish", "{message}");
+        let marked = str_of(&message["text"]).contains("recovered after reconnect");
+        assert_eq!(marked, message["replayed"] == "true", "{message}");
+    }
+
+    // The press made while away is delivered by the new replica, live or replayed.
+    let presses = page.eval(PRESSES_JS).await;
+    let press = presses.as_array().unwrap().last().unwrap();
+    assert_eq!(press["button"], "btn-publish", "{press}");
+    assert_eq!(press["outcome"], "delivered", "{press}");
+    assert_eq!(press["deliveredBy"], moved.as_str(), "{press}");
+    // The page's cursor is the newest id it has shown, ready for the next reconnect.
+    let cursors = page.state().await["cursors"].clone();
+    assert_eq!(cursors["lastId"], press["id"], "{cursors}");
+    // And the new replica replayed exactly what the page shows as replayed.
+    let count = replayed.iter().filter(|r| **r).count() + usize::from(press["replayed"] == "true");
+    let replay = format!("| {moved} | replay        | {client_id} | replayed {count} missed");
+    let records = cluster.records();
+    assert!(records.contains(&replay), "no `{replay}` in\n{records}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_says_so_when_messages_it_missed_are_no_longer_kept() {
+    // Each client's history keeps its 2 newest messages.
+    let mut cluster = TestCluster::start_with(3, vec![("HISTORY_LEN".into(), "2".into())]);
+    let driver = Chromedriver::start(cluster.dir.path());
+    let page = open_page(&cluster, &driver, 1280, 900).await;
+    let ws_by = page.text("ws-by").await;
+    let client = page_client(&page).await;
+
+    cluster.replica(&ws_by).proc.kill();
+    for i in 1..=4 {
+        let text = format!("missed {i}");
+        let (status, body) = cluster.call("publish", &client, None, &text).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let told = "const lost = document.querySelector('#feed > li[data-history-lost]'); \
+                return lost && lost.dataset.historyLost;";
+    let stream = page
+        .wait_until("the page to say messages were lost", secs(10), told)
+        .await;
+    assert_eq!(stream, "client");
+    let kept = format!(
+        "const got = (() => {{ {MESSAGES_JS} }})(); \
+         return got.filter((m) => m.text.includes('missed')).length >= 2;"
+    );
+    page.wait_until("the messages still kept", secs(5), &kept)
+        .await;
+
+    // Oldest first: the warning, then the two messages still kept, replayed in order.
+    let feed = page
+        .eval(
+            "return [...document.querySelectorAll('#feed > li[data-kind=event]')].reverse()\
+             .map((li) => ({ ...li.dataset, text: li.textContent }))\
+             .filter((e) => e.historyLost || e.text.includes('missed'));",
+        )
+        .await;
+    let feed = feed.as_array().unwrap();
+    assert_eq!(feed.len(), 3, "{feed:#?}");
+    assert_eq!(feed[0]["historyLost"], "client", "{feed:#?}");
+    assert!(
+        str_of(&feed[0]["text"]).contains("may be missing"),
+        "{feed:#?}"
+    );
+    for (entry, text) in feed[1..].iter().zip(["missed 3", "missed 4"]) {
+        assert!(
+            str_of(&entry["text"]).contains(&format!(": {text}")),
+            "{feed:#?}"
+        );
+        assert_eq!(entry["replayed"], "true", "{feed:#?}");
+    }
+}
+
+/// The page's client id and token, as the page holds them.
+async fn page_client(page: &Browser) -> Client {
+    let id = page.text("client-id").await;
+    let token = page.eval("return document.body.dataset.token;").await;
+    Client {
+        id,
+        token: str_of(&token).to_owned(),
+    }
+}
+
+/// Chromium's own line for the page's WebSocket failing to connect or breaking off, e.g.
+/// `WebSocket connection to 'ws://…/ws/<id>?token=…' failed: … net::ERR_CONNECTION_REFUSED`;
+/// an HTTP refusal (401, 502, …) is not one of them.
+fn is_failed_socket(message: &str, client_id: &str) -> bool {
+    let Some((url, reason)) = message
+        .split_once("WebSocket connection to 'ws://")
+        .and_then(|(_, rest)| rest.split_once("' failed:"))
+    else {
+        return false;
+    };
+    let reason = reason.trim();
+    url.contains(&format!("/ws/{client_id}?"))
+        && (reason.is_empty()
+            || reason.contains("net::ERR_")
+            || reason.contains("Connection closed before receiving a handshake response"))
+}
+
+/// `docs/demo.png` (1280x900) and `docs/demo-narrow.png` (a 390x844 phone, the whole page)
+/// after a few presses of each button. Without `STICKYWS_SCREENSHOTS=1` they are written to a
+/// temporary directory instead, so running every ignored test leaves docs/ alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "renders docs/demo.png and docs/demo-narrow.png; run scripts/screenshots"]
+async fn screenshots_of_the_page_in_use() {
+    let cluster = TestCluster::start(3);
+    let out = if std::env::var("STICKYWS_SCREENSHOTS").as_deref() == Ok("1") {
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/docs"))
+    } else {
+        cluster.dir.path().to_owned()
+    };
+    let driver = Chromedriver::start(cluster.dir.path());
+    let page = open_page(&cluster, &driver, 1280, 900).await;
+    // Each button a few times, one press at a time as a person presses, so the feed reads in
+    // order; the round-robin ones until they show their lesson (all replicas; hit and miss).
+    for (button, at_most, done) in [
+        (
+            "btn-echo-rr",
+            6,
+            "t.sent >= 3 && t.took.split(' ').length === 3",
+        ),
+        ("btn-echo-sticky", 2, "false"),
+        ("btn-ws", 2, "false"),
+        ("btn-publish", 2, "false"),
+        (
+            "btn-direct-rr",
+            6,
+            "t.sent >= 3 && t.delivered > 0 && t.notDelivered > 0",
+        ),
+        ("btn-direct-sticky", 2, "false"),
+    ] {
+        let done =
+            format!("const t = document.getElementById('tally-{button}').dataset; return {done};");
+        for _ in 0..at_most {
+            page.click(button).await;
+            page.wait_until("the press to settle", secs(5), SETTLED_JS)
+                .await;
+            if page.eval(&done).await == true {
+                break;
+            }
+        }
+    }
+    page.wait_until("the topology to draw app-1..app-3", secs(5), DRAWN_JS)
+        .await;
+    // The pointer rests on the title, not on the last button pressed.
+    let title = page.client.find(Locator::Css("h1")).await.unwrap();
+    title.click().await.unwrap();
+    let still = "return document.querySelectorAll('.trail, .miss').length === 0 \
+                 && document.getAnimations().every((a) => a.playState !== 'running');";
+    page.wait_until("the animations to end", secs(5), still)
+        .await;
+    let wide = page.screenshot().await;
+    assert_eq!(png_size(&wide), (1280, 900));
+    std::fs::write(out.join("demo.png"), wide).unwrap();
+
+    // A phone: 390 CSS pixels wide, the whole page at once.
+    page.viewport(390, 844, true).await;
+    let narrow = "return document.querySelector('#topology svg').viewBox.baseVal.width < 400;";
+    page.wait_until("the narrow layout", secs(5), narrow).await;
+    let narrow = page.screenshot_full_page(390).await;
+    let (width, height) = png_size(&narrow);
+    assert!(width == 390 && height > 844, "{width}x{height}");
+    std::fs::write(out.join("demo-narrow.png"), narrow).unwrap();
+}
+
+async fn open_page(
+    cluster: &TestCluster,
+    driver: &Chromedriver,
+    width: u32,
+    height: u32,
+) -> Browser {
+    let page = driver.open(width, height).await;
+    page.goto(&format!("{}/", cluster.base())).await;
+    page.wait_until("the page's socket to open", secs(10), OPEN_JS)
+        .await;
+    page
+}
+
+/// The feed's presses of one button.
+fn entries_of<'a>(presses: &'a [Value], button: &str) -> Vec<&'a Value> {
+    presses.iter().filter(|p| p["button"] == button).collect()
+}
+
+/// `"app-1:2 app-3:1"`, the form of a tally's `data-took` and `data-delivered-by`.
+fn counts_attr<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for name in names.filter(|n| !n.is_empty()) {
+        *counts.entry(name).or_default() += 1;
+    }
+    let parts: Vec<String> = counts.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+    parts.join(" ")
+}
+
+fn str_of(value: &Value) -> &str {
+    value.as_str().unwrap_or_default()
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// Width and height from a PNG's header.
+fn png_size(png: &[u8]) -> (u32, u32) {
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+    let word = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
+    (word(16), word(20))
+}

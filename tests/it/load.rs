@@ -1,0 +1,193 @@
+//! `stickyws load` against a real three-replica cluster: small bounded runs of each scenario,
+//! checked the way a user reads the results — through the JSON lines the tool writes.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support::{API_KEY, TestCluster};
+
+/// Runs `stickyws load <args>` with `--json`, and returns every JSON line it wrote.
+fn load(cluster: &TestCluster, dir: &Path, args: &[&str]) -> Vec<Value> {
+    let json = dir.join(format!("{}.jsonl", args[0]));
+    let output = Command::new(env!("CARGO_BIN_EXE_stickyws"))
+        .arg("load")
+        .args(args)
+        .args(["--url", &cluster.base(), "--timeout", "20"])
+        .arg("--json")
+        .arg(&json)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "load {args:?} failed\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = std::fs::read_to_string(&json).unwrap();
+    text.lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+fn summary(lines: &[Value]) -> &Value {
+    lines
+        .iter()
+        .find(|l| l["type"] == "summary")
+        .expect("a summary line")
+}
+
+fn replica_pids(cluster: &TestCluster) -> String {
+    cluster
+        .replicas
+        .iter()
+        .map(|r| r.proc.pid().to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn targeted_publishes_all_arrive_once_at_their_client() {
+    let cluster = TestCluster::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let plots = dir.path().join("plots");
+    let pids = replica_pids(&cluster);
+    let lines = load(
+        &cluster,
+        dir.path(),
+        &[
+            "targeted",
+            "--sockets",
+            "20",
+            "--messages",
+            "300",
+            "--server-pids",
+            &pids,
+            "--plots",
+            plots.to_str().unwrap(),
+        ],
+    );
+    let s = summary(&lines);
+    assert_eq!(s["sockets"], 20, "{s}");
+    assert_eq!(s["sent"], 300, "{s}");
+    assert_eq!(s["accepted"], 300, "{s}");
+    assert_eq!(s["delivered"], 300, "{s}");
+    assert_eq!(s["lost"], 0, "{s}");
+    assert_eq!(s["duplicates"], 0, "{s}");
+    assert_eq!(s["misdelivered"], 0, "{s}");
+    assert!(s["latency"]["p99_ms"].as_f64().unwrap() > 0.0, "{s}");
+    assert!(s["cpu"]["total_ms"].is_number(), "{s}");
+    assert!(lines.iter().any(|l| l["type"] == "second"));
+    for plot in ["latency-cdf", "throughput", "sockets"] {
+        let svg = std::fs::read_to_string(plots.join(format!("targeted-{plot}.svg"))).unwrap();
+        assert!(svg.starts_with("<svg"), "{plot}");
+    }
+}
+
+#[test]
+fn sticky_cookie_makes_direct_delivery_certain() {
+    let cluster = TestCluster::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let lines = load(
+        &cluster,
+        dir.path(),
+        &["sticky", "--sockets", "6", "--messages", "90"],
+    );
+    let s = summary(&lines);
+    let with = &s["modes"]["with_cookie"];
+    let without = &s["modes"]["without_cookie"];
+    assert_eq!(with["requests"], 90, "{s}");
+    assert_eq!(with["success_percent"], 100.0, "{s}");
+    assert_eq!(with["broken_promises"], 0, "{s}");
+    // Round robin over 3 replicas lands on the socket's replica about 1 time in 3.
+    let without_pct = without["success_percent"].as_f64().unwrap();
+    assert!((10.0..=60.0).contains(&without_pct), "{s}");
+    assert_eq!(without["broken_promises"], 0, "{s}");
+    assert_eq!(
+        without["by_replica"].as_object().unwrap().len(),
+        3,
+        "requests without the cookie reach every replica: {s}"
+    );
+    assert_eq!(s["misdelivered"], 0, "{s}");
+}
+
+#[test]
+fn connect_opens_every_socket_and_the_replicas_count_them() {
+    let cluster = TestCluster::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let lines = load(
+        &cluster,
+        dir.path(),
+        &["connect", "--sockets", "60", "--hold", "0.3"],
+    );
+    let s = summary(&lines);
+    assert_eq!(s["opened"], 60, "{s}");
+    assert_eq!(s["failures"], 0, "{s}");
+    assert_eq!(s["still_open"], 60, "{s}");
+    assert_eq!(
+        s["metrics_sockets"], 60,
+        "per-replica /metrics sum to N: {s}"
+    );
+    assert_eq!(s["metrics_by_replica"].as_object().unwrap().len(), 3, "{s}");
+    let replicas: Vec<&Value> = lines.iter().filter(|l| l["type"] == "replica").collect();
+    assert_eq!(replicas.len(), 3);
+    assert!(s["welcome"]["p50_ms"].as_f64().unwrap() > 0.0, "{s}");
+}
+
+#[test]
+fn broadcast_reaches_every_socket_once() {
+    let cluster = TestCluster::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let lines = load(
+        &cluster,
+        dir.path(),
+        &[
+            "broadcast",
+            "--sockets",
+            "12",
+            "--messages",
+            "25",
+            "--api-key",
+            API_KEY,
+        ],
+    );
+    let s = summary(&lines);
+    assert_eq!(s["accepted"], 25, "{s}");
+    assert_eq!(s["expected"], 300, "{s}");
+    assert_eq!(s["delivered"], 300, "{s}");
+    assert_eq!(s["lost"], 0, "{s}");
+    assert_eq!(s["duplicates"], 0, "{s}");
+}
+
+#[test]
+fn failover_clients_of_a_killed_replica_come_back_and_nothing_is_lost() {
+    let mut cluster = TestCluster::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let victim = cluster.replica("app-2").proc.pid().to_string();
+    let lines = load(
+        &cluster,
+        dir.path(),
+        &[
+            "failover",
+            "--sockets",
+            "12",
+            "--messages",
+            "600",
+            "--rate",
+            "400",
+            "--kill-pid",
+            &victim,
+            "--fault-after",
+            "0.4",
+        ],
+    );
+    let s = summary(&lines);
+    assert!(s["sockets_closed"].as_u64().unwrap() >= 1, "{s}");
+    assert_eq!(s["closed_on"].as_object().unwrap().len(), 1, "{s}");
+    assert!(s["closed_on"]["app-2"].as_u64().unwrap() >= 1, "{s}");
+    assert_eq!(s["never_back"], 0, "{s}");
+    assert_eq!(s["lost"], 0, "history replay covers the outage: {s}");
+    assert_eq!(s["misdelivered"], 0, "{s}");
+}

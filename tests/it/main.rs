@@ -1,0 +1,20 @@
+//! Integration tests against the real topology: `redis-server`, replica processes of the built
+//! binary and `nginx` from the shipped `nginx.conf`, all started by the tests on free loopback
+//! ports. Statistical claims are asserted with bounds a correct system meets every time.
+
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
+mod api;
+mod browser;
+mod cluster_command;
+mod failover;
+mod fuzz_seeds;
+mod limits;
+mod load;
+mod reliability;
+mod routing;
+// Helpers serve several test modules; not every module uses every helper.
+#[allow(dead_code)]
+mod support;
+mod workers;

@@ -1,0 +1,435 @@
+//! Faults against the real topology: a replica killed or drained, Redis killed and restarted,
+//! a client that stops reading. Nothing is lost inside the promised window, and every fault is
+//! told, never silent.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use nix::sys::signal::Signal;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::support::{API_KEY, Client, Socket, TestCluster};
+
+/// The query that resumes after everything `frames` (and the welcome) showed.
+fn resume_query(welcome: &Value, frames: &[Value]) -> String {
+    let newest = |via: &str, key: &str| {
+        frames
+            .iter()
+            .rev()
+            .filter(|f| f["via"] == via)
+            .find_map(|f| f["id"].as_str())
+            .or_else(|| welcome[key].as_str())
+            .unwrap()
+            .to_owned()
+    };
+    format!(
+        "&last_id={}&last_broadcast_id={}",
+        newest("publish", "last_id"),
+        newest("broadcast", "last_broadcast_id")
+    )
+}
+
+async fn publish(cluster: &TestCluster, client: &Client, text: &str) -> Value {
+    let (status, body) = cluster.call("publish", client, None, text).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+async fn texts(socket: &mut Socket, n: usize) -> Vec<Value> {
+    let mut frames = Vec::new();
+    for _ in 0..n {
+        frames.push(socket.next_json().await);
+    }
+    frames
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_published_while_a_client_is_away_arrive_once_in_order_after_it_reconnects() {
+    let mut cluster = TestCluster::start(3);
+    let client = cluster.mint().await;
+    let mut socket = cluster.connect(&client, Some("app-3")).await;
+    assert_eq!(socket.replica, "app-3");
+    publish(&cluster, &client, "before").await;
+    let seen = texts(&mut socket, 1).await;
+    let query = resume_query(&socket.welcome, &seen);
+
+    cluster.replica("app-3").proc.kill();
+    assert!(
+        socket
+            .next_json_within(Duration::from_secs(5))
+            .await
+            .is_none(),
+        "socket died with app-3"
+    );
+    for i in 0..50 {
+        let body = publish(&cluster, &client, &format!("away {i}")).await;
+        assert_eq!(
+            body["receivers"], 0,
+            "nobody holds the client while it is away"
+        );
+    }
+
+    // Back through nginx with the dead replica's cookie: a backup takes the socket.
+    let mut socket = cluster.connect_query(&client, Some("app-3"), &query).await;
+    assert_ne!(socket.replica, "app-3");
+    let replayed = texts(&mut socket, 50).await;
+    let got: Vec<&str> = replayed
+        .iter()
+        .map(|f| f["text"].as_str().unwrap())
+        .collect();
+    let want: Vec<String> = (0..50).map(|i| format!("away {i}")).collect();
+    assert_eq!(got, want, "all 50, in order");
+    assert!(
+        replayed
+            .iter()
+            .all(|f| f["replayed"] == true && f["via"] == "publish")
+    );
+    assert!(
+        replayed
+            .iter()
+            .all(|f| f["replica"] == socket.replica.as_str())
+    );
+
+    publish(&cluster, &client, "after").await;
+    let next = socket.next_json().await;
+    assert_eq!(
+        (next["text"].as_str(), next.get("replayed")),
+        (Some("after"), None)
+    );
+    assert!(
+        socket
+            .next_json_within(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "nothing twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasts_missed_while_away_are_replayed_and_interleaved_in_order() {
+    let cluster = TestCluster::start(3);
+    let client = cluster.mint().await;
+    let socket = cluster.connect(&client, Some("app-1")).await;
+    let query = resume_query(&socket.welcome, &[]);
+    drop(socket);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let broadcast = |text: &str| json!({"text": text}).to_string();
+    for i in 0..3 {
+        publish(&cluster, &client, &format!("own {i}")).await;
+        let (status, _) = cluster
+            .post(
+                "/api/broadcast",
+                Some(API_KEY),
+                None,
+                &broadcast(&format!("all {i}")),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let mut socket = cluster.connect_query(&client, Some("app-2"), &query).await;
+    let frames = texts(&mut socket, 6).await;
+    let got: Vec<&str> = frames.iter().map(|f| f["text"].as_str().unwrap()).collect();
+    assert_eq!(got, ["own 0", "all 0", "own 1", "all 1", "own 2", "all 2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_behind_the_recovery_window_is_told_history_was_lost() {
+    let extra = vec![("HISTORY_LEN".to_owned(), "10".to_owned())];
+    let cluster = TestCluster::start_with(3, extra);
+    let client = cluster.mint().await;
+    let mut socket = cluster.connect(&client, None).await;
+    publish(&cluster, &client, "seen").await;
+    let seen = texts(&mut socket, 1).await;
+    let query = resume_query(&socket.welcome, &seen);
+    drop(socket);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..25 {
+        publish(&cluster, &client, &format!("m {i}")).await;
+    }
+    let mut socket = cluster.connect_query(&client, None, &query).await;
+    let lost = socket.next_json().await;
+    assert_eq!(
+        (lost["type"].as_str(), lost["stream"].as_str()),
+        (Some("history_lost"), Some("client")),
+        "{lost}"
+    );
+    let kept = texts(&mut socket, 10).await;
+    let got: Vec<&str> = kept.iter().map(|f| f["text"].as_str().unwrap()).collect();
+    let want: Vec<String> = (15..25).map(|i| format!("m {i}")).collect();
+    assert_eq!(got, want, "the 10 the window kept, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_replica_sends_its_clients_elsewhere_and_exits_cleanly() {
+    let mut cluster = TestCluster::start(3);
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let client = cluster.mint().await;
+        let socket = cluster.connect(&client, Some("app-2")).await;
+        assert_eq!(socket.replica, "app-2");
+        clients.push((client, socket));
+    }
+    let direct = cluster.replica_base("app-2");
+    let started = Instant::now();
+    let pid = cluster.replica("app-2").proc.pid();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+
+    // At once: not ready. The signal reaches the replica's runtime asynchronously, so "at once"
+    // means well inside the one-second grace in which the replica still answers.
+    let mut statuses = Vec::new();
+    while started.elapsed() < Duration::from_millis(500) {
+        let ready = cluster.http.get(format!("{direct}/readyz")).send().await;
+        let status = ready.map(|r| r.status()).ok();
+        statuses.push(status);
+        if status == Some(StatusCode::SERVICE_UNAVAILABLE) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        statuses.last(),
+        Some(&Some(StatusCode::SERVICE_UNAVAILABLE)),
+        "readiness fails within 500 ms of SIGTERM: {statuses:?}"
+    );
+    // Every socket is told to reconnect (1012).
+    for (_, socket) in &mut clients {
+        assert_eq!(
+            socket.close_code(Duration::from_secs(5)).await,
+            Some(CloseCode::Restart)
+        );
+    }
+    // Messages published while the clients are between sockets are not lost.
+    let queries: Vec<String> = clients
+        .iter()
+        .map(|(_, s)| resume_query(&s.welcome, &[]))
+        .collect();
+    for (client, _) in &clients {
+        publish(&cluster, client, "during the move").await;
+    }
+    for ((client, _), query) in clients.iter().zip(&queries) {
+        let mut socket = cluster.connect_query(client, Some("app-2"), query).await;
+        assert_ne!(
+            socket.replica, "app-2",
+            "a draining replica takes no new sockets"
+        );
+        let frame = socket.next_json().await;
+        assert_eq!(frame["text"], "during the move");
+        assert!(
+            socket
+                .next_json_within(Duration::from_millis(200))
+                .await
+                .is_none()
+        );
+    }
+    let status = cluster
+        .replica("app-2")
+        .proc
+        .signal_and_wait(Signal::SIGTERM, Duration::from_secs(12));
+    let took = started.elapsed();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit 0 within DRAIN_TIMEOUT: {status:?}"
+    );
+    assert!(took < Duration::from_secs(10), "drained in {took:?}");
+    eprintln!("drain: exited after {took:?}");
+    let records = cluster.records();
+    assert!(records.contains("| app-2 | stop "), "{records}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_ride_out_a_redis_outage_and_resume_without_a_restart() {
+    let mut cluster = TestCluster::start(3);
+    let client = cluster.mint().await;
+    let mut socket = cluster.connect(&client, Some("app-1")).await;
+    cluster.kill_redis();
+    let lost_at = Instant::now();
+
+    // Not ready anywhere, but alive, with their sockets.
+    for replica in ["app-1", "app-2", "app-3"] {
+        let base = cluster.replica_base(replica);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let status = cluster
+                .http
+                .get(format!("{base}/readyz"))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{replica} still ready without Redis"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let asked = Instant::now();
+    let (status, body) = cluster.call("publish", &client, None, "nowhere").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "broker_unavailable");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "an answer, not a hang: {:?}",
+        asked.elapsed()
+    );
+    socket.send_text("still here").await;
+    assert_eq!(
+        socket.next_json().await["text"],
+        "still here",
+        "sockets stay up"
+    );
+    let metrics = cluster.metrics(Some("app-1")).await;
+    assert!(metrics.contains("stickyws_broker_up 0\n"), "{metrics}");
+
+    // Back on the same port: resubscribed, deliveries resume on the same socket.
+    cluster.restart_redis();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = cluster.call("publish", &client, None, "back").await;
+        if status == StatusCode::OK && body["receivers"] == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deliveries did not resume: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let recovered = lost_at.elapsed();
+    let frame = socket.next_json().await;
+    assert_eq!(frame["text"], "back");
+    eprintln!("redis outage: deliveries resumed {recovered:?} after the kill (restart included)");
+    let metrics = cluster.metrics(Some("app-1")).await;
+    assert!(metrics.contains("stickyws_broker_up 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("stickyws_broker_reconnects_total 1\n"),
+        "{metrics}"
+    );
+    let records = cluster.records();
+    assert!(records.contains("| app-1 | broker-lost "), "{records}");
+    assert!(records.contains("redis re-subscribed"), "{records}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_and_slows_nobody() {
+    const MESSAGES: usize = 50_000;
+    let mut cluster = TestCluster::start(1);
+    let slow = cluster.mint().await;
+    let fast = cluster.mint().await;
+    let slow_socket = cluster.connect(&slow, None).await;
+    let fast_socket = cluster.connect(&fast, None).await;
+    let rss_before = cluster.replica_rss("app-1");
+
+    // The fast client reads everything, as it comes, on its own task.
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = progress.clone();
+    let reader = tokio::spawn(async move {
+        let mut socket = fast_socket;
+        let mut count = 0usize;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while count < MESSAGES && Instant::now() < deadline {
+            match socket.ws.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => {
+                    let frame: Value = serde_json::from_str(&text).unwrap();
+                    let text = frame["text"].as_str().unwrap();
+                    assert!(
+                        text.starts_with(&format!("n{count} ")),
+                        "in order, none missing"
+                    );
+                    count += 1;
+                    seen.store(count, std::sync::atomic::Ordering::Relaxed);
+                }
+                Some(Ok(_)) => {}
+                _ => break,
+            }
+        }
+        count
+    });
+
+    // Publish straight into the broker, both clients per message, in pipelined batches; 1 KiB
+    // messages, so the 50 MB stream overflows what the kernel buffers for the idle reader. The
+    // publisher keeps pace with the reading client, at most 1,000 messages ahead (well inside
+    // what the kernel buffers for it, so a test thread starved on a busy machine cannot look like
+    // a slow consumer): the system as a whole is not overloaded, one client is.
+    let padding = "x".repeat(1000);
+    let url = cluster.redis.as_ref().unwrap().url();
+    let redis_client = redis::Client::open(url).unwrap();
+    let mut conn = redis_client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut peak_rss = rss_before;
+    const CHUNK: usize = 500;
+    // Once the replica has given up on the slow client, the client wakes up and reads: it must
+    // find its backlog and then close code 1013 (the replica waits 10 s for it to read).
+    let mut woken: Option<tokio::task::JoinHandle<Option<CloseCode>>> = None;
+    let mut slow_socket = Some(slow_socket);
+    for chunk in 0..(MESSAGES / CHUNK) {
+        let mut pipe = redis::pipe();
+        for i in chunk * CHUNK..(chunk + 1) * CHUNK {
+            let payload =
+                json!({"via": "publish", "from": "test", "text": format!("n{i} {padding}")})
+                    .to_string();
+            for client in [&slow, &fast] {
+                pipe.cmd("PUBLISH")
+                    .arg(format!("stickyws:client:{}", client.id))
+                    .arg(&payload)
+                    .ignore();
+            }
+        }
+        pipe.query_async::<()>(&mut conn).await.unwrap();
+        peak_rss = peak_rss.max(cluster.replica_rss("app-1"));
+        if woken.is_none()
+            && cluster
+                .metrics(None)
+                .await
+                .contains("stickyws_slow_consumer_disconnects_total 1\n")
+            && let Some(mut socket) = slow_socket.take()
+        {
+            woken = Some(tokio::spawn(async move {
+                socket.close_code(Duration::from_secs(30)).await
+            }));
+        }
+        let sent = (chunk + 1) * CHUNK;
+        let pace = Instant::now() + Duration::from_secs(30);
+        while progress.load(std::sync::atomic::Ordering::Relaxed) + 1000 < sent
+            && Instant::now() < pace
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let received = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(received, MESSAGES, "the reading client got every message");
+    eprintln!(
+        "slow consumer: {MESSAGES} messages to the fast client in {took:?}; replica RSS {} KiB before, peak {} KiB",
+        rss_before / 1024,
+        peak_rss / 1024
+    );
+    assert!(
+        peak_rss < rss_before + 64 * 1024 * 1024,
+        "RSS grew from {rss_before} to {peak_rss}"
+    );
+
+    // The slow one was closed with 1013 once its queue filled.
+    let woken = woken.expect("the slow client was never disconnected");
+    let code = tokio::time::timeout(Duration::from_secs(40), woken)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code, Some(CloseCode::Again));
+    let metrics = cluster.metrics(None).await;
+    assert!(
+        metrics.contains("stickyws_slow_consumer_disconnects_total 1\n"),
+        "{metrics}"
+    );
+}

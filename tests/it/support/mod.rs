@@ -1,0 +1,248 @@
+//! The real topology for tests: `redis-server`, replica processes of the built binary and
+//! `nginx` from the shipped `nginx.conf`, on free loopback ports; a method per endpoint.
+//! Dropping a [`TestCluster`] stops every process it started; when the test is failing, the
+//! last lines of every process's log are printed first.
+
+pub mod browser;
+pub mod process;
+pub mod servers;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+pub use servers::{Nginx, RedisServer, ReplicaEnv, ReplicaProc, free_port};
+pub use ws::Socket;
+
+/// A client id and its token.
+#[derive(Clone, Debug)]
+pub struct Client {
+    pub id: String,
+    pub token: String,
+}
+
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub redis: Option<RedisServer>,
+    pub replicas: Vec<ReplicaProc>,
+    pub nginx: Option<Nginx>,
+    pub env: ReplicaEnv,
+    pub http: reqwest::Client,
+}
+
+pub const API_KEY: &str = "test-api-key-0123456789";
+
+impl TestCluster {
+    /// Redis, `n` replicas named app-1..app-n, and nginx in front.
+    pub fn start(n: usize) -> TestCluster {
+        Self::start_with(n, Vec::new())
+    }
+
+    pub fn start_with(n: usize, extra_env: Vec<(String, String)>) -> TestCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let redis = RedisServer::start(dir.path());
+        let mut cluster = Self::empty(dir, Some(redis), extra_env);
+        for i in 1..=n {
+            cluster.add_replica(&format!("app-{i}"));
+        }
+        let addrs: Vec<SocketAddr> = cluster.replicas.iter().map(|r| r.addr).collect();
+        // No replicas: Redis only, for tests that start their own (nginx needs an upstream).
+        if n > 0 {
+            cluster.nginx = Some(Nginx::start(&addrs, cluster.dir.path()));
+        }
+        cluster
+    }
+
+    /// Nothing started yet but Redis (if given); the replicas' shared settings.
+    fn empty(
+        dir: tempfile::TempDir,
+        redis: Option<RedisServer>,
+        extra: Vec<(String, String)>,
+    ) -> TestCluster {
+        let env = ReplicaEnv {
+            redis_url: redis.as_ref().map(RedisServer::url),
+            secret: "test-secret-0123456789abcdef".to_owned(),
+            api_key: API_KEY.to_owned(),
+            records_log: dir
+                .path()
+                .join("records.log")
+                .to_string_lossy()
+                .into_owned(),
+            extra,
+        };
+        TestCluster {
+            dir,
+            redis,
+            replicas: Vec::new(),
+            nginx: None,
+            env,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// One replica with the in-process broker, no Redis, no nginx.
+    pub fn single() -> TestCluster {
+        let mut cluster = Self::empty(tempfile::tempdir().unwrap(), None, Vec::new());
+        cluster.add_replica("solo");
+        cluster
+    }
+
+    pub fn add_replica(&mut self, name: &str) {
+        let replica = ReplicaProc::start(name, free_port(), &self.env, self.dir.path());
+        self.replicas.push(replica);
+    }
+
+    /// Where requests go: nginx when there is one, else the single replica.
+    pub fn base(&self) -> String {
+        match &self.nginx {
+            Some(nginx) => format!("http://{}", nginx.addr),
+            None => format!("http://{}", self.replicas[0].addr),
+        }
+    }
+
+    pub fn replica(&mut self, name: &str) -> &mut ReplicaProc {
+        self.replicas
+            .iter_mut()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no replica {name}"))
+    }
+
+    /// Direct address of one replica, bypassing nginx.
+    pub fn replica_base(&self, name: &str) -> String {
+        let r = self.replicas.iter().find(|r| r.name == name).unwrap();
+        format!("http://{}", r.addr)
+    }
+
+    pub fn records(&self) -> String {
+        std::fs::read_to_string(&self.env.records_log).unwrap_or_default()
+    }
+
+    pub async fn mint(&self) -> Client {
+        let response = self
+            .http
+            .post(format!("{}/api/clients", self.base()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        Client {
+            id: body["client_id"].as_str().unwrap().to_owned(),
+            token: body["token"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// `POST /api/{action}/{client}` with the client's token, `{"text"}`, and the cookie if given.
+    pub async fn call(
+        &self,
+        action: &str,
+        client: &Client,
+        sticky: Option<&str>,
+        text: &str,
+    ) -> (StatusCode, Value) {
+        self.post(
+            &format!("/api/{action}/{}", client.id),
+            Some(&client.token),
+            sticky,
+            &json!({ "text": text }).to_string(),
+        )
+        .await
+    }
+
+    /// A POST with full control over credential, cookie and raw body.
+    pub async fn post(
+        &self,
+        path: &str,
+        bearer: Option<&str>,
+        sticky: Option<&str>,
+        body: &str,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.base()))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        if let Some(token) = bearer {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        if let Some(replica) = sticky {
+            request = request.header("cookie", format!("sticky={replica}"));
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str, sticky: Option<&str>) -> reqwest::Response {
+        let mut request = self.http.get(format!("{}{path}", self.base()));
+        if let Some(replica) = sticky {
+            request = request.header("cookie", format!("sticky={replica}"));
+        }
+        request.send().await.unwrap()
+    }
+
+    /// `/metrics` of one replica (through nginx with its cookie), or of whichever answers.
+    pub async fn metrics(&self, replica: Option<&str>) -> String {
+        self.get("/metrics", replica).await.text().await.unwrap()
+    }
+
+    /// A WebSocket for `client` through the front door, with the cookie if given.
+    pub async fn connect(&self, client: &Client, sticky: Option<&str>) -> Socket {
+        self.connect_query(client, sticky, "").await
+    }
+
+    /// A WebSocket with extra query parameters, e.g. `&last_id=…` to resume.
+    pub async fn connect_query(
+        &self,
+        client: &Client,
+        sticky: Option<&str>,
+        extra: &str,
+    ) -> Socket {
+        let host = self.base().trim_start_matches("http://").to_owned();
+        Socket::connect_query(&host, client, sticky, extra).await
+    }
+
+    /// Resident memory of a replica process, in bytes (from /proc).
+    pub fn replica_rss(&mut self, name: &str) -> u64 {
+        let pid = self.replica(name).proc.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kib * 1024
+    }
+
+    /// Stops Redis (SIGKILL); `restart_redis` brings it back on the same port.
+    pub fn kill_redis(&mut self) {
+        if let Some(redis) = &mut self.redis {
+            redis.proc.kill();
+        }
+    }
+
+    pub fn restart_redis(&mut self) {
+        let port = self.redis.as_ref().map(|r| r.port).unwrap();
+        self.redis = Some(RedisServer::start_on(port, self.dir.path()));
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for replica in &self.replicas {
+                eprintln!("{}", replica.proc.log_tail());
+            }
+            if let Some(nginx) = &self.nginx {
+                eprintln!("{}", nginx.proc.log_tail());
+            }
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The real programs of the topology, each on a free loopback port: `redis-server`, replicas of
+//! the built binary, and `nginx` running the repository's `nginx.conf`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::process::Proc;
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Polls until something accepts connections on `addr`.
+pub fn wait_listening(addr: SocketAddr, proc: &mut Proc, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        assert!(
+            proc.is_running(),
+            "{} exited early\n{}",
+            proc.name,
+            proc.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "{} not listening on {addr} after {limit:?}\n{}",
+        proc.name,
+        proc.log_tail()
+    );
+}
+
+pub struct RedisServer {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl RedisServer {
+    pub fn start(log_dir: &Path) -> RedisServer {
+        Self::start_on(free_port(), log_dir)
+    }
+
+    /// On a given port: a fault test restarts Redis where the replicas expect it.
+    pub fn start_on(port: u16, log_dir: &Path) -> RedisServer {
+        let mut command = Command::new("redis-server");
+        command.args(["--port", &port.to_string(), "--bind", "127.0.0.1"]);
+        command.args(["--save", "", "--appendonly", "no"]);
+        let mut proc = Proc::spawn(&format!("redis-{port}"), &mut command, log_dir);
+        wait_listening(loopback(port), &mut proc, Duration::from_secs(10));
+        RedisServer { proc, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+/// Settings shared by the replicas of one test deployment.
+#[derive(Clone)]
+pub struct ReplicaEnv {
+    pub redis_url: Option<String>,
+    pub secret: String,
+    pub api_key: String,
+    pub records_log: String,
+    pub extra: Vec<(String, String)>,
+}
+
+pub struct ReplicaProc {
+    pub proc: Proc,
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+impl ReplicaProc {
+    pub fn start(name: &str, port: u16, env: &ReplicaEnv, log_dir: &Path) -> ReplicaProc {
+        let addr = loopback(port);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stickyws"));
+        command
+            .arg("serve")
+            .env_clear()
+            .env("APP_ID", name)
+            .env("BIND", addr.to_string())
+            .env("STICKY_SECRET", &env.secret)
+            .env("API_KEY", &env.api_key)
+            .env("RECORDS_LOG", &env.records_log)
+            .env("RUST_LOG", "stickyws=debug");
+        if let Some(url) = &env.redis_url {
+            command.env("REDIS_URL", url);
+        }
+        for (k, v) in &env.extra {
+            command.env(k, v);
+        }
+        let mut proc = Proc::spawn(name, &mut command, log_dir);
+        wait_listening(addr, &mut proc, Duration::from_secs(15));
+        ReplicaProc {
+            proc,
+            name: name.to_owned(),
+            addr,
+        }
+    }
+}
+
+pub struct Nginx {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+}
+
+impl Nginx {
+    /// Runs the repository's nginx.conf with only the addresses and listen port rewritten.
+    pub fn start(replicas: &[SocketAddr], log_dir: &Path) -> Nginx {
+        let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/nginx.conf"))
+            .expect("reading nginx.conf");
+        let addr = loopback(free_port());
+        let rendered =
+            stickyws::nginx_conf::render(&shipped, addr, replicas).expect("rendering nginx.conf");
+        let prefix = log_dir.join("nginx");
+        std::fs::create_dir_all(&prefix).unwrap();
+        let conf = prefix.join("nginx.conf");
+        std::fs::write(&conf, rendered).unwrap();
+        let nginx = stickyws::cluster::which("nginx")
+            .expect("nginx is not installed (apt-get install nginx)");
+        let mut command = Command::new(nginx);
+        command
+            .arg("-p")
+            .arg(format!("{}/", prefix.display()))
+            .arg("-c")
+            .arg(&conf)
+            .args(["-e", "stderr", "-g"])
+            .arg(format!("daemon off; pid {}/nginx.pid;", prefix.display()));
+        let mut proc = Proc::spawn("nginx", &mut command, log_dir);
+        wait_listening(addr, &mut proc, Duration::from_secs(10));
+        Nginx { proc, addr }
+    }
+}

@@ -1,0 +1,132 @@
+//! A WebSocket client for tests: connects like a browser tab would and reads JSON frames with a
+//! bound on every wait.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::Client;
+
+pub struct Socket {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The replica named in the welcome frame.
+    pub replica: String,
+    /// The welcome frame itself (it carries the history cursors).
+    pub welcome: Value,
+}
+
+/// The answer to an upgrade request that was refused.
+pub async fn refused_status(host: &str, path: &str, headers: &[(&str, &str)]) -> u16 {
+    let mut request = format!("ws://{host}{path}").into_client_request().unwrap();
+    for (k, v) in headers {
+        request.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok(_) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(other) => panic!("unexpected upgrade failure: {other}"),
+    }
+}
+
+impl Socket {
+    pub async fn connect(host: &str, client: &Client, sticky: Option<&str>) -> Socket {
+        Self::connect_query(host, client, sticky, "").await
+    }
+
+    /// Like [`Socket::connect`], with more query parameters (`&last_id=…`).
+    pub async fn connect_query(
+        host: &str,
+        client: &Client,
+        sticky: Option<&str>,
+        extra: &str,
+    ) -> Socket {
+        let url = format!("ws://{host}/ws/{}?token={}{extra}", client.id, client.token);
+        let mut request = url.into_client_request().unwrap();
+        if let Some(replica) = sticky {
+            request
+                .headers_mut()
+                .insert("cookie", format!("sticky={replica}").parse().unwrap());
+        }
+        let (ws, _) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(request),
+        )
+        .await
+        .expect("upgrade in time")
+        .expect("upgrade accepted");
+        let mut socket = Socket {
+            ws,
+            replica: String::new(),
+            welcome: Value::Null,
+        };
+        let welcome = socket.next_json().await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        assert_eq!(welcome["client_id"], client.id.as_str());
+        socket.replica = welcome["replica"].as_str().unwrap().to_owned();
+        socket.welcome = welcome;
+        socket
+    }
+
+    /// The next text frame as JSON, within 5 s.
+    pub async fn next_json(&mut self) -> Value {
+        self.next_json_within(Duration::from_secs(5))
+            .await
+            .expect("a frame within 5 s")
+    }
+
+    /// The next text frame, or None if none comes within `limit` (or the socket closed).
+    pub async fn next_json_within(&mut self, limit: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??;
+            match message {
+                Ok(Message::Text(text)) => {
+                    return Some(serde_json::from_str(&text).expect("JSON frame"));
+                }
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Ok(other) => panic!("unexpected message {other:?}"),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Every frame that arrives until `quiet` passes without one.
+    pub async fn drain(&mut self, quiet: Duration) -> Vec<Value> {
+        let mut frames = Vec::new();
+        while let Some(frame) = self.next_json_within(quiet).await {
+            frames.push(frame);
+        }
+        frames
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        let frame = serde_json::json!({ "text": text }).to_string();
+        self.ws.send(Message::Text(frame.into())).await.unwrap();
+    }
+
+    /// Reads until the server closes; returns the close code.
+    pub async fn close_code(&mut self, limit: Duration) -> Option<CloseCode> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??
+            {
+                Ok(Message::Close(frame)) => return frame.map(|f| f.code),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+}
