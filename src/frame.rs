@@ -38,6 +38,14 @@ pub enum ServerFrame<'a> {
         last_id: StreamIdText,
         /// The same for broadcasts (`last_broadcast_id`).
         last_broadcast_id: StreamIdText,
+        /// The replica that rendered the client's page, when the page said (`?page=`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        page_replica: Option<&'a str>,
+        /// Whether this socket landed on that replica.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        same_replica: Option<bool>,
+        /// `hit`: this replica held the client's session state; `rebuilt`: it had to start it.
+        state: &'a str,
     },
     Message {
         via: Via,
@@ -112,6 +120,21 @@ pub struct Envelope {
     pub via: Via,
     pub from: String,
     pub text: String,
+    /// When the message was published, in µs since the Unix epoch (0: unknown), so receiving
+    /// replicas can measure publish-to-delivery.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub at: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Now, in µs since the Unix epoch.
+pub fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 impl Envelope {
@@ -254,17 +277,23 @@ mod tests {
             client_id: "c1",
             last_id: StreamIdText(StreamId { ms: 5, seq: 1 }),
             last_broadcast_id: StreamIdText(StreamId::ZERO),
+            page_replica: Some("app-2"),
+            same_replica: Some(false),
+            state: "rebuilt",
         };
         let value: serde_json::Value = serde_json::from_str(&welcome.to_bytes()).unwrap();
         assert_eq!(
             value,
             serde_json::json!({"type": "welcome", "replica": "app-1", "client_id": "c1",
-                               "last_id": "5-1", "last_broadcast_id": "0-0"})
+                               "last_id": "5-1", "last_broadcast_id": "0-0",
+                               "page_replica": "app-2", "same_replica": false,
+                               "state": "rebuilt"})
         );
         let envelope = Envelope {
             via: Via::Publish,
             from: "app-2".to_owned(),
             text: "\"quoted\" \u{1F600}".to_owned(),
+            at: 0,
         };
         let value: serde_json::Value = serde_json::from_str(&envelope.frame_for("app-3")).unwrap();
         assert_eq!(
@@ -280,6 +309,7 @@ mod tests {
             via: Via::Publish,
             from: "app-2".to_owned(),
             text: "t".to_owned(),
+            at: 0,
         };
         let id = StreamId { ms: 9, seq: 0 };
         let out = envelope.outgoing("app-1", Some(id), true);
@@ -302,6 +332,7 @@ mod tests {
             via: Via::Broadcast,
             from: "app-1".to_owned(),
             text: "x".to_owned(),
+            at: 0,
         };
         assert_eq!(Envelope::decode(&envelope.encode()).unwrap(), envelope);
     }

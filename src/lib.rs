@@ -13,6 +13,7 @@
 //! - [`registry`]: the sockets a replica holds, by client id; delivery to them.
 //! - [`broker`]: how messages reach the replicas holding a client — in-process or Redis.
 //! - [`frame`]: frames in and out, and the envelope replicas exchange through the broker.
+//! - [`lab`]: the state lab — visit counters and session state, process-local vs shared.
 //! - [`token`]: client ids and the HMAC tokens proving who may act as one.
 //! - [`records`]: the shared, human-readable records log.  [`metrics`]: Prometheus metrics.
 //! - [`shutdown`], [`backoff`], [`telemetry`]: signals and draining, retry delays, diagnostics.
@@ -26,10 +27,15 @@
 //!   reply counts exactly the replicas that deliver.
 //! - `stickyws:broadcast` — channel every replica subscribes to for `/api/broadcast`.
 //! - `stickyws:replicas` (sorted set, score = last announcement in ms) and
-//!   `stickyws:replica:<id>` (JSON, expiring) — who is alive, for `/api/replicas`.
+//!   `stickyws:replica:<id>` (JSON, expiring) — who is alive and its key figures, for
+//!   `/api/replicas` and `/api/stats`.
+//! - `stickyws:history:<client id>`, `stickyws:history:*broadcast` — streams kept for recovery.
+//! - `stickyws:visits`, `stickyws:notes:<client id>` — the state lab's shared counter and
+//!   session state.
 //!
-//! Payloads are JSON envelopes `{"via", "from", "text"}`; each receiving replica adds itself as
-//! `replica` when it builds the frame, once for all its local recipients.
+//! Payloads are JSON envelopes `{"via", "from", "text", "at"}` (`at`: publish time, µs since the
+//! epoch); each receiving replica adds itself as `replica` when it builds the frame, once for all
+//! its local recipients.
 
 pub mod backoff;
 pub mod broker;
@@ -37,6 +43,7 @@ pub mod cluster;
 pub mod config;
 pub mod frame;
 pub mod http;
+pub mod lab;
 pub mod limits;
 pub mod load;
 pub mod metrics;

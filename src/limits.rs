@@ -47,6 +47,23 @@ pub struct Limits {
     /// that pass. Over it: 429.
     #[arg(long, env = "PUBLISH_RATE", default_value_t = 200)]
     pub publish_rate: u32,
+
+    /// Seconds a client's session state (the state lab's notes) lives after its last change,
+    /// in the replica's cache and in Redis alike.
+    #[arg(long, env = "STATE_TTL_SECS", default_value_t = 600)]
+    pub state_ttl_secs: u64,
+
+    /// Clients whose session state one replica keeps in memory; the least useful go first.
+    #[arg(long, env = "STATE_MAX_ENTRIES", default_value_t = 10_000)]
+    pub state_max_entries: u64,
+
+    /// Notes kept per client; adding one more drops the oldest.
+    #[arg(long, env = "MAX_NOTES", default_value_t = 20)]
+    pub max_notes: usize,
+
+    /// Longest note, in bytes of UTF-8 (notes are kept in memory per client: keep them short).
+    #[arg(long, env = "MAX_NOTE_BYTES", default_value_t = 200)]
+    pub max_note_bytes: usize,
 }
 
 impl Default for Limits {
@@ -62,6 +79,10 @@ impl Default for Limits {
             history_broadcast_len: 10_000,
             history_ttl_secs: 300,
             publish_rate: 200,
+            state_ttl_secs: 600,
+            state_max_entries: 10_000,
+            max_notes: 20,
+            max_note_bytes: 200,
         }
     }
 }
@@ -91,6 +112,10 @@ impl Limits {
             ("SOCKET_QUEUE", self.socket_queue),
             ("HISTORY_TTL_SECS", self.history_ttl_secs as usize),
             ("PUBLISH_RATE", self.publish_rate as usize),
+            ("STATE_TTL_SECS", self.state_ttl_secs as usize),
+            ("STATE_MAX_ENTRIES", self.state_max_entries as usize),
+            ("MAX_NOTES", self.max_notes),
+            ("MAX_NOTE_BYTES", self.max_note_bytes),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be at least 1"));
@@ -104,7 +129,17 @@ impl Limits {
         if self.max_ws_message_bytes > 16 * 1024 * 1024 {
             return Err("MAX_WS_MESSAGE_BYTES must be at most 16 MiB".to_owned());
         }
+        if self.max_notes > 1000 {
+            return Err("MAX_NOTES must be at most 1000".to_owned());
+        }
+        if self.max_note_bytes > self.max_text_bytes {
+            return Err("MAX_NOTE_BYTES must not exceed MAX_TEXT_BYTES".to_owned());
+        }
         Ok(())
+    }
+
+    pub fn state_ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.state_ttl_secs)
     }
 }
 

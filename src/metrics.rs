@@ -9,7 +9,9 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
 
 use crate::frame::Via;
 
@@ -24,6 +26,63 @@ pub struct PublishLabels {
     pub target: &'static str,
     /// `ok` or `unavailable`.
     pub outcome: &'static str,
+}
+
+/// Where the state lab's session state lives: `local` (this replica's cache) or `shared` (Redis).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabel {
+    pub store: &'static str,
+}
+
+/// Why the local cache dropped an entry: `size` (the entry limit) or `expired` (its TTL).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabel {
+    pub cause: &'static str,
+}
+
+/// Where a socket landed relative to the page that opened it: `same` replica, `other`, or
+/// `unknown` (the client did not say which replica rendered its page).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PageLabel {
+    pub page: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The route's pattern (`/api/publish/{client_id}`), never the raw path, so ids do not
+    /// become label values.
+    pub route: String,
+    /// `2xx`, `4xx`, `5xx`…
+    pub status: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Latency buckets from 50 µs to about 3.3 s, doubling.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 17))
+}
+
+/// The figures a replica shows on the page's panel and announces to the others.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Figures {
+    /// Page visits this replica counted in its own memory.
+    pub visits: u64,
+    /// Sessions in the local cache now.
+    pub entries: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub rebuilds: u64,
+    /// Dropped by the entry limit.
+    pub evictions: u64,
+    /// Dropped by the TTL.
+    pub expiries: u64,
+    /// Sockets that landed on the replica that rendered their page, and elsewhere.
+    pub landed_same: u64,
+    pub landed_other: u64,
+    /// Frames delivered to this replica's sockets, all ways together.
+    pub delivered: u64,
+    pub resident_bytes: u64,
 }
 
 /// Handle on this replica's metrics; cheap to clone.
@@ -44,6 +103,16 @@ struct Inner {
     broker_reconnects: Counter,
     resident_memory: Gauge,
     open_fds: Gauge,
+    page_visits: Counter,
+    shared_page_visits: Gauge,
+    state_hits: Family<StoreLabel, Counter>,
+    state_misses: Family<StoreLabel, Counter>,
+    state_rebuilds: Family<StoreLabel, Counter>,
+    state_evictions: Family<CauseLabel, Counter>,
+    state_entries: Gauge,
+    landings: Family<PageLabel, Counter>,
+    publish_to_delivery: HistogramFamily<ViaLabel>,
+    request_duration: HistogramFamily<RouteLabels>,
 }
 
 impl Default for Metrics {
@@ -65,6 +134,16 @@ impl Metrics {
             broker_reconnects: Counter::default(),
             resident_memory: Gauge::default(),
             open_fds: Gauge::default(),
+            page_visits: Counter::default(),
+            shared_page_visits: Gauge::default(),
+            state_hits: Family::default(),
+            state_misses: Family::default(),
+            state_rebuilds: Family::default(),
+            state_evictions: Family::default(),
+            state_entries: Gauge::default(),
+            landings: Family::default(),
+            publish_to_delivery: Family::new_with_constructor(latency_histogram),
+            request_duration: Family::new_with_constructor(latency_histogram),
             registry: Registry::default(),
         };
         // Process figures keep their conventional unprefixed names; ours carry `stickyws_`.
@@ -114,6 +193,89 @@ impl Metrics {
             "Times the broker subscription was re-established after a loss",
             inner.broker_reconnects.clone(),
         );
+        // The unit is in the name, without a `# UNIT` line: some OpenMetrics parsers refuse
+        // units on histograms.
+        ours.register(
+            "publish_to_delivery_seconds",
+            "From the publish request to the hand-off to this replica's sockets (wall clock)",
+            inner.publish_to_delivery.clone(),
+        );
+        ours.register(
+            "http_request_duration_seconds",
+            "HTTP requests this replica answered, by route pattern and status class",
+            inner.request_duration.clone(),
+        );
+        ours.register(
+            "page_visits",
+            "Page visits counted in this replica's memory (each replica has its own count)",
+            inner.page_visits.clone(),
+        );
+        ours.register(
+            "shared_page_visits",
+            "Page visits counted in Redis (INCR) across the deployment, as this replica last saw it",
+            inner.shared_page_visits.clone(),
+        );
+        ours.register(
+            "state_hits",
+            "Session-state lookups that found the client's state, by store",
+            inner.state_hits.clone(),
+        );
+        ours.register(
+            "state_misses",
+            "Session-state lookups that found nothing, by store",
+            inner.state_misses.clone(),
+        );
+        ours.register(
+            "state_rebuilds",
+            "Session states started empty after a miss, by store",
+            inner.state_rebuilds.clone(),
+        );
+        ours.register(
+            "state_evictions",
+            "Session states the local cache dropped, by cause (size limit or TTL)",
+            inner.state_evictions.clone(),
+        );
+        ours.register(
+            "state_entries",
+            "Session states in this replica's local cache",
+            inner.state_entries.clone(),
+        );
+        ours.register(
+            "socket_landings",
+            "Sockets opened, by whether they landed on the replica that rendered their page",
+            inner.landings.clone(),
+        );
+        // Every known series exists from the start, at zero, so a scrape never has to guess
+        // whether a missing series means "none yet" or "not exported".
+        for via in [Via::Ws, Via::Direct, Via::Publish, Via::Broadcast] {
+            let _ = inner
+                .delivered
+                .get_or_create(&ViaLabel { via: via.as_str() });
+        }
+        for via in [Via::Publish, Via::Broadcast] {
+            let _ = inner
+                .publish_to_delivery
+                .get_or_create(&ViaLabel { via: via.as_str() });
+        }
+        for target in ["client", "broadcast"] {
+            for outcome in ["ok", "unavailable"] {
+                let _ = inner
+                    .publishes
+                    .get_or_create(&PublishLabels { target, outcome });
+            }
+        }
+        for store in ["local", "shared"] {
+            let label = StoreLabel { store };
+            let _ = inner.state_hits.get_or_create(&label);
+            let _ = inner.state_misses.get_or_create(&label);
+            let _ = inner.state_rebuilds.get_or_create(&label);
+        }
+        for cause in ["size", "expired"] {
+            let _ = inner.state_evictions.get_or_create(&CauseLabel { cause });
+        }
+        for page in ["same", "other", "unknown"] {
+            let _ = inner.landings.get_or_create(&PageLabel { page });
+        }
         Self {
             inner: Arc::new(Inner {
                 registry: root,
@@ -163,6 +325,109 @@ impl Metrics {
         self.inner.broker_reconnects.inc();
     }
 
+    pub fn page_visit(&self, shared: Option<u64>) {
+        self.inner.page_visits.inc();
+        if let Some(shared) = shared {
+            self.inner.shared_page_visits.set(saturating_i64(shared));
+        }
+    }
+
+    /// A session-state lookup in `store`: a hit, or a miss that may have rebuilt the state.
+    pub fn state_lookup(&self, store: &'static str, hit: bool, rebuilt: bool) {
+        let label = StoreLabel { store };
+        if hit {
+            self.inner.state_hits.get_or_create(&label).inc();
+        } else {
+            self.inner.state_misses.get_or_create(&label).inc();
+        }
+        if rebuilt {
+            self.inner.state_rebuilds.get_or_create(&label).inc();
+        }
+    }
+
+    /// The local cache dropped an entry; `cause` is `size` or `expired`.
+    pub fn state_evicted(&self, cause: &'static str) {
+        self.inner
+            .state_evictions
+            .get_or_create(&CauseLabel { cause })
+            .inc();
+    }
+
+    pub fn state_entries(&self, entries: u64) {
+        self.inner.state_entries.set(saturating_i64(entries));
+    }
+
+    /// A socket opened; `same` says whether it landed on its page's replica (None: unknown).
+    pub fn socket_landed(&self, same: Option<bool>) {
+        let page = match same {
+            Some(true) => "same",
+            Some(false) => "other",
+            None => "unknown",
+        };
+        self.inner.landings.get_or_create(&PageLabel { page }).inc();
+    }
+
+    pub fn publish_to_delivery(&self, via: Via, seconds: f64) {
+        self.inner
+            .publish_to_delivery
+            .get_or_create(&ViaLabel { via: via.as_str() })
+            .observe(seconds);
+    }
+
+    pub fn request_finished(&self, route: &str, status: u16, seconds: f64) {
+        let status = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.inner
+            .request_duration
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+                status,
+            })
+            .observe(seconds);
+    }
+
+    /// This replica's key figures, read from the same counters `/metrics` shows.
+    pub fn figures(&self) -> Figures {
+        let inner = &self.inner;
+        let local = StoreLabel { store: "local" };
+        let cause = |cause| {
+            inner
+                .state_evictions
+                .get_or_create(&CauseLabel { cause })
+                .get()
+        };
+        let landed = |page| inner.landings.get_or_create(&PageLabel { page }).get();
+        let delivered = [Via::Ws, Via::Direct, Via::Publish, Via::Broadcast]
+            .iter()
+            .map(|via| {
+                inner
+                    .delivered
+                    .get_or_create(&ViaLabel { via: via.as_str() })
+                    .get()
+            })
+            .sum();
+        Figures {
+            visits: inner.page_visits.get(),
+            entries: u64::try_from(inner.state_entries.get()).unwrap_or(0),
+            hits: inner.state_hits.get_or_create(&local).get(),
+            misses: inner.state_misses.get_or_create(&local).get(),
+            rebuilds: inner.state_rebuilds.get_or_create(&local).get(),
+            evictions: cause("size"),
+            expiries: cause("expired"),
+            landed_same: landed("same"),
+            landed_other: landed("other"),
+            delivered,
+            resident_bytes: process_figures()
+                .and_then(|(rss, _)| u64::try_from(rss).ok())
+                .unwrap_or(0),
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         if let Some((rss, fds)) = process_figures() {
@@ -174,6 +439,10 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry);
         out
     }
+}
+
+fn saturating_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Resident bytes and open descriptors of this process, from `/proc` (Linux only).

@@ -32,6 +32,10 @@ pub enum Event {
     WsRecv,
     Replay,
     SlowConsumer,
+    CacheHit,
+    CacheMiss,
+    Rebuild,
+    Evict,
     Stop,
 }
 
@@ -53,6 +57,10 @@ impl Event {
             Event::WsRecv => "ws-recv",
             Event::Replay => "replay",
             Event::SlowConsumer => "slow-consumer",
+            Event::CacheHit => "cache-hit",
+            Event::CacheMiss => "cache-miss",
+            Event::Rebuild => "rebuild",
+            Event::Evict => "evict",
             Event::Stop => "stop",
         }
     }

@@ -120,6 +120,7 @@ mod tests {
             via,
             from: "app-1".to_owned(),
             text: text.to_owned(),
+            at: 0,
         };
         broker
             .publish(&target, envelope.encode())
@@ -172,6 +173,7 @@ mod tests {
             via: Via::Publish,
             from: "x".to_owned(),
             text: "m2".to_owned(),
+            at: 0,
         };
         assert!(
             !start.skip.keeps(&live.outgoing("app-2", Some(last), false)),

@@ -16,6 +16,7 @@ use crate::broker::{Broker, Inbox, ReplicaInfo, StreamId, Target};
 use crate::config::{Config, SecretSource};
 use crate::frame::{Envelope, Via};
 use crate::http::{AppState, router};
+use crate::lab::StateLab;
 use crate::metrics::Metrics;
 use crate::records::{Event, Records};
 use crate::registry::Registry;
@@ -90,6 +91,17 @@ impl Replica {
             }
         };
         let registry = Registry::new(broker.clone(), metrics.clone(), &config.limits);
+        let redis = match &broker {
+            Broker::Redis(redis) => Some(redis.connection()),
+            Broker::Memory(_) => None,
+        };
+        let lab = StateLab::new(
+            replica.clone(),
+            &config.limits,
+            redis,
+            records.clone(),
+            metrics.clone(),
+        );
         let _ = slot.set(Dispatch {
             replica: replica.clone(),
             registry: registry.clone(),
@@ -103,6 +115,7 @@ impl Replica {
             replica,
             registry,
             broker,
+            lab,
             records,
             metrics,
             shutdown: Shutdown::new(shutdown),
@@ -201,6 +214,12 @@ impl Dispatch {
         };
         self.metrics
             .delivered(envelope.via, delivery.reached as u64);
+        if envelope.at > 0 && delivery.reached > 0 {
+            // Wall clocks of two processes: exact on one host, as good as NTP across hosts.
+            let micros = crate::frame::now_micros().saturating_sub(envelope.at);
+            self.metrics
+                .publish_to_delivery(envelope.via, micros as f64 / 1e6);
+        }
         if delivery.reached == 0 && envelope.via != Via::Broadcast {
             // Subscribed a moment ago and the last socket just left: the race is real.
             self.records
@@ -264,6 +283,7 @@ async fn announce(state: AppState, token: CancellationToken) {
             id: state.replica.to_string(),
             sockets,
             clients,
+            figures: Some(state.lab.figures()),
         };
         if let Err(err) = state.broker.announce(&info).await {
             tracing::debug!(cause = %err, "announce failed");

@@ -17,6 +17,7 @@ use crate::broker::Broker;
 use crate::frame::{
     Envelope, FrameError, Outgoing, ServerFrame, StreamIdText, Via, parse_client_frame,
 };
+use crate::lab::Landing;
 use crate::metrics::Metrics;
 use crate::records::{Event, Records};
 use crate::registry::Registration;
@@ -57,6 +58,8 @@ pub struct Session {
     pub broker: Broker,
     /// What a reconnecting client has already seen; None for a fresh one.
     pub resume: Option<Seen>,
+    /// Where the socket landed relative to its page, told in the welcome.
+    pub landing: Landing,
 }
 
 /// Why a session ended, for the records log.
@@ -174,6 +177,13 @@ impl Session {
             client_id: client,
             last_id: StreamIdText(start.welcome.client),
             last_broadcast_id: StreamIdText(start.welcome.broadcast),
+            page_replica: self.landing.page_replica.as_deref(),
+            same_replica: self.landing.same_replica,
+            state: if self.landing.state_hit {
+                "hit"
+            } else {
+                "rebuilt"
+            },
         };
         sink.feed(Message::Text(welcome.to_bytes())).await?;
         for stream in &start.lost {
@@ -284,6 +294,7 @@ impl Session {
                     via: Via::Ws,
                     from: self.replica.to_string(),
                     text: frame.text,
+                    at: 0,
                 };
                 self.metrics.delivered(Via::Ws, 1);
                 Some(envelope.frame_for(&self.replica).into())
@@ -413,6 +424,7 @@ mod tests {
             shutdown: shutdown.clone(),
             broker,
             resume: None,
+            landing: Landing::default(),
         };
         let (to_session, incoming) = fmpsc::unbounded();
         let (outgoing, from_session) = fmpsc::unbounded::<Message>();
@@ -456,7 +468,8 @@ mod tests {
         assert_eq!(
             next_json(&mut h).await,
             serde_json::json!({"type": "welcome", "replica": "app-1", "client_id": "c1",
-                               "last_id": "0-0", "last_broadcast_id": "0-0"})
+                               "last_id": "0-0", "last_broadcast_id": "0-0",
+                               "state": "rebuilt"})
         );
         h.to_session
             .unbounded_send(Ok(Message::Text(r#"{"text":"<b>hi</b>"}"#.into())))

@@ -61,6 +61,9 @@ pub struct ReplicaInfo {
     pub sockets: usize,
     /// Distinct clients held.
     pub clients: usize,
+    /// Its key figures (the page's panel); absent from replicas of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub figures: Option<crate::metrics::Figures>,
 }
 
 /// A broker implementation.
@@ -333,6 +336,10 @@ pub(crate) mod suite {
             id: id.to_owned(),
             sockets,
             clients: 1,
+            figures: Some(crate::metrics::Figures {
+                visits: sockets as u64 * 10,
+                ..Default::default()
+            }),
         };
         b.announce(&info("rb", 2)).await.unwrap();
         a.announce(&info("ra", 1)).await.unwrap();

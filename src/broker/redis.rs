@@ -194,6 +194,14 @@ impl RedisBroker {
     }
 }
 
+impl RedisBroker {
+    /// The command connection, for other users of the same Redis (the state lab's shared
+    /// state): multiplexed, so sharing it costs no extra connection.
+    pub fn connection(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+}
+
 impl Driver for RedisBroker {
     async fn publish(&self, target: &Target, payload: Vec<u8>) -> Result<Published, BrokerError> {
         let (channel, stream) = channel_and_stream(target);

@@ -23,7 +23,11 @@ pub(super) async fn mint_client(State(state): State<AppState>) -> Json<Value> {
 
 /// The request proves it may act as `client`: its token (within the client's send rate), or
 /// the server API key (trusted, not limited).
-fn authorize(state: &AppState, headers: &HeaderMap, client: &ClientId) -> Result<(), ApiError> {
+pub(super) fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: &ClientId,
+) -> Result<(), ApiError> {
     let credential = bearer(headers).ok_or_else(|| {
         ApiError::unauthorized("missing_token", "send Authorization: Bearer <client token>")
     })?;
@@ -92,6 +96,7 @@ pub(super) async fn direct(
         via: Via::Direct,
         from: state.replica.to_string(),
         text,
+        at: 0,
     };
     let delivered = state
         .registry
@@ -179,6 +184,7 @@ async fn send(state: &AppState, target: Target, via: Via, text: String) -> Resul
         via,
         from: state.replica.to_string(),
         text,
+        at: crate::frame::now_micros(),
     };
     let result = state.broker.publish(&target, envelope.encode()).await;
     state.metrics.published(kind, result.is_ok());
@@ -187,22 +193,26 @@ async fn send(state: &AppState, target: Target, via: Via, text: String) -> Resul
 
 /// `GET /api/replicas`: the replicas of this deployment, as they last announced themselves.
 pub(super) async fn replicas(State(state): State<AppState>) -> Json<Value> {
+    let (list, complete) = replicas_now(&state).await;
+    Json(json!({"replica": &*state.replica, "replicas": list, "complete": complete}))
+}
+
+/// Every replica as it last announced itself, with this one as it is now; `complete` is false
+/// when the broker could not be asked (then only this replica is listed).
+pub(super) async fn replicas_now(state: &AppState) -> (Vec<ReplicaInfo>, bool) {
     let (sockets, clients) = state.registry.counts();
     let me = ReplicaInfo {
         id: state.replica.to_string(),
         sockets,
         clients,
+        figures: Some(state.lab.figures()),
     };
     let (mut list, complete) = match state.broker.replicas().await {
         Ok(list) => (list, true),
         Err(_) => (Vec::new(), false),
     };
-    match list.iter_mut().find(|r| r.id == me.id) {
-        Some(entry) => *entry = me,
-        None => {
-            list.push(me);
-            list.sort_by(|a, b| a.id.cmp(&b.id));
-        }
-    }
-    Json(json!({"replica": &*state.replica, "replicas": list, "complete": complete}))
+    list.retain(|r| r.id != me.id);
+    list.push(me);
+    list.sort_by(|a, b| a.id.cmp(&b.id));
+    (list, complete)
 }

@@ -35,6 +35,8 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
 
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     state.metrics.broker_up(state.broker.is_ready());
+    // Evictions the cache has pending are counted (and logged) before the scrape sees them.
+    state.lab.maintain();
     (
         [(
             CONTENT_TYPE,

@@ -4,6 +4,7 @@ mod api;
 mod error;
 mod extract;
 mod health;
+mod lab;
 mod page;
 mod ws;
 
@@ -11,7 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::routing::{get, post};
 
 pub use error::ApiError;
@@ -19,6 +22,7 @@ pub use extract::{bearer, sticky_cookie};
 
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::lab::StateLab;
 use crate::metrics::Metrics;
 use crate::records::Records;
 use crate::registry::Registry;
@@ -34,6 +38,8 @@ pub struct AppState {
     pub signer: Signer,
     pub registry: Registry,
     pub broker: Broker,
+    /// The state lab: visit counters and session state, local and shared.
+    pub lab: StateLab,
     pub records: Records,
     pub metrics: Metrics,
     pub shutdown: Shutdown,
@@ -72,12 +78,34 @@ pub fn router(state: AppState) -> Router {
         .route("/api/publish/{client_id}", post(api::publish))
         .route("/api/broadcast", post(api::broadcast))
         .route("/api/replicas", get(api::replicas))
+        .route("/api/stats", get(lab::stats))
+        .route("/api/notes/{client_id}", get(lab::read))
+        .route("/api/notes/{client_id}/local", post(lab::add_local))
+        .route("/api/notes/{client_id}/shared", post(lab::add_shared))
+        .route("/api/sticky/forget", post(lab::forget_cookie))
         .route("/ws/{client_id}", get(ws::upgrade))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), timed))
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+/// Observes every routed request's latency, labelled by its route pattern.
+async fn timed(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    state.metrics.request_finished(
+        &route,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
 }

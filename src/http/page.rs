@@ -19,16 +19,28 @@ struct Page<'a> {
     client_id: &'a str,
     token: &'a str,
     secret_is_demo: bool,
+    /// Visits this replica counted in its own memory, this one included.
+    visits_local: u64,
+    /// Visits counted in Redis; empty while Redis is unreachable.
+    visits_shared: String,
+    state_ttl_secs: u64,
+    state_max_entries: u64,
 }
 
 pub(super) async fn index(State(state): State<AppState>) -> Result<Response, ApiError> {
     let client = ClientId::generate();
     let token = state.signer.mint(&client);
+    let visits = state.lab.visit().await;
+    let limits = &state.config.limits;
     let page = Page {
         replica: &state.replica,
         client_id: client.as_str(),
         token: &token,
         secret_is_demo: state.config.secret_source == SecretSource::Demo,
+        visits_local: visits.local,
+        visits_shared: visits.shared.map(|n| n.to_string()).unwrap_or_default(),
+        state_ttl_secs: limits.state_ttl_secs,
+        state_max_entries: limits.state_max_entries,
     };
     let html = page.render().map_err(|err| {
         ApiError::new(
@@ -41,7 +53,14 @@ pub(super) async fn index(State(state): State<AppState>) -> Result<Response, Api
     state.records.record(
         Event::Page,
         Some(client.as_str()),
-        &format!("rendered the page; cookie sticky={}", state.replica),
+        &format!(
+            "rendered the page; cookie sticky={}; visits here={} shared={}",
+            state.replica,
+            visits.local,
+            visits
+                .shared
+                .map_or_else(|| "unavailable".to_owned(), |n| n.to_string())
+        ),
     );
     Ok((
         [(SET_COOKIE, cookie), (CACHE_CONTROL, "no-store".to_owned())],

@@ -17,6 +17,7 @@ use super::error::ApiError;
 use super::extract::ClientPath;
 use crate::broker::StreamId;
 use crate::broker::history::BadStreamId;
+use crate::config::is_valid_app_id;
 use crate::records::Event;
 use crate::registry::AdmitError;
 use crate::resume::Seen;
@@ -50,6 +51,19 @@ pub(super) async fn upgrade(
         ));
     }
     let resume = resume_point(&query)?;
+    let page_replica = query
+        .remove("page")
+        .map(|page| {
+            if is_valid_app_id(&page) {
+                Ok(page)
+            } else {
+                Err(ApiError::bad_request(
+                    "bad_page_replica",
+                    "page: the replica that rendered the page, 1 to 64 of [A-Za-z0-9._-]",
+                ))
+            }
+        })
+        .transpose()?;
     if state.is_draining() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -65,11 +79,17 @@ pub(super) async fn upgrade(
         ApiError::new(status, "too_many_sockets", err.to_string())
     })?;
     let tabs = state.registry.sockets_of(&client);
+    let page = match &page_replica {
+        Some(page) if page.as_str() == &*state.replica => format!(" page={page} (same replica)"),
+        Some(page) => format!(" page={page} (split: page and socket on different replicas)"),
+        None => String::new(),
+    };
     state.records.record(
         Event::Connect,
         Some(client.as_str()),
-        &format!("tabs={tabs}"),
+        &format!("tabs={tabs}{page}"),
     );
+    let landing = state.lab.landed(&client, page_replica);
     let limits = &state.config.limits;
     let session = Session {
         replica: state.replica.clone(),
@@ -81,6 +101,7 @@ pub(super) async fn upgrade(
         shutdown: state.shutdown.token.clone(),
         broker: state.broker.clone(),
         resume,
+        landing,
     };
     let tracker = state.shutdown.tracker.clone();
     Ok(upgrade

@@ -14,6 +14,7 @@ mod limits;
 mod load;
 mod reliability;
 mod routing;
+mod state;
 // Helpers serve several test modules; not every module uses every helper.
 #[allow(dead_code)]
 mod support;

@@ -1,0 +1,170 @@
+//! The shared copy of each client's session state, and the shared visit counter: in Redis for a
+//! deployment (the fix the lesson points to), in-process when a single replica runs without
+//! Redis (where "shared" and "local" are the same memory).
+//!
+//! Redis keys: `stickyws:notes:<client id>` is a list of the client's notes, capped and
+//! expiring `STATE_TTL_SECS` after its last change; `stickyws:visits` counts page visits.
+
+use std::time::Duration;
+
+use moka::sync::Cache;
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+
+use super::Notes;
+use crate::broker::BrokerError;
+use crate::token::ClientId;
+
+pub const NOTES_KEY_PREFIX: &str = "stickyws:notes:";
+pub const VISITS_KEY: &str = "stickyws:visits";
+
+/// Appends a note, keeps the newest `max`, renews the TTL and answers whether the list existed
+/// before and what it holds now, in one round trip that no other client can interleave with.
+const ADD_NOTE_SCRIPT: &str = r"
+local existed = redis.call('EXISTS', KEYS[1])
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {existed, redis.call('LRANGE', KEYS[1], 0, -1)}
+";
+
+/// What a shared lookup found: the notes, and whether the state existed.
+pub type Shared = (Notes, bool);
+
+/// Where shared state lives.
+#[derive(Clone)]
+pub enum SharedStore {
+    Redis {
+        conn: ConnectionManager,
+        add_note: redis::Script,
+        ttl: Duration,
+        max_notes: usize,
+    },
+    Memory {
+        notes: Cache<ClientId, Notes>,
+        visits: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        max_notes: usize,
+    },
+}
+
+impl std::fmt::Debug for SharedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.kind())
+    }
+}
+
+fn unavailable(err: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(err.to_string())
+}
+
+fn notes_key(client: &ClientId) -> String {
+    format!("{NOTES_KEY_PREFIX}{client}")
+}
+
+impl SharedStore {
+    pub fn redis(conn: ConnectionManager, ttl: Duration, max_notes: usize) -> Self {
+        Self::Redis {
+            conn,
+            add_note: redis::Script::new(ADD_NOTE_SCRIPT),
+            ttl,
+            max_notes,
+        }
+    }
+
+    pub fn memory(max_entries: u64, ttl: Duration, max_notes: usize) -> Self {
+        Self::Memory {
+            notes: Cache::builder()
+                .max_capacity(max_entries)
+                .time_to_live(ttl)
+                .build(),
+            visits: Default::default(),
+            max_notes,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SharedStore::Redis { .. } => "redis",
+            SharedStore::Memory { .. } => "memory",
+        }
+    }
+
+    /// Counts one page visit and returns the total.
+    pub async fn count_visit(&self) -> Result<u64, BrokerError> {
+        match self {
+            SharedStore::Redis { conn, .. } => {
+                conn.clone().incr(VISITS_KEY, 1).await.map_err(unavailable)
+            }
+            SharedStore::Memory { visits, .. } => {
+                Ok(visits.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1)
+            }
+        }
+    }
+
+    /// The visit count so far.
+    pub async fn visits(&self) -> Result<u64, BrokerError> {
+        match self {
+            SharedStore::Redis { conn, .. } => {
+                let n: Option<u64> = conn.clone().get(VISITS_KEY).await.map_err(unavailable)?;
+                Ok(n.unwrap_or(0))
+            }
+            SharedStore::Memory { visits, .. } => {
+                Ok(visits.load(std::sync::atomic::Ordering::Relaxed))
+            }
+        }
+    }
+
+    /// Appends `note` to the client's shared state.
+    pub async fn add(&self, client: &ClientId, note: &str) -> Result<Shared, BrokerError> {
+        match self {
+            SharedStore::Redis {
+                conn,
+                add_note,
+                ttl,
+                max_notes,
+            } => {
+                let (existed, notes): (u8, Vec<String>) = add_note
+                    .key(notes_key(client))
+                    .arg(note)
+                    .arg(*max_notes)
+                    .arg(ttl.as_millis() as u64)
+                    .invoke_async(&mut conn.clone())
+                    .await
+                    .map_err(unavailable)?;
+                Ok((Notes::from(notes), existed == 1))
+            }
+            SharedStore::Memory {
+                notes, max_notes, ..
+            } => {
+                let mut existed = false;
+                let entry = notes.entry_by_ref(client).and_upsert_with(|entry| {
+                    existed = entry.is_some();
+                    let mut list = entry.map(|e| e.into_value().to_vec()).unwrap_or_default();
+                    list.push(note.to_owned());
+                    let excess = list.len().saturating_sub(*max_notes);
+                    list.drain(..excess);
+                    Notes::from(list)
+                });
+                Ok((entry.into_value(), existed))
+            }
+        }
+    }
+
+    /// The client's shared state (empty and `false` if there is none).
+    pub async fn get(&self, client: &ClientId) -> Result<Shared, BrokerError> {
+        match self {
+            SharedStore::Redis { conn, .. } => {
+                let notes: Vec<String> = conn
+                    .clone()
+                    .lrange(notes_key(client), 0, -1)
+                    .await
+                    .map_err(unavailable)?;
+                let existed = !notes.is_empty();
+                Ok((Notes::from(notes), existed))
+            }
+            SharedStore::Memory { notes, .. } => Ok(notes
+                .get(client)
+                .map_or_else(|| (Notes::default(), false), |n| (n, true))),
+        }
+    }
+}
