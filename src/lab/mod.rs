@@ -209,7 +209,10 @@ impl StateLab {
         self.metrics.state_lookup(label, hit, rebuilt);
         let name = Some(client.as_str());
         let message = if hit {
-            let detail = format!("{label}: {} notes", notes.len());
+            let detail = match notes.len() {
+                1 => format!("{label}: holds 1 note"),
+                n => format!("{label}: holds {n} notes"),
+            };
             self.records.record(Event::CacheHit, name, &detail);
             None
         } else {

@@ -56,9 +56,20 @@ impl Identity {
         sticky: Option<&str>,
         text: &str,
     ) -> anyhow::Result<Value> {
+        self.post(&format!("/api/{action}/{}", self.id), sticky, text)
+            .await
+    }
+
+    /// `POST {path}` with this client's token and `{"text"}`, and the cookie if given.
+    pub async fn post(
+        &self,
+        path: &str,
+        sticky: Option<&str>,
+        text: &str,
+    ) -> anyhow::Result<Value> {
         let mut request = self
             .http
-            .post(format!("{}/api/{action}/{}", self.base, self.id))
+            .post(format!("{}{path}", self.base))
             .bearer_auth(&self.token)
             .json(&json!({ "text": text }));
         if let Some(replica) = sticky {
@@ -68,9 +79,33 @@ impl Identity {
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
-            bail!("{action} answered {status}: {body}");
+            bail!("{path} answered {status}: {body}");
         }
         Ok(body)
+    }
+
+    /// `GET /` without a cookie: the replica that rendered the page and the two visit counts
+    /// it showed (its own, and Redis's; None if Redis was unreachable).
+    pub async fn visit(&self) -> anyhow::Result<(String, u64, Option<u64>)> {
+        let html = self
+            .http
+            .get(format!("{}/", self.base))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        let attr = |name: &str| {
+            let start = html.find(&format!("{name}=\""))? + name.len() + 2;
+            let len = html[start..].find('"')?;
+            Some(html[start..start + len].to_owned())
+        };
+        let replica = attr("data-replica").context("the page names no replica")?;
+        let local = attr("data-visits-local")
+            .and_then(|v| v.parse().ok())
+            .context("the page shows no local visit count")?;
+        let shared = attr("data-visits-shared").and_then(|v| v.parse().ok());
+        Ok((replica, local, shared))
     }
 
     /// `GET /` without a cookie: the replica that rendered the page (from its sticky cookie).

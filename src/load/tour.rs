@@ -1,5 +1,6 @@
 //! `stickyws load tour`: presses each of the demo page's six buttons `count` times, like a
-//! visitor, prints what happened per button, and fails if any button broke its promise.
+//! visitor, then the state lab's, prints what happened per button, and fails if any button
+//! broke its promise.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -146,6 +147,8 @@ pub(super) async fn run(base: &str, count: usize) -> anyhow::Result<()> {
     }
     rows.push(t.row("6 Sticky HTTP & in-memory WS"));
 
+    state_lab(&me, count, &mut rows, &mut broken).await?;
+
     let mut report = format!(
         "{:<34} {:>4} {:>9}   {}\n",
         "button", "sent", "delivered", "taken by"
@@ -161,6 +164,76 @@ pub(super) async fn run(base: &str, count: usize) -> anyhow::Result<()> {
         bail!("broken promises:\n  {}", broken.join("\n  "))
     }
 }
+
+/// The state lab: notes kept in each replica's memory or in Redis, sent without the cookie,
+/// and the two visit counters. "delivered" counts answers that held every note sent so far,
+/// and visits that Redis counted.
+async fn state_lab(
+    me: &Identity,
+    count: usize,
+    rows: &mut Vec<String>,
+    broken: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    // Local notes: each replica holds only the notes that landed on it.
+    let mut t = Tally::default();
+    let path = format!("/api/notes/{}/local", me.id);
+    for i in 0..count {
+        let answer = me.post(&path, None, &format!("local {i}")).await?;
+        let taker = answer["replica"].as_str().unwrap_or("?").to_owned();
+        t.took_by(&taker);
+        let held = answer["notes"].as_array().map_or(0, Vec::len);
+        let landed_here = t.took.get(&taker).copied().unwrap_or(0);
+        if held != landed_here.min(MAX_NOTES) {
+            broken.push(format!(
+                "local notes: {taker} holds {held}, but {landed_here} landed there"
+            ));
+        }
+        t.delivered += usize::from(held == i + 1);
+    }
+    rows.push(t.row("7 Local state, no cookie"));
+
+    // Shared notes: whole wherever the request lands.
+    let mut t = Tally::default();
+    let path = format!("/api/notes/{}/shared", me.id);
+    for i in 0..count {
+        let answer = me.post(&path, None, &format!("shared {i}")).await?;
+        t.took_by(answer["replica"].as_str().unwrap_or("?"));
+        let held = answer["notes"].as_array().map_or(0, Vec::len);
+        t.delivered += usize::from(held == (i + 1).min(MAX_NOTES));
+    }
+    if t.delivered != count {
+        broken.push(format!("shared notes: whole in {} of {count}", t.delivered));
+    }
+    rows.push(t.row("8 Shared state (Redis), no cookie"));
+
+    // Visits: each replica's own count vs the shared one.
+    let mut t = Tally::default();
+    let mut local = BTreeMap::new();
+    let mut shared = Vec::new();
+    for _ in 0..count {
+        let (replica, mine, all) = me.visit().await?;
+        t.took_by(&replica);
+        local.insert(replica, mine);
+        t.delivered += usize::from(all.is_some());
+        shared.extend(all);
+    }
+    if shared.windows(2).any(|w| w[1] <= w[0]) {
+        broken.push(format!("the shared visit count did not grow: {shared:?}"));
+    }
+    let counts: Vec<String> = local.iter().map(|(r, n)| format!("{r}={n}")).collect();
+    rows.push(format!(
+        "{} (last seen: {}; shared={})",
+        t.row("9 Visits, no cookie"),
+        counts.join(" "),
+        shared
+            .last()
+            .map_or("unavailable".to_owned(), u64::to_string)
+    ));
+    Ok(())
+}
+
+/// Notes a replica keeps per client (the default `MAX_NOTES`).
+const MAX_NOTES: usize = 20;
 
 /// Waits for the frame carrying `text`; true if it came as promised.
 async fn expect_frame(

@@ -191,3 +191,36 @@ fn failover_clients_of_a_killed_replica_come_back_and_nothing_is_lost() {
     assert_eq!(s["lost"], 0, "history replay covers the outage: {s}");
     assert_eq!(s["misdelivered"], 0, "{s}");
 }
+
+#[test]
+fn the_tour_presses_every_button_and_every_promise_holds() {
+    let cluster = TestCluster::start(3);
+    let output = Command::new(env!("CARGO_BIN_EXE_stickyws"))
+        .args(["load", "tour", "--count", "6", "--timeout", "60"])
+        .args(["--url", &cluster.base()])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("every button kept its promise"), "{stdout}");
+    // Nine rows, one per button of the page and of the state lab, each pressed 6 times.
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    assert_eq!(rows.len(), 9, "{stdout}");
+    let shared = rows[7];
+    assert!(
+        shared.contains("Shared state") && shared.contains(" 6         6 "),
+        "{shared}"
+    );
+    let records = cluster.records();
+    for event in ["| rebuild ", "| cache-hit ", "| cache-miss "] {
+        assert!(records.contains(event), "{event}");
+    }
+}
