@@ -84,7 +84,6 @@ impl LocalStates {
             notes.drain(..excess);
             Op::Put(Notes::from(notes))
         });
-        self.maintain();
         match result {
             CompResult::ReplacedWith(entry) => Found {
                 notes: entry.into_value(),
@@ -111,7 +110,6 @@ impl LocalStates {
         if rebuild {
             // Another request may have started it meanwhile; keep what is there.
             let entry = self.cache.entry_by_ref(client).or_default();
-            self.maintain();
             return Found {
                 notes: entry.into_value(),
                 hit: false,
@@ -124,6 +122,8 @@ impl LocalStates {
     }
 
     /// Runs the cache's pending evictions now, so the listener and the entry count are current.
+    /// Not on every request: moka does this by itself every so often, and scrapes, `/api/stats`
+    /// and the announcements call it.
     pub fn maintain(&self) {
         self.cache.run_pending_tasks();
     }
