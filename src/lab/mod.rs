@@ -24,6 +24,9 @@ use crate::token::ClientId;
 use local::{Dropped, LocalStates};
 use shared::SharedStore;
 
+/// Longest a page render waits for the shared visit counter.
+const VISIT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// A client's session state: the notes it added, oldest first.
 pub type Notes = Arc<[String]>;
 
@@ -136,10 +139,15 @@ impl StateLab {
     /// Counts a page visit in both counters.
     pub async fn visit(&self) -> Visits {
         let local = self.visits.fetch_add(1, Ordering::Relaxed) + 1;
-        let shared = match self.shared.count_visit().await {
-            Ok(n) => Some(n),
-            Err(err) => {
+        // The page must not wait out a Redis outage for a number it can show as unavailable.
+        let shared = match tokio::time::timeout(VISIT_WAIT, self.shared.count_visit()).await {
+            Ok(Ok(n)) => Some(n),
+            Ok(Err(err)) => {
                 tracing::warn!(cause = %err, "shared visit counter unavailable");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("shared visit counter did not answer in time");
                 None
             }
         };

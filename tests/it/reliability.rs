@@ -286,6 +286,32 @@ async fn replicas_ride_out_a_redis_outage_and_resume_without_a_restart() {
     let metrics = cluster.metrics(Some("app-1")).await;
     assert!(metrics.contains("stickyws_broker_up 0\n"), "{metrics}");
 
+    // The state lab: the page still renders, promptly, without the shared count; state kept
+    // in Redis is unavailable (503), state kept in the replica is not.
+    let asked = Instant::now();
+    let page = cluster.get("/", Some("app-1")).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("data-visits-shared=\"\""),
+        "no shared count shown"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    let notes = |store: &str| format!("/api/notes/{}/{store}", client.id);
+    let body = r#"{"text": "n"}"#;
+    let (status, answer) = cluster
+        .post(&notes("shared"), Some(&client.token), Some("app-1"), body)
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    let (status, answer) = cluster
+        .post(&notes("local"), Some(&client.token), Some("app-1"), body)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+
     // Back on the same port: resubscribed, deliveries resume on the same socket.
     cluster.restart_redis();
     let deadline = Instant::now() + Duration::from_secs(15);
