@@ -11,25 +11,32 @@ use crate::support::{API_KEY, TestCluster};
 /// Runs `stickyws load <args>` with `--json`, and returns every JSON line it wrote.
 fn load(cluster: &TestCluster, dir: &Path, args: &[&str]) -> Vec<Value> {
     let json = dir.join(format!("{}.jsonl", args[0]));
+    let json_arg = json.to_string_lossy();
+    let mut all = args.to_vec();
+    all.extend(["--timeout", "20", "--json", &json_arg]);
+    run_load(cluster, &all);
+    let text = std::fs::read_to_string(&json).unwrap();
+    text.lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+/// Runs `stickyws load <args> --url <the cluster>`, asserts it succeeded, returns its stdout.
+fn run_load(cluster: &TestCluster, args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_stickyws"))
         .arg("load")
         .args(args)
-        .args(["--url", &cluster.base(), "--timeout", "20"])
-        .arg("--json")
-        .arg(&json)
+        .args(["--url", &cluster.base()])
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "load {args:?} failed\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let text = std::fs::read_to_string(&json).unwrap();
-    text.lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
-        .collect()
+    stdout
 }
 
 fn summary(lines: &[Value]) -> &Value {
@@ -195,18 +202,7 @@ fn failover_clients_of_a_killed_replica_come_back_and_nothing_is_lost() {
 #[test]
 fn the_tour_presses_every_button_and_every_promise_holds() {
     let cluster = TestCluster::start(3);
-    let output = Command::new(env!("CARGO_BIN_EXE_stickyws"))
-        .args(["load", "tour", "--count", "6", "--timeout", "60"])
-        .args(["--url", &cluster.base()])
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = run_load(&cluster, &["tour", "--count", "6", "--timeout", "60"]);
     assert!(stdout.contains("every button kept its promise"), "{stdout}");
     // Nine rows, one per button of the page and of the state lab, each pressed 6 times.
     let rows: Vec<&str> = stdout
