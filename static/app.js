@@ -1,5 +1,6 @@
 // stickyws demo page: six ways to send a message, the replica that took each one, whether it
-// reached this page's WebSocket, and a live picture of the path it took.
+// reached this page's WebSocket, and a live picture of the path it took; below, the state lab:
+// counters, session state and a page split from its socket, with every replica's figures.
 // No framework and no build step; user text is only ever set with textContent.
 'use strict';
 
@@ -15,8 +16,11 @@
   const REPLAY_TIMEOUT_MS = 20000;
   const BACKOFF_MIN_MS = 500;
   const BACKOFF_MAX_MS = 10000;
-  const REPLICAS_POLL_MS = 5000;
+  /** /api/stats feeds both the picture and the lab's figures, which the others announce every 2 s. */
+  const STATS_POLL_MS = 3000;
   const FEED_MAX = 200;
+  /** The server keeps a client's newest MAX_NOTES notes. */
+  const MAX_NOTES = Number(body.dataset.maxNotes) || 20;
 
   // Distinct, readable on white (>= 4.5:1 as text), given out by the replica's sorted index.
   const PALETTE = ['#1d64c8', '#c2410c', '#13795b', '#7e3fae',
@@ -68,6 +72,28 @@
     lastBroadcastId: null,
     /** Frames dropped because their id was at or below the cursor (already shown). */
     duplicates: 0,
+    /** The pending backoff timer, cancelled when the socket is reopened on purpose. */
+    retryTimer: 0,
+  };
+
+  /** The state lab's own state: what the page has seen of counters, notes and landings. */
+  const lab = {
+    /** Visit counts seen: replica -> its own count; the shared one; visits this page made. */
+    visits: { local: new Map(), shared: null, made: 0, last: null },
+    /** Per store, every note known to be added (sent and answered, or seen in an answer). */
+    notes: {
+      local: { known: new Set(), tally: { sent: 0, hits: 0, rebuilt: 0, errors: 0, by: {} } },
+      shared: { known: new Set(), tally: { sent: 0, hits: 0, rebuilt: 0, errors: 0, by: {} } },
+    },
+    /** The sticky cookie's value as far as the page knows (HttpOnly: JS cannot read it). */
+    cookie: PAGE_BY,
+    forgotBy: '',
+    landing: null,
+    landings: 0,
+    /** The feed entry of a reconnect made on purpose, filled by the next welcome. */
+    pendingReopen: null,
+    /** The per-replica table as last drawn. */
+    statsShown: '',
   };
 
   // ---- small DOM helpers ----------------------------------------------------------------
@@ -133,29 +159,34 @@
     $('replica-count').textContent = `${live} replica${live === 1 ? '' : 's'} live`;
   }
 
+  /** One poll for the picture and the lab's panel: /api/stats lists the replicas with figures. */
   async function refreshReplicas() {
+    let data;
     try {
-      const res = await fetch('/api/replicas', { credentials: 'omit', cache: 'no-store' });
-      if (!res.ok) return;
-      const data = await res.json();
-      const listed = new Set();
-      for (const r of data.replicas || []) {
-        listed.add(r.id);
-        state.replicas.set(r.id, { sockets: r.sockets, live: true });
-      }
-      // Without the broker a replica only knows itself; then absence says nothing.
-      if (data.complete !== false) {
-        for (const [name, r] of state.replicas) if (!listed.has(name)) r.live = false;
-      }
-      replicasChanged();
-    } catch {
+      data = await request('/api/stats', { credentials: 'omit' });
+    } catch (err) {
       // nginx or every replica unreachable: keep the last picture; the socket state says more.
+      renderStatsError(err);
+      return;
     }
+    const listed = new Set();
+    for (const r of data.replicas || []) {
+      listed.add(r.id);
+      state.replicas.set(r.id, { sockets: r.sockets, live: true });
+    }
+    // Without the broker a replica only knows itself; then absence says nothing.
+    if (data.complete !== false) {
+      for (const [name, r] of state.replicas) if (!listed.has(name)) r.live = false;
+    }
+    // Redrawing the picture cuts its running trails short: only when it would change.
+    const drawn = JSON.stringify([...state.replicas]);
+    if (drawn !== topo.drawn) { topo.drawn = drawn; replicasChanged(); }
+    renderStats(data);
   }
 
   // ---- the topology picture -------------------------------------------------------------
 
-  const topo = { svg: null, nodes: {}, vertical: false, layers: {} };
+  const topo = { svg: null, nodes: {}, vertical: false, layers: {}, drawn: '' };
 
   /** Node boxes for the current replica set; vertical on narrow screens so text stays legible. */
   function layout(names, vertical) {
@@ -519,22 +550,28 @@
   /** Why a sticky request did not reach the page's replica, when that happens. */
   function stickyNote(p) {
     if (!p.def.cookie || p.def.kind === 'ws' || p.took === PAGE_BY) return '';
+    if (!lab.cookie) return 'this page forgot its sticky cookie, so nginx spread the request';
     const r = state.replicas.get(PAGE_BY);
     return r && !r.live
       ? `${PAGE_BY}, named by the cookie, is down, so nginx used a backup`
       : `the cookie names ${PAGE_BY}, but nginx used a backup`;
   }
 
-  async function postJson(url, payload, withCookie) {
+  function postJson(url, payload, withCookie) {
+    return request(url, {
+      method: 'POST',
+      credentials: withCookie ? 'same-origin' : 'omit',
+      headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${TOKEN}` },
+      body: JSON.stringify(payload),
+    });
+  }
+
+  /** fetch, then the JSON answer; any failure (network, status, not JSON) is thrown as one
+   *  readable Error, the server's `{"error"}` included. */
+  async function request(url, init) {
     let res;
     try {
-      res = await fetch(url, {
-        method: 'POST',
-        credentials: withCookie ? 'same-origin' : 'omit',
-        cache: 'no-store',
-        headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${TOKEN}` },
-        body: JSON.stringify(payload),
-      });
+      res = await fetch(url, { cache: 'no-store', ...init });
     } catch (err) {
       throw new Error(`network error: ${err.message}`);
     }
@@ -603,13 +640,15 @@
     } else if (state.wsBy) {
       wsBy.className = 'chip chip-stale';
     }
+    $('ws-split').classList.toggle('split-stale', next !== 'open');
     drawSocketLine();
   }
 
   function connect() {
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
     // With the cursors, the replica replays what was published while the page was away.
-    const query = new URLSearchParams({ token: TOKEN });
+    // `page` lets the replica that takes the socket say whether it also rendered the page.
+    const query = new URLSearchParams({ token: TOKEN, page: PAGE_BY });
     if (state.lastId) query.set('last_id', state.lastId);
     if (state.lastBroadcastId) query.set('last_broadcast_id', state.lastBroadcastId);
     const url = `${scheme}//${location.host}/ws/${encodeURIComponent(CLIENT_ID)}?${query}`;
@@ -671,7 +710,11 @@
     let detail = '';
     if (previous && previous !== frame.replica) {
       detail = `moved from ${previous}`;
-      const hint = frame.replica === PAGE_BY ? '' : `; the cookie still names ${PAGE_BY}, so reload the page for one that matches`;
+      let hint = '';
+      if (frame.replica !== PAGE_BY) {
+        hint = lab.cookie ? `; the cookie still names ${PAGE_BY}, so reload the page for one that matches`
+          : '; with no sticky cookie, nginx spreads sockets round robin';
+      }
       feedEvent(`socket moved from ${previous} to ${frame.replica}${hint}`, 'warn');
     } else if (!previous && frame.replica !== PAGE_BY) {
       detail = `not ${PAGE_BY}, which rendered the page`;
@@ -680,6 +723,7 @@
       feedEvent(`socket ${previous ? 'reopened' : 'opened'} on ${frame.replica}`);
     }
     setWsState('open', detail);
+    landed(frame, !previous);
     // Socket counts changed: the replicas announce them every 2 s.
     setTimeout(refreshReplicas, 300);
     setTimeout(refreshReplicas, 2500);
@@ -720,9 +764,361 @@
       const left = until - performance.now();
       if (left <= 0) { connect(); return; }
       setWsState('reconnecting', `${why}; retrying in ${Math.ceil(left / 1000)} s`);
-      setTimeout(tick, Math.min(left, 250));
+      state.retryTimer = setTimeout(tick, Math.min(left, 250));
     };
     tick();
+  }
+
+  // ---- the state lab --------------------------------------------------------------------
+
+  /** Rows of the per-replica panel: key, label, value from one replica's listing (null when
+   *  the replica sent no figures: one that has not announced them yet). */
+  const figure = (read) => (r) => (r.figures ? read(r.figures) : null);
+  const FIGURE_ROWS = [
+    ['visits', 'visits (local)', figure((f) => f.visits)],
+    ['sockets', 'sockets', (r) => r.sockets],
+    ['entries', 'cache entries', figure((f) => f.entries)],
+    ['hits', 'hits', figure((f) => f.hits)],
+    ['misses', 'misses', figure((f) => f.misses)],
+    ['rebuilds', 'rebuilds', figure((f) => f.rebuilds)],
+    ['evictions', 'evictions', figure((f) => f.evictions)],
+    ['expiries', 'expiries', figure((f) => f.expiries)],
+    ['landed', 'sockets landed same / other', figure((f) => `${f.landed_same} / ${f.landed_other}`)],
+    ['delivered', 'delivered', figure((f) => f.delivered)],
+    ['rss', 'RSS (MiB)', figure((f) => (f.resident_bytes / 1048576).toFixed(1))],
+  ];
+
+  const plural = (n, word) => `${n} ${word}${n === 1 ? '' : 's'}`;
+  const seqOf = (note) => Number((/^#(\d+)/.exec(note) || [])[1]) || 0;
+
+  /** A feed entry for one lab action; `fill` gives it its outcome once known. */
+  function labEntry(label, transport) {
+    const seq = ++state.seq;
+    const item = el('li', { class: 'entry', 'data-kind': 'lab', 'data-transport': transport, 'data-seq': seq });
+    const time = timeNow();
+    const fill = (outcome, path, note = '') => {
+      item.dataset.outcome = outcome;
+      const head = el('div', { class: 'entry-head' }, el('span', { class: 'entry-tag' }, `#${seq}`),
+        el('span', { class: 'entry-label' }, label), el('span', { class: 'entry-time' }, time));
+      const rows = [head, el('div', { class: 'entry-path' }, ...path)];
+      if (note) rows.push(el('div', { class: 'entry-note' }, note));
+      item.replaceChildren(...rows);
+    };
+    fill('pending', [el('span', { class: 'muted' }, 'waiting…')]);
+    addToFeed(item);
+    return { seq, item, fill };
+  }
+
+  const labBadge = (cls, text) => el('span', { class: `badge badge-${cls}` }, text);
+  /** A sentence of a lab result, chips and badges inline. */
+  const line = (...parts) => el('p', { class: 'lab-line' }, ...parts);
+  const errorLine = (message) => el('p', { class: 'lab-error' }, message);
+
+  // -- visit counters: a fetch of the page without the cookie lands wherever nginx sends it.
+
+  async function visitWithoutCookie() {
+    const entry = labEntry('Visit without the cookie', 'http');
+    let doc;
+    try {
+      const res = await fetch('/', { credentials: 'omit', cache: 'no-store' });
+      if (!res.ok) throw new Error(`HTTP ${res.status} ${res.statusText}`.trim());
+      doc = new DOMParser().parseFromString(await res.text(), 'text/html');
+    } catch (err) {
+      entry.fill('error', [labBadge('error', 'error')], err.message);
+      renderVisits(`That visit failed: ${err.message}`);
+      return;
+    }
+    const d = doc.body.dataset;
+    const local = Number(d.visitsLocal);
+    if (!d.replica || !d.visitsLocal || !Number.isFinite(local)) {
+      entry.fill('error', [labBadge('error', 'error')], 'the page came back without its counters');
+      renderVisits('That visit came back without its counters.');
+      return;
+    }
+    const shared = d.visitsShared ? Number(d.visitsShared) : null;
+    noteReplica(d.replica);
+    // Answers can cross on the way back; a counter only grows, so the largest is the newest.
+    lab.visits.local.set(d.replica, Math.max(local, lab.visits.local.get(d.replica) || 0));
+    if (shared !== null) lab.visits.shared = Math.max(shared, lab.visits.shared || 0);
+    lab.visits.made += 1;
+    lab.visits.last = { replica: d.replica, local, shared };
+    entry.item.dataset.replica = d.replica;
+    entry.fill('answered', ['rendered by ', chip(d.replica), ` counts ${local}; Redis counts ${shared ?? 'unavailable'}`]);
+    renderVisits();
+    refreshReplicas();
+  }
+
+  function renderVisits(error = '') {
+    const node = $('lab-visits');
+    const { local, shared, last, made } = lab.visits;
+    node.dataset.shared = shared ?? '';
+    node.dataset.made = made;
+    const counts = el('span', { class: 'tally-by' }, 'In memory: ');
+    for (const name of [...local.keys()].sort(byName)) {
+      counts.append(el('span', { class: 'count', 'data-col': name, 'data-local': local.get(name) },
+        chip(name), el('span', { class: 'times' }, String(local.get(name)))));
+    }
+    const redis = el('span', { class: 'count' }, 'In Redis: ',
+      el('b', { id: 'visits-shared', 'data-testid': 'visits-shared' }, shared === null ? 'unavailable' : String(shared)));
+    const rows = [
+      last ? line(`${plural(made, 'visit')} without the cookie so far; the last went to `, chip(last.replica),
+        `, whose own count is ${last.local}.`)
+        : line('So far only this page’s own visit, counted by ', chip(PAGE_BY), ' and by Redis.'),
+      el('div', { class: 'tally-line' }, counts, redis),
+    ];
+    if (error) rows.push(errorLine(error));
+    node.replaceChildren(...rows);
+  }
+
+  // -- session state: notes, local or shared, with or without the cookie.
+
+  async function addNote(store) {
+    const notes = lab.notes[store];
+    const withCookie = !$('notes-no-cookie').checked;
+    const input = $('message').value;
+    const where = store === 'local' ? 'in memory' : 'in Redis';
+    const entry = labEntry(`Note ${where} · ${withCookie && lab.cookie ? 'with cookie' : 'without cookie'}`, 'http');
+    const text = input ? `#${entry.seq} ${input}` : `#${entry.seq}`;
+    // What a whole answer must hold: every note confirmed before this one was sent, and this one.
+    const expected = new Set(notes.known);
+    expected.add(text);
+    notes.tally.sent += 1;
+    let data;
+    try {
+      data = await postJson(`/api/notes/${encodeURIComponent(CLIENT_ID)}/${store}`, { text }, withCookie);
+    } catch (err) {
+      notes.tally.errors += 1;
+      entry.fill('error', [labBadge('error', 'error')], err.message);
+      renderNotes(store, null, err.message);
+      return;
+    }
+    const kept = Array.isArray(data.notes) ? data.notes.map(String) : [];
+    const answer = judgeNotes(expected, kept);
+    for (const n of [text, ...kept]) notes.known.add(n);
+    Object.assign(answer, { replica: data.replica || '', hit: !!data.hit, rebuilt: !!data.rebuilt,
+      message: data.message || '', cookie: withCookie && !!lab.cookie });
+    notes.tally.by[answer.replica] = (notes.tally.by[answer.replica] || 0) + 1;
+    if (answer.hit) notes.tally.hits += 1;
+    if (answer.rebuilt) notes.tally.rebuilt += 1;
+    noteReplica(answer.replica);
+    Object.assign(entry.item.dataset, { store, replica: answer.replica, hit: answer.hit, rebuilt: answer.rebuilt,
+      count: answer.count, total: answer.total, whole: answer.whole, cookie: answer.cookie });
+    entry.fill(answer.whole ? 'ok' : 'warn',
+      ['answered by ', chip(answer.replica), ' ', stateBadge(store, answer), ' ', countText(answer)], answer.message);
+    renderNotes(store, answer);
+    refreshReplicas();
+  }
+
+  /** Compares an answer's notes with what a whole one holds; notes past the server's limit that
+   *  it dropped, oldest first, do not count as missing. */
+  function judgeNotes(expected, kept) {
+    const have = new Set(kept);
+    const all = [...new Set([...expected, ...kept])].sort((a, b) => seqOf(a) - seqOf(b));
+    const oldestKept = Math.min(...kept.map(seqOf));
+    const capped = (n) => kept.length >= MAX_NOTES && seqOf(n) < oldestKept;
+    const missing = all.filter((n) => expected.has(n) && !have.has(n) && !capped(n));
+    return { all, have, missing: new Set(missing), capped: all.filter(capped).length,
+      count: kept.length, total: all.length, whole: missing.length === 0 };
+  }
+
+  function stateBadge(store, a) {
+    if (a.hit) return labBadge('hit', 'hit');
+    return store === 'shared' ? labBadge('new', 'new') : labBadge('rebuilt', 'rebuilt');
+  }
+
+  function countText(a) {
+    const t = el('span', { class: 'note-count' }, `${a.count} of ${plural(a.total, 'note')} `);
+    t.append(a.whole ? labBadge('whole', 'whole') : labBadge('missing', `${a.missing.size} missing`));
+    if (a.capped) t.append(` (only the newest ${MAX_NOTES} are kept)`);
+    return t;
+  }
+
+  function renderNotes(store, a, error = '') {
+    const node = $(`lab-note-${store}`);
+    const t = lab.notes[store].tally;
+    const rows = [];
+    if (a) {
+      node.dataset.replica = a.replica;
+      Object.assign(node.dataset, { hit: a.hit, rebuilt: a.rebuilt, count: a.count, total: a.total, whole: a.whole });
+      rows.push(line('Last answer from ', chip(a.replica), ' ', stateBadge(store, a),
+        ` · sent ${a.cookie ? 'with' : 'without'} the cookie`));
+      if (a.message) rows.push(el('p', { class: `lab-message${store === 'local' ? ' lab-message-warn' : ''}`, id: `lab-message-${store}`, 'data-testid': `lab-message-${store}` }, a.message));
+      const list = el('ol', { class: 'notes', 'aria-label': `Your notes as ${a.replica} has them` });
+      for (const n of a.all.slice(-MAX_NOTES)) {
+        const here = a.have.has(n);
+        const item = el('li', { class: here ? 'note' : 'note note-missing', title: n }, `#${seqOf(n) || '?'}`);
+        if (!here) item.append(el('span', { class: 'sr-only' }, a.missing.has(n) ? ' missing' : ' dropped, over the limit'));
+        list.append(item);
+      }
+      rows.push(countText(a), list);
+    }
+    if (error) rows.push(errorLine(`That note failed: ${error}`));
+    const stats = el('span', { class: 'tally-stats' }, el('b', {}, String(t.sent)), ' sent · ',
+      el('b', {}, String(t.hits)), ' hits · ', el('b', { class: t.rebuilt && store === 'local' ? 'bad' : '' }, String(t.rebuilt)),
+      store === 'local' ? ' rebuilt' : ' started');
+    if (t.errors) stats.append(' · ', el('b', { class: 'bad' }, String(t.errors)), ' failed');
+    if (!t.sent) rows.push(el('span', { class: 'muted' }, 'Not pressed yet.'));
+    else rows.push(el('span', { class: 'tally-line' }, stats, countsLine('answered by', t.by)));
+    node.replaceChildren(...rows);
+  }
+
+  /** The toggle and the note buttons say how the next note travels. */
+  function renderCookieChoice() {
+    const without = $('notes-no-cookie').checked || !lab.cookie;
+    for (const sub of document.querySelectorAll('[data-cookie-label]')) {
+      sub.textContent = without ? 'without my cookie' : 'with my cookie';
+    }
+    $('notes-cookie-hint').textContent = !lab.cookie
+      ? 'This page has no sticky cookie now, so these go round robin either way.'
+      : without ? 'nginx spreads these round robin over the replicas.'
+        : `The cookie names ${PAGE_BY}, so nginx sends these there.`;
+  }
+
+  // -- the sticky cookie and where the socket lands.
+
+  async function forgetCookie() {
+    const entry = labEntry('Forget my sticky cookie', 'http');
+    let data;
+    try {
+      data = await request('/api/sticky/forget', { method: 'POST', credentials: 'same-origin' });
+    } catch (err) {
+      entry.fill('error', [labBadge('error', 'error')], err.message);
+      renderCookie(err.message);
+      return;
+    }
+    lab.cookie = null;
+    lab.forgotBy = data.replica || '';
+    entry.fill('answered', ['answered by ', chip(lab.forgotBy), ' ',
+      data.forgot ? `cleared sticky=${data.forgot}` : 'no cookie to clear']);
+    renderCookie();
+    renderCookieChoice();
+    reopenSocket('Reopen after forgetting the cookie');
+  }
+
+  function renderCookie(error = '') {
+    const node = $('cookie-state');
+    node.dataset.cookie = lab.cookie ? 'set' : 'none';
+    const rows = [lab.cookie
+      ? line('Your cookie: ', el('code', {}, `sticky=${lab.cookie}`), ', set when ', chip(lab.cookie), ' rendered this page.')
+      : line('Your cookie: ', el('b', {}, 'none'), lab.forgotBy ? ` (cleared by ${lab.forgotBy}). ` : '. ',
+        'Reload the page to get one again.')];
+    if (error) rows.push(errorLine(`Forgetting failed: ${error}`));
+    node.replaceChildren(...rows);
+  }
+
+  /** Closes the socket on purpose and opens a new one at once; nginx routes it afresh. */
+  function reopenSocket(label) {
+    const old = state.ws;
+    if (old && old.readyState === WebSocket.CONNECTING) {
+      // Closing a socket before its handshake ends is an error in the console; let it finish.
+      renderLanding('The socket is still connecting; try again in a moment.');
+      return;
+    }
+    lab.pendingReopen = labEntry(label, 'socket');
+    clearTimeout(state.retryTimer);
+    state.ws = null; // its close event is ours: onClose ignores sockets it no longer holds
+    if (old) old.close(1000, 'reconnect');
+    state.attempt = 0;
+    connect();
+  }
+
+  /** A welcome: where the socket landed, next to where the page came from. */
+  function landed(frame, first) {
+    const page = frame.page_replica || PAGE_BY;
+    const same = typeof frame.same_replica === 'boolean' ? frame.same_replica : frame.replica === page;
+    const rebuilt = frame.state !== 'hit';
+    let message = `${frame.replica} already held your state`;
+    if (rebuilt) message = first ? `${frame.replica} started your state` : `${frame.replica} had never seen you: state rebuilt`;
+    lab.landing = { replica: frame.replica, page, same, rebuilt, message };
+    lab.landings += 1;
+    const split = $('ws-split');
+    split.dataset.split = same ? 'same' : 'split';
+    split.textContent = same ? 'same replica' : 'split';
+    split.title = `Socket on ${frame.replica} — page came from ${page}: ${same ? 'same replica' : 'split'}`;
+    const pending = lab.pendingReopen;
+    if (pending) {
+      lab.pendingReopen = null;
+      Object.assign(pending.item.dataset, { replica: frame.replica, split: same ? 'same' : 'split', state: frame.state });
+      pending.fill(same ? 'ok' : 'warn', ['socket on ', chip(frame.replica), ' · page from ', chip(page), ' ',
+        same ? labBadge('same', 'same replica') : labBadge('split', 'split'), ' ', labBadge(rebuilt ? 'rebuilt' : 'hit', frame.state)],
+      message);
+    }
+    renderLanding();
+  }
+
+  function renderLanding(error = '') {
+    const node = $('lab-landing');
+    const l = lab.landing;
+    const rows = [];
+    if (l) {
+      Object.assign(node.dataset, { landings: lab.landings, replica: l.replica, page: l.page,
+        split: l.same ? 'same' : 'split', state: l.rebuilt ? 'rebuilt' : 'hit' });
+      rows.push(line('Socket on ', chip(l.replica), ' — page came from ', chip(l.page), ': ',
+        l.same ? labBadge('same', 'same replica') : labBadge('split', 'split')));
+      rows.push(el('p', { class: `lab-message${l.rebuilt && !l.same ? ' lab-message-warn' : ''}`, id: 'landing-message', 'data-testid': 'landing-message' },
+        l.message));
+    } else {
+      rows.push(el('span', { class: 'muted' }, 'Waiting for the socket…'));
+    }
+    if (error) rows.push(errorLine(error));
+    node.replaceChildren(...rows);
+  }
+
+  // -- every replica's figures.
+
+  function renderStats(data) {
+    const listed = new Map((data.replicas || []).map((r) => [r.id, r]));
+    const names = replicaNames();
+    const table = $('stats');
+    const head = el('tr', {}, el('th', { scope: 'col' }, el('span', { class: 'sr-only' }, 'figure')));
+    for (const name of names) {
+      const c = chip(name);
+      if (!listed.has(name)) c.classList.add('chip-down');
+      head.append(el('th', { scope: 'col', 'data-col': name }, c));
+    }
+    const rows = el('tbody');
+    for (const [key, label, value] of FIGURE_ROWS) {
+      const row = el('tr', { 'data-figure': key }, el('th', { scope: 'row' }, label));
+      for (const name of names) {
+        const r = listed.get(name);
+        const v = r ? value(r) : null;
+        row.append(el('td', { 'data-col': name }, v == null ? '—' : String(v)));
+      }
+      rows.append(row);
+    }
+    // Replaced only when a figure changed, so a screen reader reading the table is not reset.
+    const shown = head.outerHTML + rows.outerHTML;
+    if (shown !== lab.statsShown) {
+      lab.statsShown = shown;
+      table.replaceChildren(table.querySelector('caption'), el('thead', {}, head), rows);
+    }
+    $('stats-shared').textContent = data.shared_visits == null ? 'unavailable' : String(data.shared_visits);
+    const source = $('stats-source');
+    source.replaceChildren('Answered by ', chip(data.replica || '?'),
+      data.complete === false
+        ? ', which could not reach Redis, so it lists only itself.'
+        : ': its own figures now, the others’ as they announced them, at most 2 s ago.');
+  }
+
+  function renderStatsError(err) {
+    $('stats-source').replaceChildren(errorLine(`Could not refresh: ${err.message}`));
+  }
+
+  function buildLab() {
+    lab.visits.local.set(PAGE_BY, Number(body.dataset.visitsLocal) || 0);
+    lab.visits.shared = body.dataset.visitsShared ? Number(body.dataset.visitsShared) : null;
+    $('btn-visit').addEventListener('click', visitWithoutCookie);
+    $('btn-note-local').addEventListener('click', () => addNote('local'));
+    $('btn-note-shared').addEventListener('click', () => addNote('shared'));
+    $('btn-forget').addEventListener('click', forgetCookie);
+    $('btn-reconnect').addEventListener('click', () => reopenSocket('Reconnect my socket'));
+    $('notes-no-cookie').addEventListener('change', renderCookieChoice);
+    renderVisits();
+    renderNotes('local', null);
+    renderNotes('shared', null);
+    renderCookieChoice();
+    renderCookie();
+    renderLanding();
   }
 
   // ---- building the controls ------------------------------------------------------------
@@ -765,6 +1161,8 @@
       tallies: state.tallies,
       cursors: { lastId: state.lastId, lastBroadcastId: state.lastBroadcastId, duplicates: state.duplicates },
       replicas: replicaNames().map((id) => ({ id, ...state.replicas.get(id), colour: colourOf(id) })),
+      lab: { cookie: lab.cookie, landing: lab.landing, visitsShared: lab.visits.shared,
+        visitsLocal: Object.fromEntries(lab.visits.local) },
     }));
   }
 
@@ -772,6 +1170,7 @@
     state.replicas.set(PAGE_BY, { sockets: null, live: true });
     buildGroups();
     buildFilters();
+    buildLab();
     replicasChanged();
     for (const def of BUTTONS) renderTally(def);
     window.stickyws = { state: snapshot };
@@ -782,7 +1181,7 @@
     }).observe($('topology'));
     window.addEventListener('pagehide', () => { state.unloading = true; });
     refreshReplicas();
-    setInterval(() => { if (!document.hidden) refreshReplicas(); }, REPLICAS_POLL_MS);
+    setInterval(() => { if (!document.hidden) refreshReplicas(); }, STATS_POLL_MS);
     connect();
   }
 

@@ -25,6 +25,7 @@ struct Page<'a> {
     visits_shared: String,
     state_ttl_secs: u64,
     state_max_entries: u64,
+    max_notes: usize,
 }
 
 pub(super) async fn index(State(state): State<AppState>) -> Result<Response, ApiError> {
@@ -41,6 +42,7 @@ pub(super) async fn index(State(state): State<AppState>) -> Result<Response, Api
         visits_shared: visits.shared.map(|n| n.to_string()).unwrap_or_default(),
         state_ttl_secs: limits.state_ttl_secs,
         state_max_entries: limits.state_max_entries,
+        max_notes: limits.max_notes,
     };
     let html = page.render().map_err(|err| {
         ApiError::new(

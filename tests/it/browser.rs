@@ -1,6 +1,7 @@
 //! The demo page in headless Chromium, through nginx, as a person sees it: which replica
-//! rendered it and holds its socket, what each of the six buttons does over many presses, and
-//! the page moving its socket when that replica dies, with nothing published meanwhile lost.
+//! rendered it and holds its socket, what each of the six buttons does over many presses, the
+//! page moving its socket when that replica dies, with nothing published meanwhile lost, and
+//! the state lab (counters, notes, a page split from its socket, every replica's figures).
 //! Also the screenshots in docs/ (an ignored test that `scripts/screenshots` runs).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -59,6 +60,19 @@ const RECORD_STATES_JS: &str = "const node = document.getElementById('ws-state')
     window.wsStates = [];\
     new MutationObserver(() => window.wsStates.push(node.dataset.state))\
     .observe(node, { attributes: true, attributeFilter: ['data-state'] }); return true;";
+
+/// The state lab's entries in the feed, newest first, as their `data-*` attributes and text.
+const LAB_ENTRIES_JS: &str = "return [...document.querySelectorAll('#feed > li[data-kind=lab]')]\
+    .map((li) => ({ ...li.dataset, text: li.textContent }));";
+
+/// The per-replica panel: figure -> replica -> the cell's text.
+const STATS_JS: &str = "return Object.fromEntries([...document.querySelectorAll('#stats tbody tr')]\
+    .map((tr) => [tr.dataset.figure, Object.fromEntries([...tr.querySelectorAll('td')]\
+    .map((td) => [td.dataset.col, td.textContent]))]));";
+
+/// The visit counts the lab shows: replica -> its own count.
+const VISITS_JS: &str = "return Object.fromEntries([...document.querySelectorAll('#lab-visits [data-local]')]\
+    .map((n) => [n.dataset.col, Number(n.dataset.local)]));";
 
 /// Logged by the test itself, proving that the console log it checks is really collected.
 const CANARY: &str = "browser test: console log capture works";
@@ -368,6 +382,306 @@ async fn the_page_says_so_when_messages_it_missed_are_no_longer_kept() {
     }
 }
 
+/// Local notes added with the cookie before any go round robin.
+const NOTES_WITH_COOKIE: usize = 4;
+/// Presses without the cookie: enough that round robin over 3 replicas reaches another one.
+const NOTES_WITHOUT_COOKIE: usize = 12;
+const SHARED_NOTES: usize = 6;
+const VISITS: u64 = 9;
+/// Reconnects after forgetting the cookie before the socket must have landed away from the page.
+const RECONNECTS: usize = 15;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_lab_shows_what_process_local_state_does_behind_nginx() {
+    let cluster = TestCluster::start(3);
+    let driver = Chromedriver::start(cluster.dir.path());
+    let page = open_page(&cluster, &driver, 1280, 900).await;
+    page.eval(&format!("console.error('{CANARY}'); return true;"))
+        .await;
+    let page_by = page.text("page-by").await;
+    assert_eq!(page.text("ws-split").await, "same replica");
+
+    local_notes_are_whole_only_with_the_cookie(&page, &page_by).await;
+    shared_notes_are_whole_wherever_they_land(&page).await;
+    let visits = visits_without_the_cookie_count_apart(&page).await;
+    the_panel_shows_every_replica(&page, &visits).await;
+
+    // A new page: a new client, whose state only the page's replica holds (its socket landed
+    // there), so the first socket that lands elsewhere must rebuild it.
+    page.goto(&format!("{}/", cluster.base())).await;
+    page.wait_until("the new page's socket to open", secs(10), OPEN_JS)
+        .await;
+    forgetting_the_cookie_splits_page_and_socket(&cluster, &page).await;
+
+    let console = page.console().await;
+    assert!(
+        console.iter().any(|e| e.message.contains(CANARY)),
+        "the console log was not captured: {console:#?}"
+    );
+    let unexpected: Vec<_> = console
+        .iter()
+        .filter(|e| e.level == "SEVERE" && !e.message.contains(CANARY))
+        .collect();
+    assert!(unexpected.is_empty(), "console errors: {unexpected:#?}");
+}
+
+/// With the cookie every local note goes to the page's replica, which holds them all; without
+/// it, round robin reaches replicas that have never seen this client and start it over, and
+/// each replica holds only the notes that landed on it.
+async fn local_notes_are_whole_only_with_the_cookie(page: &Browser, page_by: &str) {
+    for n in 1..=NOTES_WITH_COOKIE {
+        let entry = lab_press_one(page, "btn-note-local").await;
+        let n = n.to_string();
+        for (key, expected) in [
+            ("store", "local"),
+            ("cookie", "true"),
+            ("replica", page_by),
+            ("hit", "true"),
+            ("whole", "true"),
+            ("count", n.as_str()),
+            ("total", n.as_str()),
+        ] {
+            assert_eq!(entry[key], expected, "{key}: {entry:#}");
+        }
+        let shown = words(&page.text("lab-note-local").await);
+        assert!(shown.contains(&format!("{n} of {n} note")), "{shown}");
+    }
+
+    page.click("notes-no-cookie").await;
+    // Each replica's local copy holds exactly the notes that landed on it.
+    let mut held = BTreeMap::from([(page_by.to_owned(), NOTES_WITH_COOKIE)]);
+    for total in NOTES_WITH_COOKIE + 1..=NOTES_WITH_COOKIE + NOTES_WITHOUT_COOKIE {
+        let entry = lab_press_one(page, "btn-note-local").await;
+        assert_eq!(entry["cookie"], "false", "{entry:#}");
+        assert_eq!(entry["total"], total.to_string(), "{entry:#}");
+        let replica = str_of(&entry["replica"]).to_owned();
+        assert!(REPLICAS.contains(&replica.as_str()), "{entry:#}");
+        let new_here = !held.contains_key(&replica);
+        let count = held.entry(replica.clone()).or_default();
+        *count += 1;
+        assert_eq!(entry["count"], count.to_string(), "{entry:#}");
+        assert_eq!(entry["whole"], (*count == total).to_string(), "{entry:#}");
+        if new_here {
+            let message = format!("{replica} had never seen you: state rebuilt");
+            assert_eq!(entry["rebuilt"], "true", "{entry:#}");
+            assert_eq!(entry["hit"], "false", "{entry:#}");
+            assert!(str_of(&entry["text"]).contains(&message), "{entry:#}");
+            assert_eq!(page.text("lab-message-local").await, message);
+        } else {
+            assert_eq!(entry["hit"], "true", "{entry:#}");
+            assert_eq!(entry["rebuilt"], "false", "{entry:#}");
+        }
+        if replica != page_by {
+            assert!(*count < total, "{entry:#}");
+            let shown = words(&page.text("lab-note-local").await);
+            let missing = total - *count;
+            assert!(
+                shown.contains(&format!("{count} of {total} notes"))
+                    && shown.contains(&format!("{missing} missing")),
+                "{shown}"
+            );
+        }
+    }
+    assert!(
+        held.len() >= 2,
+        "{NOTES_WITHOUT_COOKIE} notes without the cookie all landed on {page_by}: {held:?}"
+    );
+}
+
+/// Without the cookie too, whichever replica answers has every shared note.
+async fn shared_notes_are_whole_wherever_they_land(page: &Browser) {
+    let mut answered_by = BTreeSet::new();
+    for n in 1..=SHARED_NOTES {
+        let entry = lab_press_one(page, "btn-note-shared").await;
+        let n_text = n.to_string();
+        for (key, expected) in [
+            ("store", "shared"),
+            ("cookie", "false"),
+            ("whole", "true"),
+            ("count", n_text.as_str()),
+            ("total", n_text.as_str()),
+            ("hit", if n == 1 { "false" } else { "true" }),
+        ] {
+            assert_eq!(entry[key], expected, "{key}: {entry:#}");
+        }
+        answered_by.insert(str_of(&entry["replica"]).to_owned());
+    }
+    assert!(answered_by.len() >= 2, "{answered_by:?}");
+    let shown = words(&page.text("lab-note-shared").await);
+    assert!(
+        shown.contains(&format!("{SHARED_NOTES} of {SHARED_NOTES} notes whole")),
+        "{shown}"
+    );
+}
+
+/// Visits without the cookie land round robin: Redis counts each one, each replica only its
+/// own. Returns the local counts shown.
+async fn visits_without_the_cookie_count_apart(page: &Browser) -> BTreeMap<String, u64> {
+    async fn shared(page: &Browser) -> u64 {
+        let shown = page.attr("lab-visits", "data-shared").await;
+        shown
+            .parse()
+            .unwrap_or_else(|_| panic!("shared visits shown: {shown:?}"))
+    }
+    let before = shared(page).await;
+    for _ in 0..VISITS {
+        let entry = lab_press_one(page, "btn-visit").await;
+        assert_eq!(entry["outcome"], "answered", "{entry:#}");
+    }
+    let after = shared(page).await;
+    assert_eq!(after, before + VISITS, "Redis counts every visit");
+    assert_eq!(page.text("visits-shared").await, after.to_string());
+    let local: BTreeMap<String, u64> = serde_json::from_value(page.eval(VISITS_JS).await).unwrap();
+    assert!(local.len() >= 2, "{local:?}");
+    for (replica, count) in &local {
+        assert!(
+            *count < after,
+            "{replica} counted {count} of {after}: {local:?}"
+        );
+    }
+    // Nothing else visits this cluster: the replicas' own counts add up to Redis's.
+    assert_eq!(local.values().sum::<u64>(), after, "{local:?}");
+    local
+}
+
+/// The panel lists the three replicas with a number in every cell, and its visit figures
+/// catch up with the counts the visits showed (other replicas' figures are up to 2 s old).
+async fn the_panel_shows_every_replica(page: &Browser, visits: &BTreeMap<String, u64>) {
+    let expected: BTreeMap<&str, String> = REPLICAS
+        .iter()
+        .map(|r| (*r, visits.get(*r).copied().unwrap_or(0).to_string()))
+        .collect();
+    let caught_up = format!(
+        "const s = (() => {{ {STATS_JS} }})(); \
+         return JSON.stringify(s.visits) === '{}';",
+        serde_json::to_string(&expected).unwrap()
+    );
+    page.wait_until("the panel's visit figures", secs(10), &caught_up)
+        .await;
+    let stats = page.eval(STATS_JS).await;
+    let figures = stats.as_object().unwrap();
+    assert_eq!(figures.len(), 11, "{stats:#}");
+    for (figure, cells) in figures {
+        let cells = cells.as_object().unwrap();
+        assert_eq!(
+            cells.keys().map(String::as_str).collect::<Vec<_>>(),
+            REPLICAS,
+            "{figure}: {stats:#}"
+        );
+        for cell in cells.values() {
+            let numbers = str_of(cell).split(" / ");
+            assert!(
+                numbers.clone().all(|n| n.parse::<f64>().is_ok()),
+                "{figure}: {stats:#}"
+            );
+        }
+    }
+    let total: u64 = visits.values().sum();
+    assert_eq!(page.text("stats-shared").await, total.to_string());
+    // Every rebuild the notes showed is counted by the replica that did it.
+    let rebuilds: u64 = figures["rebuilds"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| str_of(n).parse::<u64>().unwrap())
+        .sum();
+    let entries = page.eval(LAB_ENTRIES_JS).await;
+    let shown = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["store"] == "local" && e["rebuilt"] == "true")
+        .count() as u64;
+    assert!(
+        rebuilds > shown,
+        "{rebuilds} rebuilds counted, {shown} shown"
+    );
+}
+
+/// The server clears the cookie and the page reopens its socket; reconnecting without the
+/// cookie, the socket soon lands away from the page's replica, which rebuilds the client's
+/// state, and the header says the two are split.
+async fn forgetting_the_cookie_splits_page_and_socket(cluster: &TestCluster, page: &Browser) {
+    let page_by = page.text("page-by").await;
+    let client_id = page.text("client-id").await;
+    assert_eq!(page.attr("cookie-state", "data-cookie").await, "set");
+    assert!(page.client.get_named_cookie("sticky").await.is_ok());
+
+    let pressed = lab_press(page, "btn-forget").await;
+    let [forget, reopened] = pressed.as_slice() else {
+        panic!("forgetting makes two entries: {pressed:#?}")
+    };
+    assert!(
+        str_of(&forget["text"]).contains(&format!("cleared sticky={page_by}")),
+        "{forget:#}"
+    );
+    assert_eq!(page.attr("cookie-state", "data-cookie").await, "none");
+    let told = words(&page.text("cookie-state").await);
+    assert!(told.contains("Reload the page to get one again"), "{told}");
+    assert!(
+        page.client.get_named_cookie("sticky").await.is_err(),
+        "the browser still has a sticky cookie"
+    );
+
+    let mut landing = reopened.clone();
+    for _ in 0..RECONNECTS {
+        if landing["split"] == "split" {
+            break;
+        }
+        // Back on the page's replica, which has held this client's state since the page loaded.
+        assert_eq!(landing["replica"], page_by.as_str(), "{landing:#}");
+        assert_eq!(landing["state"], "hit", "{landing:#}");
+        landing = lab_press_one(page, "btn-reconnect").await;
+    }
+    assert_eq!(
+        landing["split"], "split",
+        "{RECONNECTS} reconnects without the cookie all landed on {page_by}"
+    );
+    let socket_by = str_of(&landing["replica"]).to_owned();
+    assert_ne!(socket_by, page_by);
+    assert_eq!(landing["state"], "rebuilt", "{landing:#}");
+    let message = format!("{socket_by} had never seen you: state rebuilt");
+    assert!(str_of(&landing["text"]).contains(&message), "{landing:#}");
+    assert_eq!(page.text("landing-message").await, message);
+    assert_eq!(page.text("ws-by").await, socket_by);
+    assert_eq!(page.text("ws-split").await, "split");
+    let title = page.attr("ws-split", "title").await;
+    assert_eq!(
+        title,
+        format!("Socket on {socket_by} — page came from {page_by}: split")
+    );
+    let connect = format!(
+        "| {socket_by} | {:<13} | {client_id} | tabs=1 page={page_by} (split",
+        "connect"
+    );
+    let records = cluster.records();
+    assert!(records.contains(&connect), "no `{connect}` in\n{records}");
+}
+
+/// Clicks a lab control once and returns the one feed entry it makes, once settled.
+async fn lab_press_one(page: &Browser, id: &str) -> Value {
+    let mut entries = lab_press(page, id).await;
+    assert_eq!(entries.len(), 1, "#{id}: {entries:#?}");
+    entries.remove(0)
+}
+
+/// Clicks a lab control and waits until the feed entries it makes are settled; oldest first.
+async fn lab_press(page: &Browser, id: &str) -> Vec<Value> {
+    let count = |entries: &Value| entries.as_array().map_or(0, Vec::len);
+    let before = count(&page.eval(LAB_ENTRIES_JS).await);
+    page.click(id).await;
+    let settled = format!(
+        "const all = (() => {{ {LAB_ENTRIES_JS} }})(); \
+         return all.length > {before} && all.every((e) => e.outcome !== 'pending') && all;"
+    );
+    let entries = page
+        .wait_until(&format!("#{id} to be answered"), secs(10), &settled)
+        .await;
+    let mut new: Vec<Value> = entries.as_array().unwrap()[..count(&entries) - before].to_vec();
+    new.reverse();
+    new
+}
+
 /// The page's client id and token, as the page holds them.
 async fn page_client(page: &Browser) -> Client {
     let id = page.text("client-id").await;
@@ -395,11 +709,13 @@ fn is_failed_socket(message: &str, client_id: &str) -> bool {
             || reason.contains("Connection closed before receiving a handshake response"))
 }
 
-/// `docs/demo.png` (1280x900) and `docs/demo-narrow.png` (a 390x844 phone, the whole page)
-/// after a few presses of each button. Without `STICKYWS_SCREENSHOTS=1` they are written to a
+/// `docs/demo.png` (1280x900), `docs/state-lab.png` (the lab's section at that width) and
+/// `docs/demo-narrow.png` (a 390x844 phone, the whole page)
+/// after a few presses of each lab control (first, so the feed's newest entries are the six
+/// buttons') and of each button. Without `STICKYWS_SCREENSHOTS=1` they are written to a
 /// temporary directory instead, so running every ignored test leaves docs/ alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "renders docs/demo.png and docs/demo-narrow.png; run scripts/screenshots"]
+#[ignore = "renders docs/demo.png, docs/state-lab.png and docs/demo-narrow.png; run scripts/screenshots"]
 async fn screenshots_of_the_page_in_use() {
     let cluster = TestCluster::start(3);
     let out = if std::env::var("STICKYWS_SCREENSHOTS").as_deref() == Ok("1") {
@@ -409,6 +725,7 @@ async fn screenshots_of_the_page_in_use() {
     };
     let driver = Chromedriver::start(cluster.dir.path());
     let page = open_page(&cluster, &driver, 1280, 900).await;
+    populate_the_lab(&page).await;
     // Each button a few times, one press at a time as a person presses, so the feed reads in
     // order; the round-robin ones until they show their lesson (all replicas; hit and miss).
     for (button, at_most, done) in [
@@ -447,9 +764,15 @@ async fn screenshots_of_the_page_in_use() {
                  && document.getAnimations().every((a) => a.playState !== 'running');";
     page.wait_until("the animations to end", secs(5), still)
         .await;
+    // Clicks scroll what they press into view; the picture is of the page's top.
+    page.eval("window.scrollTo(0, 0); return true;").await;
     let wide = page.screenshot().await;
     assert_eq!(png_size(&wide), (1280, 900));
     std::fs::write(out.join("demo.png"), wide).unwrap();
+    // The state lab, below the fold at this width, on its own.
+    let lab = page.screenshot_of("section.lab").await;
+    assert_eq!(png_size(&lab).0, 1232, "the lab spans the layout's width");
+    std::fs::write(out.join("state-lab.png"), lab).unwrap();
 
     // A phone: 390 CSS pixels wide, the whole page at once.
     page.viewport(390, 844, true).await;
@@ -459,6 +782,31 @@ async fn screenshots_of_the_page_in_use() {
     let (width, height) = png_size(&narrow);
     assert!(width == 390 && height > 844, "{width}x{height}");
     std::fs::write(out.join("demo-narrow.png"), narrow).unwrap();
+}
+
+/// The lab as a newcomer leaves it after a few clicks: notes with and without the cookie until
+/// one lands on a replica that rebuilds, shared notes, and visits until two replicas counted.
+async fn populate_the_lab(page: &Browser) {
+    for _ in 0..2 {
+        lab_press_one(page, "btn-note-local").await;
+    }
+    page.click("notes-no-cookie").await;
+    for _ in 0..6 {
+        let entry = lab_press_one(page, "btn-note-local").await;
+        if entry["rebuilt"] == "true" {
+            break;
+        }
+    }
+    for _ in 0..3 {
+        lab_press_one(page, "btn-note-shared").await;
+    }
+    for n in 0..6 {
+        lab_press_one(page, "btn-visit").await;
+        let seen = page.eval(VISITS_JS).await;
+        if n >= 2 && seen.as_object().is_some_and(|s| s.len() >= 2) {
+            break;
+        }
+    }
 }
 
 async fn open_page(
@@ -487,6 +835,11 @@ fn counts_attr<'a>(names: impl Iterator<Item = &'a str>) -> String {
     }
     let parts: Vec<String> = counts.iter().map(|(k, v)| format!("{k}:{v}")).collect();
     parts.join(" ")
+}
+
+/// Text with its runs of white space (line breaks between inline boxes) made single spaces.
+fn words(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn str_of(value: &Value) -> &str {

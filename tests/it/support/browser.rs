@@ -292,6 +292,19 @@ impl Browser {
         self.client.screenshot().await.unwrap()
     }
 
+    /// PNG of the element `css` selects, wherever it is on the page.
+    pub async fn screenshot_of(&self, css: &str) -> Vec<u8> {
+        let rect = self
+            .eval(&format!(
+                "const r = document.querySelector('{css}').getBoundingClientRect(); \
+                 return [r.left + window.scrollX, r.top + window.scrollY, r.width, r.height];"
+            ))
+            .await;
+        let clip =
+            json!({ "x": rect[0], "y": rect[1], "width": rect[2], "height": rect[3], "scale": 1 });
+        self.capture(clip).await
+    }
+
     /// PNG of the whole page, `width` wide, laid out for the current viewport (so a panel
     /// sized in `vh` keeps its size) however far below the viewport the page reaches.
     pub async fn screenshot_full_page(&self, width: u32) -> Vec<u8> {
@@ -300,6 +313,12 @@ impl Browser {
             .eval("return document.documentElement.scrollHeight;")
             .await;
         let clip = json!({ "x": 0, "y": 0, "width": width, "height": height, "scale": 1 });
+        self.capture(clip).await
+    }
+
+    /// PNG of the region `clip`, rendered beyond the viewport where it reaches past it.
+    async fn capture(&self, clip: Value) -> Vec<u8> {
+        use base64::Engine as _;
         let shot = self
             .cdp(
                 "Page.captureScreenshot",
