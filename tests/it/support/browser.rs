@@ -308,7 +308,6 @@ impl Browser {
     /// PNG of the whole page, `width` wide, laid out for the current viewport (so a panel
     /// sized in `vh` keeps its size) however far below the viewport the page reaches.
     pub async fn screenshot_full_page(&self, width: u32) -> Vec<u8> {
-        use base64::Engine as _;
         let height = self
             .eval("return document.documentElement.scrollHeight;")
             .await;
