@@ -24,7 +24,7 @@ use crate::token::ClientId;
 use local::{Dropped, LocalStates};
 use shared::SharedStore;
 
-/// Longest a page render waits for the shared visit counter.
+/// Longest a page render (or `/api/stats`) waits for the shared visit counter.
 const VISIT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A client's session state: the notes it added, oldest first.
@@ -157,7 +157,10 @@ impl StateLab {
 
     /// The deployment's visit count, without counting one (None while Redis is unreachable).
     pub async fn shared_visits(&self) -> Option<u64> {
-        self.shared.visits().await.ok()
+        tokio::time::timeout(VISIT_WAIT, self.shared.visits())
+            .await
+            .ok()?
+            .ok()
     }
 
     /// Adds a note to one copy of the client's state.
