@@ -287,10 +287,14 @@ async fn start_and_wait(
     let secret = hex::encode(rand::random::<[u8; 32]>());
     let api_key =
         std::env::var("API_KEY").unwrap_or_else(|_| hex::encode(rand::random::<[u8; 16]>()));
+    // The replicas share this machine's cores (THREADS, when set, is inherited instead).
+    let threads = std::env::var_os("THREADS")
+        .is_none()
+        .then(|| (crate::config::default_threads(1) / args.replicas.max(1)).max(1));
     let mut replica_addrs = Vec::new();
     for i in 1..=args.replicas {
         let addr = loopback(free_port()?);
-        let env = [
+        let mut env = vec![
             ("APP_ID", format!("app-{i}")),
             ("BIND", addr.to_string()),
             ("REDIS_URL", format!("redis://127.0.0.1:{redis_port}")),
@@ -299,6 +303,9 @@ async fn start_and_wait(
             ("RECORDS_LOG", records_log.to_string_lossy().into_owned()),
             ("WORKERS", "1".to_owned()),
         ];
+        if let Some(threads) = threads {
+            env.push(("THREADS", threads.to_string()));
+        }
         children.spawn(
             &format!("app-{i}"),
             &me.to_string_lossy(),

@@ -40,6 +40,11 @@ pub struct ServeArgs {
     #[arg(long, env = "WORKERS", default_value_t = 1)]
     pub workers: u16,
 
+    /// Threads each replica process runs its sockets on; 1 runs everything on one thread, with
+    /// no wake-ups between threads [default: available cores / WORKERS, at least 1]
+    #[arg(long, env = "THREADS")]
+    pub threads: Option<usize>,
+
     /// Origins allowed to open a WebSocket besides the page's own (comma separated, or "*").
     #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
@@ -67,6 +72,8 @@ pub enum ConfigError {
     ShortSecret(usize),
     #[error("WORKERS must be between 1 and 64, got {0}")]
     BadWorkers(u16),
+    #[error("THREADS must be between 1 and 1024, got {0}")]
+    BadThreads(usize),
     #[error("{0}")]
     BadLimit(String),
     #[error("DRAIN_TIMEOUT must be between 1 and 3600 seconds, got {0}")]
@@ -94,6 +101,8 @@ pub struct Config {
     /// `None` when the records log is turned off.
     pub records_log: Option<PathBuf>,
     pub workers: u16,
+    /// Runtime threads of each replica process.
+    pub threads: usize,
     pub allowed_origins: Vec<String>,
     pub drain_timeout: std::time::Duration,
     pub limits: Limits,
@@ -110,6 +119,7 @@ impl fmt::Debug for Config {
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("records_log", &self.records_log)
             .field("workers", &self.workers)
+            .field("threads", &self.threads)
             .field("allowed_origins", &self.allowed_origins)
             .field("drain_timeout", &self.drain_timeout)
             .field("limits", &self.limits)
@@ -147,6 +157,12 @@ impl Config {
         if args.workers == 0 || args.workers > 64 {
             return Err(ConfigError::BadWorkers(args.workers));
         }
+        let threads = args
+            .threads
+            .unwrap_or_else(|| default_threads(args.workers));
+        if !(1..=1024).contains(&threads) {
+            return Err(ConfigError::BadThreads(threads));
+        }
         args.limits.validate().map_err(ConfigError::BadLimit)?;
         if !(1..=3600).contains(&args.drain_timeout) {
             return Err(ConfigError::BadDrainTimeout(args.drain_timeout));
@@ -164,6 +180,7 @@ impl Config {
             api_key: args.api_key,
             records_log,
             workers: args.workers,
+            threads,
             drain_timeout: std::time::Duration::from_secs(args.drain_timeout),
             allowed_origins: args
                 .allowed_origins
@@ -174,6 +191,13 @@ impl Config {
             limits: args.limits,
         })
     }
+}
+
+/// The cores this process may use, shared among the WORKERS processes: more runtime threads
+/// than cores only adds wake-ups between them.
+pub fn default_threads(workers: u16) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    (cores / usize::from(workers.max(1))).max(1)
 }
 
 /// `<hostname>-<pid>`, reduced to the characters an APP_ID may hold.
@@ -226,6 +250,7 @@ mod tests {
         assert_eq!(config.secret_source, SecretSource::Random);
         assert_eq!(config.records_log, Some(PathBuf::from("records.log")));
         assert_eq!(config.workers, 1);
+        assert_eq!(config.threads, default_threads(1));
         assert!(config.api_key.is_none());
     }
 
@@ -287,6 +312,19 @@ mod tests {
         let shown = format!("{config:?}");
         assert!(!shown.contains("a-very-secret-value-123"), "{shown}");
         assert!(!shown.contains("key-456"), "{shown}");
+    }
+
+    #[test]
+    fn threads_default_to_the_cores_shared_among_workers() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(default_threads(1), cores);
+        assert_eq!(default_threads(64), (cores / 64).max(1));
+        let config = parse(&["--app-id", "a", "--threads", "1"]).unwrap();
+        assert_eq!(config.threads, 1);
+        assert_eq!(
+            parse(&["--app-id", "a", "--threads", "0"]).unwrap_err(),
+            ConfigError::BadThreads(0)
+        );
     }
 
     #[test]

@@ -81,6 +81,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     replica.run().await
 }
 
+/// The runtime a replica runs on: `THREADS=1` is a current-thread runtime, where a request and
+/// the socket it delivers to never wake another thread; more threads, a multi-thread one.
+pub fn runtime(config: &Config) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if config.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(config.threads);
+        builder
+    };
+    builder.enable_all().build()
+}
+
 /// Every socket is a descriptor: lift the soft limit to the hard one.
 pub fn raise_open_files_limit() {
     match rlimit::increase_nofile_limit(u64::MAX) {

@@ -32,7 +32,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = Config::from_args(*args)?;
-            tokio::runtime::Runtime::new()?.block_on(stickyws::serve(config))
+            stickyws::runtime(&config)?.block_on(stickyws::serve(config))
         }
         // One thread: children are spawned from it, and their parent-death signal follows
         // the thread that spawned them.

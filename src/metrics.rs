@@ -3,7 +3,7 @@
 //! Counters count events; gauges that describe the process (resident memory, open files) are
 //! read from `/proc` at scrape time rather than kept up to date on every change.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -113,6 +113,15 @@ struct Inner {
     landings: Family<PageLabel, Counter>,
     publish_to_delivery: HistogramFamily<ViaLabel>,
     request_duration: HistogramFamily<RouteLabels>,
+    // The series every message touches, each found in its family once: a family lookup
+    // hashes the labels under a lock on every call. Created on first use, so `/metrics` lists
+    // only the series that happened, as before.
+    /// `delivered` by `Via as usize`.
+    delivered_by: [OnceLock<Counter>; 4],
+    /// `publish_to_delivery` by `Via as usize`.
+    publish_to_delivery_by: [OnceLock<Histogram>; 4],
+    /// `publishes` by target (client, broadcast) and outcome (ok, unavailable).
+    publishes_by: [OnceLock<Counter>; 4],
 }
 
 impl Default for Metrics {
@@ -144,6 +153,9 @@ impl Metrics {
             landings: Family::default(),
             publish_to_delivery: Family::new_with_constructor(latency_histogram),
             request_duration: Family::new_with_constructor(latency_histogram),
+            delivered_by: Default::default(),
+            publish_to_delivery_by: Default::default(),
+            publishes_by: Default::default(),
             registry: Registry::default(),
         };
         // Process figures keep their conventional unprefixed names; ours carry `stickyws_`.
@@ -299,17 +311,23 @@ impl Metrics {
     }
 
     pub fn delivered(&self, via: Via, n: u64) {
-        self.inner
-            .delivered
-            .get_or_create(&ViaLabel { via: via.as_str() })
+        self.inner.delivered_by[via as usize]
+            .get_or_init(|| {
+                let label = ViaLabel { via: via.as_str() };
+                self.inner.delivered.get_or_create(&label).clone()
+            })
             .inc_by(n);
     }
 
+    /// `target` is `client` or `broadcast`.
     pub fn published(&self, target: &'static str, ok: bool) {
-        let outcome = if ok { "ok" } else { "unavailable" };
-        self.inner
-            .publishes
-            .get_or_create(&PublishLabels { target, outcome })
+        let index = usize::from(target == "broadcast") * 2 + usize::from(ok);
+        self.inner.publishes_by[index]
+            .get_or_init(|| {
+                let outcome = if ok { "ok" } else { "unavailable" };
+                let labels = PublishLabels { target, outcome };
+                self.inner.publishes.get_or_create(&labels).clone()
+            })
             .inc();
     }
 
@@ -368,13 +386,17 @@ impl Metrics {
     }
 
     pub fn publish_to_delivery(&self, via: Via, seconds: f64) {
-        self.inner
-            .publish_to_delivery
-            .get_or_create(&ViaLabel { via: via.as_str() })
+        self.inner.publish_to_delivery_by[via as usize]
+            .get_or_init(|| {
+                let label = ViaLabel { via: via.as_str() };
+                self.inner.publish_to_delivery.get_or_create(&label).clone()
+            })
             .observe(seconds);
     }
 
-    pub fn request_finished(&self, route: &str, status: u16, seconds: f64) {
+    /// The request-duration histogram of one route pattern and status class, for the HTTP
+    /// layer to keep and observe without a lookup per request.
+    pub fn request_histogram(&self, route: &str, status: u16) -> Histogram {
         let status = match status {
             100..=199 => "1xx",
             200..=299 => "2xx",
@@ -388,7 +410,7 @@ impl Metrics {
                 route: route.to_owned(),
                 status,
             })
-            .observe(seconds);
+            .clone()
     }
 
     /// This replica's key figures, read from the same counters `/metrics` shows.

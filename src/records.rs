@@ -120,6 +120,15 @@ impl Records {
         }
     }
 
+    /// Like [`Records::record`], formatting the detail only when the log is on: the hot paths
+    /// (publish, deliver) would otherwise format a line per message for nothing with
+    /// `RECORDS_LOG=off`.
+    pub fn record_fmt(&self, event: Event, client: Option<&str>, detail: std::fmt::Arguments<'_>) {
+        if self.writer.is_some() {
+            self.record(event, client, &detail.to_string());
+        }
+    }
+
     /// Flushes every queued record and stops the writer thread.
     pub fn close(&self) {
         let Some(writer) = &self.writer else { return };

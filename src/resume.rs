@@ -118,8 +118,8 @@ mod tests {
         };
         let envelope = Envelope {
             via,
-            from: "app-1".to_owned(),
-            text: text.to_owned(),
+            from: "app-1".into(),
+            text: text.into(),
             at: 0,
         };
         broker
@@ -171,8 +171,8 @@ mod tests {
         assert!(start.lost.is_empty());
         let live = Envelope {
             via: Via::Publish,
-            from: "x".to_owned(),
-            text: "m2".to_owned(),
+            from: "x".into(),
+            text: "m2".into(),
             at: 0,
         };
         assert!(

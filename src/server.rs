@@ -7,15 +7,18 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::ServiceExt;
+use axum::extract::DefaultBodyLimit;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower_layer::Layer;
 
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::{LinkEvent, RedisBroker};
 use crate::broker::{Broker, Inbox, ReplicaInfo, StreamId, Target};
 use crate::config::{Config, SecretSource};
 use crate::frame::{Envelope, Via};
-use crate::http::{AppState, router};
+use crate::http::{AppState, Shared, router};
 use crate::lab::StateLab;
 use crate::metrics::Metrics;
 use crate::records::{Event, Records};
@@ -109,7 +112,7 @@ impl Replica {
             metrics: metrics.clone(),
         });
         let config_rate = config.limits.publish_rate;
-        let state = AppState {
+        let state = AppState::new(Shared {
             signer: Signer::new(&config.secret),
             config: Arc::new(config),
             replica,
@@ -121,7 +124,7 @@ impl Replica {
             shutdown: Shutdown::new(shutdown),
             draining: Arc::new(AtomicBool::new(false)),
             rate: Arc::new(crate::http::rate_limit(config_rate)),
-        };
+        });
         Ok(Self { state, listener })
     }
 
@@ -147,7 +150,11 @@ impl Replica {
         // 1. Serve until the token is cancelled (SIGTERM, Ctrl-C).
         let draining = state.draining.clone();
         let drain_timeout = state.config.drain_timeout;
-        let app = router(state.clone());
+        // The body limit of axum's own body extractors, set once around the router: as a
+        // `Router::layer` it would wrap every route in one more boxed service, cloned on every
+        // request. (Ours, `TextBody`, enforces MAX_BODY_BYTES itself.)
+        let body_limit = DefaultBodyLimit::max(state.config.limits.max_body_bytes);
+        let app = body_limit.layer(router(state.clone()));
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel();
         let stopping = {
             let token = token.clone();
@@ -163,10 +170,13 @@ impl Replica {
                 tokio::time::sleep(DRAIN_GRACE.min(drain_timeout / 2)).await;
             }
         };
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stopping)
-            .await
-            .context("serving HTTP")?;
+        axum::serve(
+            listener,
+            ServiceExt::<axum::extract::Request>::into_make_service(app),
+        )
+        .with_graceful_shutdown(stopping)
+        .await
+        .context("serving HTTP")?;
 
         // 4. Wait for the sessions to end, within what is left of the drain timeout.
         let (sockets, _) = state.registry.counts();
@@ -199,14 +209,14 @@ struct Dispatch {
 }
 
 impl Dispatch {
-    fn deliver(&self, target: Target, id: Option<StreamId>, payload: &[u8]) {
+    fn deliver(&self, target: &Target, id: Option<StreamId>, payload: &[u8]) {
         let Ok(envelope) = Envelope::decode(payload) else {
             tracing::warn!(bytes = payload.len(), "undecodable broker message dropped");
             return;
         };
         // Serialized once here; every local socket of the target shares these bytes.
         let frame = envelope.outgoing(&self.replica, id, false);
-        let (client, delivery) = match &target {
+        let (client, delivery) = match target {
             Target::Client(client) => {
                 (Some(client.as_str()), self.registry.deliver(client, &frame))
             }
@@ -226,13 +236,16 @@ impl Dispatch {
                 .record(Event::NotHere, client, "no local socket for this message");
             return;
         }
-        let detail = format!(
-            "via={} from={} sockets={}",
-            envelope.via.as_str(),
-            envelope.from,
-            delivery.reached
+        self.records.record_fmt(
+            Event::Deliver,
+            client,
+            format_args!(
+                "via={} from={} sockets={}",
+                envelope.via.as_str(),
+                envelope.from,
+                delivery.reached
+            ),
         );
-        self.records.record(Event::Deliver, client, &detail);
     }
 }
 

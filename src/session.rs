@@ -95,7 +95,29 @@ impl Session {
         S: Sink<Message, Error = axum::Error> + Unpin + Send,
         R: Stream<Item = Result<Message, axum::Error>> + Unpin + Send,
     {
-        let client = self.client.as_str().to_owned();
+        // The opening and the closing are boxed: this future lives as long as the socket, and
+        // inline their states (broker look-ups, timers) would make every idle socket carry
+        // them for its whole life.
+        let Some((outbox, skip)) = Box::pin(self.open(&mut sink)).await else {
+            return;
+        };
+        // Set by the reader whenever anything arrives; the writer closes a socket whose peer
+        // stayed silent for two ping periods.
+        let heard = AtomicBool::new(true);
+        let end = tokio::select! {
+            end = self.write(&mut sink, outbox, skip, &heard) => end,
+            end = self.read(&mut stream, &heard) => end,
+        };
+        Box::pin(self.close_with(end, &mut sink)).await;
+    }
+
+    /// Waits for the broker's subscription, works out where the stream starts and greets the
+    /// client; None when the socket is already gone.
+    async fn open<S>(&mut self, sink: &mut S) -> Option<(mpsc::Receiver<Outgoing>, Skip)>
+    where
+        S: Sink<Message, Error = axum::Error> + Unpin,
+    {
+        let client = self.client.as_str();
         if let Some(subscribed) = self.registration.subscribed.take() {
             match tokio::time::timeout(SUBSCRIBE_WAIT, subscribed).await {
                 Ok(Ok(())) => {}
@@ -108,25 +130,25 @@ impl Session {
             }
         }
         let start = resume::start(&self.broker, &self.client, &self.replica, self.resume).await;
-        if self.greet(&mut sink, &start).await.is_err() {
-            return;
-        }
-        let Some(outbox) = self.registration.outbox.take() else {
-            return;
-        };
-        let skip = start.skip;
-        // Set by the reader whenever anything arrives; the writer closes a socket whose peer
-        // stayed silent for two ping periods.
-        let heard = AtomicBool::new(true);
-        let end = tokio::select! {
-            end = self.write(&mut sink, outbox, skip, &heard) => end,
-            end = self.read(&mut stream, &heard) => end,
-        };
+        self.greet(sink, &start).await.ok()?;
+        let outbox = self.registration.outbox.take()?;
+        Some((outbox, start.skip))
+    }
+
+    /// Ends the socket as `end` requires, and records it.
+    async fn close_with<S>(&mut self, end: End, sink: &mut S)
+    where
+        S: Sink<Message, Error = axum::Error> + Unpin,
+    {
         match end {
             // tungstenite answers a client's close by queueing the reply frame; only a flush
             // writes it, and nothing else is left to flush once the reader has stopped.
             End::ClientClosed => {
                 let _ = tokio::time::timeout(CLOSE_WAIT, sink.flush()).await;
+            }
+            End::Shutdown => {
+                let reason = "replica restarting";
+                close(sink, close_code::SERVICE_RESTART, reason, CLOSE_WAIT).await;
             }
             End::Fault(code) => {
                 // What the client sent after the fault stays unread (tungstenite stops reading
@@ -134,35 +156,27 @@ impl Session {
                 // write upstream fails first (nginx) then drops the close frame on its way.
                 // Leave the registry at once; keep only the socket a moment longer.
                 self.registration.leave();
-                close(&mut sink, code, fault_reason(code), CLOSE_WAIT).await;
+                close(sink, code, fault_reason(code), CLOSE_WAIT).await;
                 tokio::select! {
                     () = tokio::time::sleep(FAULT_LINGER) => {}
                     () = self.shutdown.cancelled() => {}
                 }
             }
-            _ => {}
+            End::SlowConsumer => {
+                // Out of the registry at once, so nothing more queues up for it; the close
+                // frame then waits behind the backlog for as long as the client takes to read
+                // it.
+                self.registration.leave();
+                let reason = "too slow: send queue full";
+                close(sink, close_code::TRY_AGAIN_LATER, reason, SLOW_CLOSE_WAIT).await;
+            }
+            End::SendFailed | End::PeerSilent => {}
         }
+        let client = Some(self.client.as_str());
+        self.records.record(Event::Disconnect, client, end.as_str());
         if end == End::SlowConsumer {
-            // Out of the registry at once, so nothing more queues up for it; the close frame
-            // then waits behind the backlog for as long as the client takes to read it.
-            self.registration.leave();
-            let reason = "too slow: send queue full";
-            close(
-                &mut sink,
-                close_code::TRY_AGAIN_LATER,
-                reason,
-                SLOW_CLOSE_WAIT,
-            )
-            .await;
-        }
-        self.records
-            .record(Event::Disconnect, Some(&client), end.as_str());
-        if end == End::SlowConsumer {
-            self.records.record(
-                Event::SlowConsumer,
-                Some(&client),
-                "queue full, closed with 1013",
-            );
+            self.records
+                .record(Event::SlowConsumer, client, "queue full, closed with 1013");
         }
     }
 
@@ -225,11 +239,8 @@ impl Session {
             tokio::select! {
                 biased;
                 () = slow.cancelled() => return End::SlowConsumer,
-                () = self.shutdown.cancelled() => {
-                    let reason = "replica restarting";
-                    close(sink, close_code::SERVICE_RESTART, reason, CLOSE_WAIT).await;
-                    return End::Shutdown;
-                }
+                // The close frame goes out in `close_with`.
+                () = self.shutdown.cancelled() => return End::Shutdown,
                 frame = outbox.recv() => {
                     let Some(frame) = frame else { return End::Shutdown };
                     // A peer that stopped reading blocks the send; the overflow signal must
@@ -292,8 +303,8 @@ impl Session {
                     .record(Event::WsRecv, Some(client), &frame.text);
                 let envelope = Envelope {
                     via: Via::Ws,
-                    from: self.replica.to_string(),
-                    text: frame.text,
+                    from: (*self.replica).into(),
+                    text: frame.text.into(),
                     at: 0,
                 };
                 self.metrics.delivered(Via::Ws, 1);
@@ -332,7 +343,7 @@ where
             break;
         };
         if skip.keeps(&frame) {
-            sink.feed(Message::Text(frame.bytes)).await?;
+            sink.feed(Message::Text(frame.bytes.clone())).await?;
         }
     }
     sink.flush().await

@@ -48,6 +48,8 @@ fn spawn(config: &Config, index: u16, secret: &str) -> anyhow::Result<Child> {
         .arg("serve")
         .env("APP_ID", format!("{}.w{index}", config.app_id))
         .env("WORKERS", "1")
+        // The supervisor divided the cores among its workers; each must not count them again.
+        .env("THREADS", config.threads.to_string())
         .env("BIND", config.bind.to_string())
         .env("STICKY_SECRET", secret)
         .env(REUSEPORT_ENV, "1")

@@ -91,6 +91,7 @@ impl MemoryBroker {
 
 impl Driver for MemoryBroker {
     async fn publish(&self, target: &Target, payload: Vec<u8>) -> Result<Published, BrokerError> {
+        let payload = bytes::Bytes::from(payload);
         // Collect the inboxes first and call them outside the hub's lock: an inbox takes the
         // registry's lock, and the registry calls hold/release (which take ours) under it.
         let (id, inboxes): (Option<StreamId>, Vec<Inbox>) = {
@@ -98,7 +99,7 @@ impl Driver for MemoryBroker {
             let window = self.hub.window;
             let id = window
                 .enabled()
-                .then(|| state.history.append(target, &payload, &window));
+                .then(|| state.history.append(target, payload.clone(), &window));
             let inboxes = match target {
                 Target::Broadcast => state.members.values().cloned().collect(),
                 Target::Client(client) => state
@@ -112,7 +113,7 @@ impl Driver for MemoryBroker {
             (id, inboxes)
         };
         for inbox in &inboxes {
-            inbox(target.clone(), id, &payload);
+            inbox(target, id, &payload);
         }
         Ok(Published {
             receivers: inboxes.len() as u64,

@@ -29,6 +29,16 @@ pub enum Target {
     Broadcast,
 }
 
+impl Target {
+    /// The client's id, for a message to one client.
+    pub fn client(&self) -> Option<&str> {
+        match self {
+            Target::Client(client) => Some(client.as_str()),
+            Target::Broadcast => None,
+        }
+    }
+}
+
 /// Why the broker could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -39,7 +49,7 @@ pub enum BrokerError {
 
 /// Called by the broker for every message that reaches this replica, with the message's id when
 /// history is kept. Runs on the broker's task: it must not block (the registry only `try_send`s).
-pub type Inbox = Arc<dyn Fn(Target, Option<StreamId>, &[u8]) + Send + Sync>;
+pub type Inbox = Arc<dyn Fn(&Target, Option<StreamId>, &[u8]) + Send + Sync>;
 
 /// The outcome of a publish.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,7 +210,9 @@ pub(crate) mod suite {
         pub(crate) fn inbox(&self) -> Inbox {
             let seen = self.0.clone();
             Arc::new(move |target, id, payload| {
-                seen.lock().unwrap().push((target, id, payload.to_vec()));
+                seen.lock()
+                    .unwrap()
+                    .push((target.clone(), id, payload.to_vec()));
             })
         }
 

@@ -375,6 +375,9 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Most subscription changes sent to Redis in one command.
+const MAX_BATCH: usize = 512;
+
 /// The task that owns the subscriber connection.
 struct Subscriber {
     client: redis::Client,
@@ -458,7 +461,16 @@ impl Subscriber {
             tokio::select! {
                 command = self.commands.recv() => {
                     let Some(command) = command else { return Ended::Stopped };
-                    if let Err(reason) = self.apply(&mut sink, command).await {
+                    // What has queued up behind it goes out with it: a burst of connects costs
+                    // one SUBSCRIBE (one write, one round trip) instead of one per client.
+                    let mut batch = vec![command];
+                    while batch.len() < MAX_BATCH {
+                        match self.commands.try_recv() {
+                            Ok(command) => batch.push(command),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(reason) = self.apply(&mut sink, batch).await {
                         return Ended::Lost(reason);
                     }
                 }
@@ -477,35 +489,73 @@ impl Subscriber {
                         },
                     };
                     let (id, payload) = split_payload(message.get_payload_bytes());
-                    (self.inbox)(target, id, payload);
+                    (self.inbox)(&target, id, payload);
                 }
                 () = stop.cancelled() => return Ended::Stopped,
             }
         }
     }
 
-    async fn apply(&mut self, sink: &mut PubSubSink, command: Command) -> Result<(), String> {
+    /// Applies `commands` in order, each run of holds as one SUBSCRIBE and each run of
+    /// releases as one UNSUBSCRIBE. On a failure the rest are only noted (as while
+    /// disconnected), and the caller reconnects and resubscribes what is held.
+    async fn apply(&mut self, sink: &mut PubSubSink, commands: Vec<Command>) -> Result<(), String> {
+        let mut commands = commands.into_iter().peekable();
+        while let Some(first) = commands.next() {
+            let hold = matches!(first, Command::Hold(..));
+            let mut run = vec![first];
+            while let Some(next) = commands.next_if(|c| matches!(c, Command::Hold(..)) == hold) {
+                run.push(next);
+            }
+            let mut channels = Vec::with_capacity(run.len());
+            let mut waiting = Vec::new();
+            for command in run {
+                match command {
+                    Command::Hold(client, done) => {
+                        channels.push(client_channel(&client));
+                        self.held.insert(client);
+                        waiting.push(done);
+                    }
+                    Command::Release(client) => {
+                        channels.push(client_channel(&client));
+                        self.held.remove(&client);
+                    }
+                }
+            }
+            let result = if hold {
+                tokio::time::timeout(RESPONSE_TIMEOUT, sink.subscribe(channels)).await
+            } else {
+                tokio::time::timeout(RESPONSE_TIMEOUT, sink.unsubscribe(channels)).await
+            };
+            let result = match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(err)) => Err(err.to_string()),
+                Err(_) if hold => Err("subscribe timed out".to_owned()),
+                Err(_) => Err("unsubscribe timed out".to_owned()),
+            };
+            for done in waiting {
+                let _ = done.send(result.clone().map_err(unavailable));
+            }
+            if let Err(reason) = result {
+                for command in commands {
+                    self.note_disconnected(command);
+                }
+                return Err(reason);
+            }
+        }
+        Ok(())
+    }
+
+    /// What a command means while there is no subscriber connection: the held set is kept
+    /// current, and a hold is answered at once.
+    fn note_disconnected(&mut self, command: Command) {
         match command {
             Command::Hold(client, done) => {
-                let channel = client_channel(&client);
                 self.held.insert(client);
-                let result = tokio::time::timeout(RESPONSE_TIMEOUT, sink.subscribe(channel)).await;
-                let result = match result {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(err)) => Err(err.to_string()),
-                    Err(_) => Err("subscribe timed out".to_owned()),
-                };
-                let _ = done.send(result.clone().map_err(unavailable));
-                result
+                let _ = done.send(Err(unavailable("redis is not connected")));
             }
             Command::Release(client) => {
-                let channel = client_channel(&client);
                 self.held.remove(&client);
-                match tokio::time::timeout(RESPONSE_TIMEOUT, sink.unsubscribe(channel)).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(err)) => Err(err.to_string()),
-                    Err(_) => Err("unsubscribe timed out".to_owned()),
-                }
             }
         }
     }
@@ -521,13 +571,7 @@ impl Subscriber {
                 () = stop.cancelled() => return false,
                 command = self.commands.recv() => match command {
                     None => return false,
-                    Some(Command::Hold(client, done)) => {
-                        self.held.insert(client);
-                        let _ = done.send(Err(unavailable("redis is not connected")));
-                    }
-                    Some(Command::Release(client)) => {
-                        self.held.remove(&client);
-                    }
+                    Some(command) => self.note_disconnected(command),
                 },
             }
         }

@@ -1,9 +1,12 @@
 //! `/api/*`: minting clients, and the three ways an HTTP request can reach a socket (answered
 //! over HTTP, delivered in memory, published through the broker).
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::AppState;
@@ -13,6 +16,31 @@ use crate::broker::{ReplicaInfo, Target};
 use crate::frame::{Envelope, Via};
 use crate::records::Event;
 use crate::token::ClientId;
+
+// The answers of the message routes, serialized straight from structs: a `json!` value built a
+// map of owned keys per request. Fields in alphabetical order, as `json!` wrote them.
+
+/// `/api/echo`'s answer.
+#[derive(Debug, Serialize)]
+pub(super) struct Echoed {
+    replica: Arc<str>,
+    sticky: bool,
+    text: String,
+}
+
+/// `/api/direct`'s answer: this replica's sockets of the client that took the message.
+#[derive(Debug, Serialize)]
+pub(super) struct Delivered {
+    delivered: usize,
+    replica: Arc<str>,
+}
+
+/// `/api/publish` and `/api/broadcast`'s answer: replicas that took the message.
+#[derive(Debug, Serialize)]
+pub(super) struct Received {
+    receivers: u64,
+    replica: Arc<str>,
+}
 
 /// `POST /api/clients`: a fresh client id and its token.
 pub(super) async fn mint_client(State(state): State<AppState>) -> Json<Value> {
@@ -72,16 +100,18 @@ pub(super) async fn echo(
     ClientPath(client): ClientPath,
     headers: HeaderMap,
     TextBody(text): TextBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Echoed>, ApiError> {
     authorize(&state, &headers, &client)?;
     let sticky = sticky_cookie(&headers).is_some();
     let detail = format!("sticky={} {text}", if sticky { "yes" } else { "no" });
     state
         .records
         .record(Event::HttpEcho, Some(client.as_str()), &detail);
-    Ok(Json(
-        json!({"replica": &*state.replica, "text": text, "sticky": sticky}),
-    ))
+    Ok(Json(Echoed {
+        replica: state.replica.clone(),
+        sticky,
+        text,
+    }))
 }
 
 /// `POST /api/direct/{client_id}`: delivered to the sockets this replica holds, and no others.
@@ -90,12 +120,12 @@ pub(super) async fn direct(
     ClientPath(client): ClientPath,
     headers: HeaderMap,
     TextBody(text): TextBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Delivered>, ApiError> {
     authorize(&state, &headers, &client)?;
     let envelope = Envelope {
         via: Via::Direct,
-        from: state.replica.to_string(),
-        text,
+        from: (*state.replica).into(),
+        text: text.into(),
         at: 0,
     };
     let delivered = state
@@ -106,7 +136,7 @@ pub(super) async fn direct(
     let name = Some(client.as_str());
     state
         .records
-        .record(Event::Direct, name, &format!("delivered={delivered}"));
+        .record_fmt(Event::Direct, name, format_args!("delivered={delivered}"));
     if delivered == 0 {
         state.records.record(
             Event::NotHere,
@@ -114,15 +144,16 @@ pub(super) async fn direct(
             "direct: no socket of this client here; message lost",
         );
     } else {
-        state.records.record(
+        state.records.record_fmt(
             Event::Deliver,
             name,
-            &format!("via=direct sockets={delivered}"),
+            format_args!("via=direct sockets={delivered}"),
         );
     }
-    Ok(Json(
-        json!({"replica": &*state.replica, "delivered": delivered}),
-    ))
+    Ok(Json(Delivered {
+        delivered,
+        replica: state.replica.clone(),
+    }))
 }
 
 /// `POST /api/publish/{client_id}`: through the broker to whichever replicas hold the client.
@@ -131,17 +162,19 @@ pub(super) async fn publish(
     ClientPath(client): ClientPath,
     headers: HeaderMap,
     TextBody(text): TextBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Received>, ApiError> {
     authorize(&state, &headers, &client)?;
-    let receivers = send(&state, Target::Client(client.clone()), Via::Publish, text).await?;
-    state.records.record(
+    let target = Target::Client(client);
+    let receivers = send(&state, &target, Via::Publish, text).await?;
+    state.records.record_fmt(
         Event::Publish,
-        Some(client.as_str()),
-        &format!("receivers={receivers}"),
+        target.client(),
+        format_args!("receivers={receivers}"),
     );
-    Ok(Json(
-        json!({"replica": &*state.replica, "receivers": receivers}),
-    ))
+    Ok(Json(Received {
+        receivers,
+        replica: state.replica.clone(),
+    }))
 }
 
 /// `POST /api/broadcast`: to every socket on every replica; needs the API key.
@@ -149,7 +182,7 @@ pub(super) async fn broadcast(
     State(state): State<AppState>,
     headers: HeaderMap,
     TextBody(text): TextBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Received>, ApiError> {
     if state.config.api_key.is_none() {
         return Err(ApiError::new(
             axum::http::StatusCode::FORBIDDEN,
@@ -166,27 +199,30 @@ pub(super) async fn broadcast(
             "broadcast needs the API key",
         ));
     }
-    let receivers = send(&state, Target::Broadcast, Via::Broadcast, text).await?;
-    state
-        .records
-        .record(Event::Broadcast, None, &format!("receivers={receivers}"));
-    Ok(Json(
-        json!({"replica": &*state.replica, "receivers": receivers}),
-    ))
+    let receivers = send(&state, &Target::Broadcast, Via::Broadcast, text).await?;
+    state.records.record_fmt(
+        Event::Broadcast,
+        None,
+        format_args!("receivers={receivers}"),
+    );
+    Ok(Json(Received {
+        receivers,
+        replica: state.replica.clone(),
+    }))
 }
 
-async fn send(state: &AppState, target: Target, via: Via, text: String) -> Result<u64, ApiError> {
+async fn send(state: &AppState, target: &Target, via: Via, text: String) -> Result<u64, ApiError> {
     let kind = match target {
         Target::Client(_) => "client",
         Target::Broadcast => "broadcast",
     };
     let envelope = Envelope {
         via,
-        from: state.replica.to_string(),
-        text,
+        from: (*state.replica).into(),
+        text: text.into(),
         at: crate::frame::now_micros(),
     };
-    let result = state.broker.publish(&target, envelope.encode()).await;
+    let result = state.broker.publish(target, envelope.encode()).await;
     state.metrics.published(kind, result.is_ok());
     Ok(result?.receivers)
 }

@@ -8,14 +8,21 @@ mod lab;
 mod page;
 mod ws;
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::middleware::{self, Next};
+use axum::extract::{MatchedPath, Request};
+use axum::handler::{Handler, Layered};
 use axum::response::Response;
 use axum::routing::{get, post};
+use prometheus_client::metrics::histogram::Histogram;
+use tower_layer::Layer;
+use tower_service::Service;
 
 pub use error::ApiError;
 pub use extract::{bearer, sticky_cookie};
@@ -29,9 +36,17 @@ use crate::registry::Registry;
 use crate::shutdown::Shutdown;
 use crate::token::Signer;
 
-/// What every handler can reach; each field is a cheap handle.
+/// What every handler can reach: one reference-counted handle, because axum clones the state
+/// several times per request (the router, each `State` extractor); cloning a struct of a dozen
+/// handles cost one atomic increment and decrement per field each time.
 #[derive(Clone, Debug)]
 pub struct AppState {
+    shared: Arc<Shared>,
+}
+
+/// The replica's handles, shared by every request; each field is a cheap handle itself.
+#[derive(Debug)]
+pub struct Shared {
     pub config: Arc<Config>,
     /// `config.app_id`, shared without copying into every frame and record.
     pub replica: Arc<str>,
@@ -49,6 +64,14 @@ pub struct AppState {
     pub rate: Arc<RateLimit>,
 }
 
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
 /// A token bucket per client id.
 pub type RateLimit = governor::DefaultKeyedRateLimiter<crate::token::ClientId>;
 
@@ -60,52 +83,168 @@ pub fn rate_limit(per_second: u32) -> RateLimit {
 }
 
 impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self {
+            shared: Arc::new(shared),
+        }
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
 }
 
-/// Every route of the contract.
+/// Every route of the contract. Each handler is timed by its own layer (`Timed`), not by
+/// `Router::route_layer`: every router-level layer wraps each route in one more boxed service,
+/// and axum clones the whole chain of boxes on every request.
 pub fn router(state: AppState) -> Router {
-    let body_limit = state.config.limits.max_body_bytes;
+    let m = &state.metrics;
     Router::new()
-        .route("/", get(page::index))
-        .route("/static/app.js", get(page::script))
-        .route("/static/app.css", get(page::style))
-        .route("/api/clients", post(api::mint_client))
-        .route("/api/echo/{client_id}", post(api::echo))
-        .route("/api/direct/{client_id}", post(api::direct))
-        .route("/api/publish/{client_id}", post(api::publish))
-        .route("/api/broadcast", post(api::broadcast))
-        .route("/api/replicas", get(api::replicas))
-        .route("/api/stats", get(lab::stats))
-        .route("/api/notes/{client_id}", get(lab::read))
-        .route("/api/notes/{client_id}/local", post(lab::add_local))
-        .route("/api/notes/{client_id}/shared", post(lab::add_shared))
-        .route("/api/sticky/forget", post(lab::forget_cookie))
-        .route("/ws/{client_id}", get(ws::upgrade))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .route_layer(middleware::from_fn_with_state(state.clone(), timed))
+        .route("/", get(timed(m, page::index)))
+        .route("/static/app.js", get(timed(m, page::script)))
+        .route("/static/app.css", get(timed(m, page::style)))
+        .route("/api/clients", post(timed(m, api::mint_client)))
+        .route("/api/echo/{client_id}", post(timed(m, api::echo)))
+        .route("/api/direct/{client_id}", post(timed(m, api::direct)))
+        .route("/api/publish/{client_id}", post(timed(m, api::publish)))
+        .route("/api/broadcast", post(timed(m, api::broadcast)))
+        .route("/api/replicas", get(timed(m, api::replicas)))
+        .route("/api/stats", get(timed(m, lab::stats)))
+        .route("/api/notes/{client_id}", get(timed(m, lab::read)))
+        .route(
+            "/api/notes/{client_id}/local",
+            post(timed(m, lab::add_local)),
+        )
+        .route(
+            "/api/notes/{client_id}/shared",
+            post(timed(m, lab::add_shared)),
+        )
+        .route("/api/sticky/forget", post(timed(m, lab::forget_cookie)))
+        .route("/ws/{client_id}", get(timed(m, ws::upgrade)))
+        .route("/healthz", get(timed(m, health::healthz)))
+        .route("/readyz", get(timed(m, health::readyz)))
+        .route("/metrics", get(timed(m, health::metrics)))
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
-        .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
 
-/// Observes every routed request's latency, labelled by its route pattern.
-async fn timed(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let started = std::time::Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let response = next.run(request).await;
-    state.metrics.request_finished(
-        &route,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
-    response
+/// `handler`, timed. One layer per route: the layer keeps the route's histograms, and axum
+/// applies a handler's layer anew to every request.
+fn timed<H, T>(metrics: &Metrics, handler: H) -> Layered<TimedLayer, H, T, AppState>
+where
+    H: Handler<T, AppState>,
+    H::Future: Unpin,
+    T: 'static,
+{
+    handler.layer(TimedLayer {
+        metrics: metrics.clone(),
+        timers: Arc::default(),
+    })
+}
+
+/// Times every routed request into `stickyws_http_request_duration_seconds{route, status}`.
+///
+/// A tower layer rather than `middleware::from_fn`, which boxes the inner service and its future
+/// and clones the state on every request, and labelled the histogram with a fresh `String`
+/// looked up in the family each time. Here each route finds its histograms once.
+#[derive(Clone, Debug)]
+struct TimedLayer {
+    metrics: Metrics,
+    /// The route's histograms, shared by every request it times.
+    timers: Arc<OnceLock<RouteTimers>>,
+}
+
+impl<S> Layer<S> for TimedLayer {
+    type Service = Timed<S>;
+
+    fn layer(&self, inner: S) -> Timed<S> {
+        Timed {
+            inner,
+            metrics: self.metrics.clone(),
+            timers: self.timers.clone(),
+        }
+    }
+}
+
+/// One route's service, timed.
+#[derive(Clone, Debug)]
+struct Timed<S> {
+    inner: S,
+    metrics: Metrics,
+    /// Each route has its own layer, so its pattern (and its histograms) are fixed by its first
+    /// request.
+    timers: Arc<OnceLock<RouteTimers>>,
+}
+
+#[derive(Debug)]
+struct RouteTimers {
+    route: Box<str>,
+    /// By status class, 1xx to 5xx.
+    by_class: [OnceLock<Histogram>; 5],
+}
+
+impl RouteTimers {
+    fn observe(&self, metrics: &Metrics, status: u16, seconds: f64) {
+        let class = usize::from(status.clamp(100, 599) / 100 - 1);
+        self.by_class[class]
+            .get_or_init(|| metrics.request_histogram(&self.route, status))
+            .observe(seconds);
+    }
+}
+
+impl<S> Service<Request> for Timed<S>
+where
+    S: Service<Request, Response = Response>,
+    S::Future: Unpin,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = TimedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        self.timers.get_or_init(|| RouteTimers {
+            route: request
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or("unmatched", MatchedPath::as_str)
+                .into(),
+            by_class: Default::default(),
+        });
+        TimedFuture {
+            started: Instant::now(),
+            inner: self.inner.call(request),
+            metrics: self.metrics.clone(),
+            timers: self.timers.clone(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct TimedFuture<F> {
+    inner: F,
+    started: Instant,
+    metrics: Metrics,
+    timers: Arc<OnceLock<RouteTimers>>,
+}
+
+impl<F, E> Future for TimedFuture<F>
+where
+    F: Future<Output = Result<Response, E>> + Unpin,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        let result = std::task::ready!(Pin::new(&mut this.inner).poll(cx));
+        if let (Ok(response), Some(timers)) = (&result, this.timers.get()) {
+            let seconds = this.started.elapsed().as_secs_f64();
+            timers.observe(&this.metrics, response.status().as_u16(), seconds);
+        }
+        Poll::Ready(result)
+    }
 }
