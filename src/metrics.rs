@@ -3,7 +3,7 @@
 //! Counters count events; gauges that describe the process (resident memory, open files) are
 //! read from `/proc` at scrape time rather than kept up to date on every change.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -13,6 +13,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
+use crate::broker::Target;
 use crate::frame::Via;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -113,15 +114,14 @@ struct Inner {
     landings: Family<PageLabel, Counter>,
     publish_to_delivery: HistogramFamily<ViaLabel>,
     request_duration: HistogramFamily<RouteLabels>,
-    // The series every message touches, each found in its family once: a family lookup
-    // hashes the labels under a lock on every call. Created on first use, so `/metrics` lists
-    // only the series that happened, as before.
+    // The series every message touches, found in their families once, at start-up: a family
+    // lookup hashes the labels under a lock on every call.
     /// `delivered` by `Via as usize`.
-    delivered_by: [OnceLock<Counter>; 4],
-    /// `publish_to_delivery` by `Via as usize`.
-    publish_to_delivery_by: [OnceLock<Histogram>; 4],
-    /// `publishes` by target (client, broadcast) and outcome (ok, unavailable).
-    publishes_by: [OnceLock<Counter>; 4],
+    delivered_by: [Counter; 4],
+    /// `publish_to_delivery` for `publish` and `broadcast`, the messages that cross the broker.
+    publish_to_delivery_by: [Histogram; 2],
+    /// `publishes` by [`publish_index`].
+    publishes_by: [Counter; 4],
 }
 
 impl Default for Metrics {
@@ -133,7 +133,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut root = Registry::default();
-        let inner = Inner {
+        let mut inner = Inner {
             sockets: Gauge::default(),
             clients: Gauge::default(),
             delivered: Family::default(),
@@ -154,7 +154,7 @@ impl Metrics {
             publish_to_delivery: Family::new_with_constructor(latency_histogram),
             request_duration: Family::new_with_constructor(latency_histogram),
             delivered_by: Default::default(),
-            publish_to_delivery_by: Default::default(),
+            publish_to_delivery_by: [latency_histogram(), latency_histogram()],
             publishes_by: Default::default(),
             registry: Registry::default(),
         };
@@ -259,21 +259,25 @@ impl Metrics {
         );
         // Every known series exists from the start, at zero, so a scrape never has to guess
         // whether a missing series means "none yet" or "not exported".
-        for via in [Via::Ws, Via::Direct, Via::Publish, Via::Broadcast] {
-            let _ = inner
+        for via in VIAS {
+            inner.delivered_by[via as usize] = inner
                 .delivered
-                .get_or_create(&ViaLabel { via: via.as_str() });
+                .get_or_create(&ViaLabel { via: via.as_str() })
+                .clone();
         }
-        for via in [Via::Publish, Via::Broadcast] {
-            let _ = inner
+        for (i, via) in [Via::Publish, Via::Broadcast].into_iter().enumerate() {
+            inner.publish_to_delivery_by[i] = inner
                 .publish_to_delivery
-                .get_or_create(&ViaLabel { via: via.as_str() });
+                .get_or_create(&ViaLabel { via: via.as_str() })
+                .clone();
         }
         for target in ["client", "broadcast"] {
-            for outcome in ["ok", "unavailable"] {
-                let _ = inner
+            for ok in [true, false] {
+                let outcome = if ok { "ok" } else { "unavailable" };
+                inner.publishes_by[publish_index(target == "broadcast", ok)] = inner
                     .publishes
-                    .get_or_create(&PublishLabels { target, outcome });
+                    .get_or_create(&PublishLabels { target, outcome })
+                    .clone();
             }
         }
         for store in ["local", "shared"] {
@@ -311,24 +315,12 @@ impl Metrics {
     }
 
     pub fn delivered(&self, via: Via, n: u64) {
-        self.inner.delivered_by[via as usize]
-            .get_or_init(|| {
-                let label = ViaLabel { via: via.as_str() };
-                self.inner.delivered.get_or_create(&label).clone()
-            })
-            .inc_by(n);
+        self.inner.delivered_by[via as usize].inc_by(n);
     }
 
-    /// `target` is `client` or `broadcast`.
-    pub fn published(&self, target: &'static str, ok: bool) {
-        let index = usize::from(target == "broadcast") * 2 + usize::from(ok);
-        self.inner.publishes_by[index]
-            .get_or_init(|| {
-                let outcome = if ok { "ok" } else { "unavailable" };
-                let labels = PublishLabels { target, outcome };
-                self.inner.publishes.get_or_create(&labels).clone()
-            })
-            .inc();
+    pub fn published(&self, target: &Target, ok: bool) {
+        let broadcast = matches!(target, Target::Broadcast);
+        self.inner.publishes_by[publish_index(broadcast, ok)].inc();
     }
 
     pub fn slow_consumer(&self) {
@@ -385,13 +377,14 @@ impl Metrics {
         self.inner.landings.get_or_create(&PageLabel { page }).inc();
     }
 
+    /// Only messages that crossed the broker (`publish`, `broadcast`) have a publish time.
     pub fn publish_to_delivery(&self, via: Via, seconds: f64) {
-        self.inner.publish_to_delivery_by[via as usize]
-            .get_or_init(|| {
-                let label = ViaLabel { via: via.as_str() };
-                self.inner.publish_to_delivery.get_or_create(&label).clone()
-            })
-            .observe(seconds);
+        let histogram = match via {
+            Via::Publish => &self.inner.publish_to_delivery_by[0],
+            Via::Broadcast => &self.inner.publish_to_delivery_by[1],
+            Via::Ws | Via::Direct => return,
+        };
+        histogram.observe(seconds);
     }
 
     /// The request-duration histogram of one route pattern and status class, for the HTTP
@@ -424,15 +417,7 @@ impl Metrics {
                 .get()
         };
         let landed = |page| inner.landings.get_or_create(&PageLabel { page }).get();
-        let delivered = [Via::Ws, Via::Direct, Via::Publish, Via::Broadcast]
-            .iter()
-            .map(|via| {
-                inner
-                    .delivered
-                    .get_or_create(&ViaLabel { via: via.as_str() })
-                    .get()
-            })
-            .sum();
+        let delivered = inner.delivered_by.iter().map(Counter::get).sum();
         Figures {
             visits: inner.page_visits.get(),
             entries: u64::try_from(inner.state_entries.get()).unwrap_or(0),
@@ -463,6 +448,14 @@ impl Metrics {
     }
 }
 
+/// Every way a message reaches a socket, in `Via as usize` order.
+const VIAS: [Via; 4] = [Via::Ws, Via::Direct, Via::Publish, Via::Broadcast];
+
+/// Where a publish's counter sits in `publishes_by`.
+fn publish_index(broadcast: bool, ok: bool) -> usize {
+    usize::from(broadcast) * 2 + usize::from(ok)
+}
+
 fn saturating_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -484,7 +477,9 @@ mod tests {
         let metrics = Metrics::new();
         metrics.socket_opened(true);
         metrics.delivered(Via::Publish, 3);
-        metrics.published("client", true);
+        let client = crate::token::ClientId::parse("c").unwrap();
+        metrics.published(&Target::Client(client), true);
+        metrics.published(&Target::Broadcast, false);
         let text = metrics.render();
         assert!(text.contains("stickyws_sockets 1\n"), "{text}");
         assert!(
@@ -495,6 +490,20 @@ mod tests {
             text.contains("stickyws_publishes_total{target=\"client\",outcome=\"ok\"} 1\n"),
             "{text}"
         );
+        assert!(
+            text.contains(
+                "stickyws_publishes_total{target=\"broadcast\",outcome=\"unavailable\"} 1\n"
+            ),
+            "{text}"
+        );
+        for series in [
+            "{target=\"client\",outcome=\"unavailable\"} 0\n",
+            "{target=\"broadcast\",outcome=\"ok\"} 0\n",
+        ] {
+            assert!(text.contains(series), "{series} missing: {text}");
+        }
+        // `delivered_by` is indexed by `Via as usize`.
+        assert!(VIAS.iter().enumerate().all(|(i, via)| *via as usize == i));
         assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
     }

@@ -109,23 +109,17 @@ impl Records {
         }
     }
 
-    /// Appends one record. `client` is `-` when the event has none.
-    pub fn record(&self, event: Event, client: Option<&str>, detail: &str) {
+    /// Appends one record. `client` is `-` when the event has none. `detail` is formatted only
+    /// when the log is on (pass `format_args!` on hot paths: with `RECORDS_LOG=off` they then
+    /// format nothing).
+    pub fn record(&self, event: Event, client: Option<&str>, detail: impl std::fmt::Display) {
         let Some(writer) = &self.writer else { return };
-        let line = format_line(SystemTime::now(), &self.replica, event, client, detail);
+        let detail = detail.to_string();
+        let line = format_line(SystemTime::now(), &self.replica, event, client, &detail);
         let guard = writer.lines.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(tx) = guard.as_ref() {
             // The writer thread only stops after `close`, so a send cannot fail before it.
             let _ = tx.send(line);
-        }
-    }
-
-    /// Like [`Records::record`], formatting the detail only when the log is on: the hot paths
-    /// (publish, deliver) would otherwise format a line per message for nothing with
-    /// `RECORDS_LOG=off`.
-    pub fn record_fmt(&self, event: Event, client: Option<&str>, detail: std::fmt::Arguments<'_>) {
-        if self.writer.is_some() {
-            self.record(event, client, &detail.to_string());
         }
     }
 
@@ -253,7 +247,7 @@ mod tests {
                         records.record(
                             Event::Deliver,
                             Some("c"),
-                            &format!("n={i} {}", "x".repeat(100)),
+                            format!("n={i} {}", "x".repeat(100)),
                         );
                     }
                 })

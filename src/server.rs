@@ -191,7 +191,7 @@ impl Replica {
         announcer.abort();
         state
             .records
-            .record(Event::Stop, None, &format!("drained {sockets} sockets"));
+            .record(Event::Stop, None, format_args!("drained {sockets} sockets"));
         // 5. Flush the records log last, so the stop line is in it.
         state.records.close();
         tracing::info!(replica = %state.replica, "replica stopped");
@@ -236,7 +236,7 @@ impl Dispatch {
                 .record(Event::NotHere, client, "no local socket for this message");
             return;
         }
-        self.records.record_fmt(
+        self.records.record(
             Event::Deliver,
             client,
             format_args!(
@@ -276,7 +276,7 @@ fn link_observer(records: Records, metrics: Metrics) -> crate::broker::redis::Li
             records.record(
                 Event::BrokerLost,
                 None,
-                &format!("redis link lost: {reason}"),
+                format_args!("redis link lost: {reason}"),
             );
             tracing::warn!(%reason, "broker link lost; reconnecting");
         }

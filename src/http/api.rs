@@ -136,7 +136,7 @@ pub(super) async fn direct(
     let name = Some(client.as_str());
     state
         .records
-        .record_fmt(Event::Direct, name, format_args!("delivered={delivered}"));
+        .record(Event::Direct, name, format_args!("delivered={delivered}"));
     if delivered == 0 {
         state.records.record(
             Event::NotHere,
@@ -144,7 +144,7 @@ pub(super) async fn direct(
             "direct: no socket of this client here; message lost",
         );
     } else {
-        state.records.record_fmt(
+        state.records.record(
             Event::Deliver,
             name,
             format_args!("via=direct sockets={delivered}"),
@@ -166,7 +166,7 @@ pub(super) async fn publish(
     authorize(&state, &headers, &client)?;
     let target = Target::Client(client);
     let receivers = send(&state, &target, Via::Publish, text).await?;
-    state.records.record_fmt(
+    state.records.record(
         Event::Publish,
         target.client(),
         format_args!("receivers={receivers}"),
@@ -200,7 +200,7 @@ pub(super) async fn broadcast(
         ));
     }
     let receivers = send(&state, &Target::Broadcast, Via::Broadcast, text).await?;
-    state.records.record_fmt(
+    state.records.record(
         Event::Broadcast,
         None,
         format_args!("receivers={receivers}"),
@@ -212,10 +212,6 @@ pub(super) async fn broadcast(
 }
 
 async fn send(state: &AppState, target: &Target, via: Via, text: String) -> Result<u64, ApiError> {
-    let kind = match target {
-        Target::Client(_) => "client",
-        Target::Broadcast => "broadcast",
-    };
     let envelope = Envelope {
         via,
         from: (*state.replica).into(),
@@ -223,7 +219,7 @@ async fn send(state: &AppState, target: &Target, via: Via, text: String) -> Resu
         at: crate::frame::now_micros(),
     };
     let result = state.broker.publish(target, envelope.encode()).await;
-    state.metrics.published(kind, result.is_ok());
+    state.metrics.published(target, result.is_ok());
     Ok(result?.receivers)
 }
 

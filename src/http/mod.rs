@@ -137,10 +137,10 @@ where
     H::Future: Unpin,
     T: 'static,
 {
-    handler.layer(TimedLayer {
+    handler.layer(TimedLayer(Arc::new(RouteTiming {
         metrics: metrics.clone(),
-        timers: Arc::default(),
-    })
+        timers: OnceLock::new(),
+    })))
 }
 
 /// Times every routed request into `stickyws_http_request_duration_seconds{route, status}`.
@@ -149,11 +149,7 @@ where
 /// and clones the state on every request, and labelled the histogram with a fresh `String`
 /// looked up in the family each time. Here each route finds its histograms once.
 #[derive(Clone, Debug)]
-struct TimedLayer {
-    metrics: Metrics,
-    /// The route's histograms, shared by every request it times.
-    timers: Arc<OnceLock<RouteTimers>>,
-}
+struct TimedLayer(Arc<RouteTiming>);
 
 impl<S> Layer<S> for TimedLayer {
     type Service = Timed<S>;
@@ -161,8 +157,7 @@ impl<S> Layer<S> for TimedLayer {
     fn layer(&self, inner: S) -> Timed<S> {
         Timed {
             inner,
-            metrics: self.metrics.clone(),
-            timers: self.timers.clone(),
+            timing: self.0.clone(),
         }
     }
 }
@@ -171,10 +166,16 @@ impl<S> Layer<S> for TimedLayer {
 #[derive(Clone, Debug)]
 struct Timed<S> {
     inner: S,
+    timing: Arc<RouteTiming>,
+}
+
+/// What every request of one route shares.
+#[derive(Debug)]
+struct RouteTiming {
     metrics: Metrics,
     /// Each route has its own layer, so its pattern (and its histograms) are fixed by its first
     /// request.
-    timers: Arc<OnceLock<RouteTimers>>,
+    timers: OnceLock<RouteTimers>,
 }
 
 #[derive(Debug)]
@@ -184,11 +185,14 @@ struct RouteTimers {
     by_class: [OnceLock<Histogram>; 5],
 }
 
-impl RouteTimers {
-    fn observe(&self, metrics: &Metrics, status: u16, seconds: f64) {
+impl RouteTiming {
+    fn observe(&self, status: u16, seconds: f64) {
+        let Some(timers) = self.timers.get() else {
+            return;
+        };
         let class = usize::from(status.clamp(100, 599) / 100 - 1);
-        self.by_class[class]
-            .get_or_init(|| metrics.request_histogram(&self.route, status))
+        timers.by_class[class]
+            .get_or_init(|| self.metrics.request_histogram(&timers.route, status))
             .observe(seconds);
     }
 }
@@ -207,7 +211,7 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        self.timers.get_or_init(|| RouteTimers {
+        self.timing.timers.get_or_init(|| RouteTimers {
             route: request
                 .extensions()
                 .get::<MatchedPath>()
@@ -218,8 +222,7 @@ where
         TimedFuture {
             started: Instant::now(),
             inner: self.inner.call(request),
-            metrics: self.metrics.clone(),
-            timers: self.timers.clone(),
+            timing: self.timing.clone(),
         }
     }
 }
@@ -228,8 +231,7 @@ where
 struct TimedFuture<F> {
     inner: F,
     started: Instant,
-    metrics: Metrics,
-    timers: Arc<OnceLock<RouteTimers>>,
+    timing: Arc<RouteTiming>,
 }
 
 impl<F, E> Future for TimedFuture<F>
@@ -241,9 +243,9 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
         let result = std::task::ready!(Pin::new(&mut this.inner).poll(cx));
-        if let (Ok(response), Some(timers)) = (&result, this.timers.get()) {
+        if let Ok(response) = &result {
             let seconds = this.started.elapsed().as_secs_f64();
-            timers.observe(&this.metrics, response.status().as_u16(), seconds);
+            this.timing.observe(response.status().as_u16(), seconds);
         }
         Poll::Ready(result)
     }

@@ -55,7 +55,7 @@ pub(super) async fn index(State(state): State<AppState>) -> Result<Response, Api
     state.records.record(
         Event::Page,
         Some(client.as_str()),
-        &format!(
+        format_args!(
             "rendered the page; cookie sticky={}; visits here={} shared={}",
             state.replica,
             visits.local,

@@ -90,7 +90,7 @@ pub(super) async fn upgrade(
     state.records.record(
         Event::Connect,
         Some(client.as_str()),
-        &format!("tabs={tabs}{page}"),
+        format_args!("tabs={tabs}{page}"),
     );
     let landing = state.lab.landed(&client, page_replica);
     let limits = &state.config.limits;

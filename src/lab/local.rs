@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use moka::notification::RemovalCause;
-use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
 
-use super::Notes;
+use super::{Found, Notes};
 use crate::token::ClientId;
 
 /// Why the cache dropped a client's state on its own.
@@ -32,14 +31,6 @@ impl Dropped {
 
 /// Called for every entry the cache drops by itself (not for replacements).
 pub type OnDrop = Arc<dyn Fn(&ClientId, Dropped) + Send + Sync>;
-
-/// What one lookup found.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Found {
-    pub notes: Notes,
-    /// The client's state was here.
-    pub hit: bool,
-}
 
 /// Session states held in this replica's memory.
 #[derive(Clone)]
@@ -76,28 +67,16 @@ impl LocalStates {
     /// Appends `note` to the client's state, starting an empty one if there was none. The TTL
     /// counts again from now.
     pub fn add(&self, client: &ClientId, note: &str) -> Found {
-        let max = self.max_notes;
-        let result = self.cache.entry_by_ref(client).and_compute_with(|entry| {
+        let entry = self.cache.entry_by_ref(client).and_upsert_with(|entry| {
             let mut notes = entry.map(|e| e.into_value().to_vec()).unwrap_or_default();
             notes.push(note.to_owned());
-            let excess = notes.len().saturating_sub(max);
+            let excess = notes.len().saturating_sub(self.max_notes);
             notes.drain(..excess);
-            Op::Put(Notes::from(notes))
+            Notes::from(notes)
         });
-        match result {
-            CompResult::ReplacedWith(entry) => Found {
-                notes: entry.into_value(),
-                hit: true,
-            },
-            CompResult::Inserted(entry) => Found {
-                notes: entry.into_value(),
-                hit: false,
-            },
-            // The closure always puts; these cannot happen, and an empty answer is harmless.
-            CompResult::StillNone(_) | CompResult::Unchanged(_) | CompResult::Removed(_) => Found {
-                notes: Notes::default(),
-                hit: false,
-            },
+        Found {
+            hit: entry.is_old_value_replaced(),
+            notes: entry.into_value(),
         }
     }
 

@@ -30,6 +30,14 @@ const VISIT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 /// A client's session state: the notes it added, oldest first.
 pub type Notes = Arc<[String]>;
 
+/// What one lookup of a client's state found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    pub notes: Notes,
+    /// The client's state was there.
+    pub hit: bool,
+}
+
 /// Which copy of the state a request works on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -170,39 +178,34 @@ impl StateLab {
         store: Store,
         note: &str,
     ) -> Result<Outcome, BrokerError> {
-        let (notes, hit) = match store {
-            Store::Local => {
-                let found = self.local.add(client, note);
-                (found.notes, found.hit)
-            }
+        let found = match store {
+            Store::Local => self.local.add(client, note),
             Store::Shared => self.shared.add(client, note).await?,
         };
-        Ok(self.looked_up(client, store, notes, hit, true))
+        Ok(self.looked_up(client, store, found, true))
     }
 
     /// Reads one copy of the client's state without changing it.
     pub async fn read(&self, client: &ClientId, store: Store) -> Result<Outcome, BrokerError> {
-        let (notes, hit) = match store {
-            Store::Local => {
-                let found = self.local.get(client, false);
-                (found.notes, found.hit)
-            }
+        let found = match store {
+            Store::Local => self.local.get(client, false),
             Store::Shared => self.shared.get(client).await?,
         };
-        Ok(self.looked_up(client, store, notes, hit, false))
+        Ok(self.looked_up(client, store, found, false))
     }
 
     /// A socket of `client` opened here: it needs the client's local state, rebuilt if this
     /// replica does not hold it. `page_replica` is the replica that rendered the client's page.
     pub fn landed(&self, client: &ClientId, page_replica: Option<String>) -> Landing {
         let found = self.local.get(client, true);
-        self.looked_up(client, Store::Local, found.notes, found.hit, true);
+        let state_hit = found.hit;
+        self.looked_up(client, Store::Local, found, true);
         let same_replica = page_replica.as_deref().map(|p| p == &*self.replica);
         self.metrics.socket_landed(same_replica);
         Landing {
             page_replica,
             same_replica,
-            state_hit: found.hit,
+            state_hit,
         }
     }
 
@@ -211,8 +214,7 @@ impl StateLab {
         &self,
         client: &ClientId,
         store: Store,
-        notes: Notes,
-        hit: bool,
+        Found { notes, hit }: Found,
         rebuild: bool,
     ) -> Outcome {
         let rebuilt = !hit && rebuild;
@@ -230,7 +232,7 @@ impl StateLab {
             self.records.record(
                 Event::CacheMiss,
                 name,
-                &format!("{label}: no state for this client"),
+                format_args!("{label}: no state for this client"),
             );
             rebuilt.then(|| {
                 let message = match store {
@@ -241,7 +243,7 @@ impl StateLab {
                     ),
                 };
                 self.records
-                    .record(Event::Rebuild, name, &format!("{label}: {message}"));
+                    .record(Event::Rebuild, name, format_args!("{label}: {message}"));
                 message
             })
         };

@@ -7,11 +7,14 @@
 
 use std::time::Duration;
 
-use moka::sync::Cache;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
-use super::Notes;
+use super::local::LocalStates;
+use super::{Found, Notes};
 use crate::broker::BrokerError;
 use crate::token::ClientId;
 
@@ -28,9 +31,6 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {existed, redis.call('LRANGE', KEYS[1], 0, -1)}
 ";
 
-/// What a shared lookup found: the notes, and whether the state existed.
-pub type Shared = (Notes, bool);
-
 /// Where shared state lives.
 #[derive(Clone)]
 pub enum SharedStore {
@@ -40,10 +40,10 @@ pub enum SharedStore {
         ttl: Duration,
         max_notes: usize,
     },
+    /// The same bounded cache as the local copy: with one replica, one memory.
     Memory {
-        notes: Cache<ClientId, Notes>,
-        visits: std::sync::Arc<std::sync::atomic::AtomicU64>,
-        max_notes: usize,
+        states: LocalStates,
+        visits: Arc<AtomicU64>,
     },
 }
 
@@ -73,12 +73,9 @@ impl SharedStore {
 
     pub fn memory(max_entries: u64, ttl: Duration, max_notes: usize) -> Self {
         Self::Memory {
-            notes: Cache::builder()
-                .max_capacity(max_entries)
-                .time_to_live(ttl)
-                .build(),
-            visits: Default::default(),
-            max_notes,
+            // Its evictions are not the lesson's (that is the local copy's), so not reported.
+            states: LocalStates::new(max_entries, ttl, max_notes, Arc::new(|_, _| {})),
+            visits: Arc::default(),
         }
     }
 
@@ -95,9 +92,7 @@ impl SharedStore {
             SharedStore::Redis { conn, .. } => {
                 conn.clone().incr(VISITS_KEY, 1).await.map_err(unavailable)
             }
-            SharedStore::Memory { visits, .. } => {
-                Ok(visits.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1)
-            }
+            SharedStore::Memory { visits, .. } => Ok(visits.fetch_add(1, Ordering::Relaxed) + 1),
         }
     }
 
@@ -108,14 +103,12 @@ impl SharedStore {
                 let n: Option<u64> = conn.clone().get(VISITS_KEY).await.map_err(unavailable)?;
                 Ok(n.unwrap_or(0))
             }
-            SharedStore::Memory { visits, .. } => {
-                Ok(visits.load(std::sync::atomic::Ordering::Relaxed))
-            }
+            SharedStore::Memory { visits, .. } => Ok(visits.load(Ordering::Relaxed)),
         }
     }
 
     /// Appends `note` to the client's shared state.
-    pub async fn add(&self, client: &ClientId, note: &str) -> Result<Shared, BrokerError> {
+    pub async fn add(&self, client: &ClientId, note: &str) -> Result<Found, BrokerError> {
         match self {
             SharedStore::Redis {
                 conn,
@@ -131,27 +124,17 @@ impl SharedStore {
                     .invoke_async(&mut conn.clone())
                     .await
                     .map_err(unavailable)?;
-                Ok((Notes::from(notes), existed == 1))
+                Ok(Found {
+                    notes: Notes::from(notes),
+                    hit: existed == 1,
+                })
             }
-            SharedStore::Memory {
-                notes, max_notes, ..
-            } => {
-                let mut existed = false;
-                let entry = notes.entry_by_ref(client).and_upsert_with(|entry| {
-                    existed = entry.is_some();
-                    let mut list = entry.map(|e| e.into_value().to_vec()).unwrap_or_default();
-                    list.push(note.to_owned());
-                    let excess = list.len().saturating_sub(*max_notes);
-                    list.drain(..excess);
-                    Notes::from(list)
-                });
-                Ok((entry.into_value(), existed))
-            }
+            SharedStore::Memory { states, .. } => Ok(states.add(client, note)),
         }
     }
 
-    /// The client's shared state (empty and `false` if there is none).
-    pub async fn get(&self, client: &ClientId) -> Result<Shared, BrokerError> {
+    /// The client's shared state (empty, and not a hit, if there is none).
+    pub async fn get(&self, client: &ClientId) -> Result<Found, BrokerError> {
         match self {
             SharedStore::Redis { conn, .. } => {
                 let notes: Vec<String> = conn
@@ -159,12 +142,12 @@ impl SharedStore {
                     .lrange(notes_key(client), 0, -1)
                     .await
                     .map_err(unavailable)?;
-                let existed = !notes.is_empty();
-                Ok((Notes::from(notes), existed))
+                Ok(Found {
+                    hit: !notes.is_empty(),
+                    notes: Notes::from(notes),
+                })
             }
-            SharedStore::Memory { notes, .. } => Ok(notes
-                .get(client)
-                .map_or_else(|| (Notes::default(), false), |n| (n, true))),
+            SharedStore::Memory { states, .. } => Ok(states.get(client, false)),
         }
     }
 }

@@ -174,6 +174,8 @@ async fn state_lab(
     rows: &mut Vec<String>,
     broken: &mut Vec<String>,
 ) -> anyhow::Result<()> {
+    // A deployment keeps the newest MAX_NOTES of a client's notes; the tour assumes the default.
+    let max_notes = crate::limits::Limits::default().max_notes;
     // Local notes: each replica holds only the notes that landed on it.
     let mut t = Tally::default();
     let path = format!("/api/notes/{}/local", me.id);
@@ -183,7 +185,7 @@ async fn state_lab(
         t.took_by(&taker);
         let held = answer["notes"].as_array().map_or(0, Vec::len);
         let landed_here = t.took.get(&taker).copied().unwrap_or(0);
-        if held != landed_here.min(MAX_NOTES) {
+        if held != landed_here.min(max_notes) {
             broken.push(format!(
                 "local notes: {taker} holds {held}, but {landed_here} landed there"
             ));
@@ -199,7 +201,7 @@ async fn state_lab(
         let answer = me.post(&path, None, &format!("shared {i}")).await?;
         t.took_by(answer["replica"].as_str().unwrap_or("?"));
         let held = answer["notes"].as_array().map_or(0, Vec::len);
-        t.delivered += usize::from(held == (i + 1).min(MAX_NOTES));
+        t.delivered += usize::from(held == (i + 1).min(max_notes));
     }
     if t.delivered != count {
         broken.push(format!("shared notes: whole in {} of {count}", t.delivered));
@@ -231,9 +233,6 @@ async fn state_lab(
     ));
     Ok(())
 }
-
-/// Notes a replica keeps per client (the default `MAX_NOTES`).
-const MAX_NOTES: usize = 20;
 
 /// Waits for the frame carrying `text`; true if it came as promised.
 async fn expect_frame(

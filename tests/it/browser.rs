@@ -82,8 +82,7 @@ async fn the_page_shows_every_path_and_keeps_its_messages_when_its_socket_moves(
     let mut cluster = TestCluster::start(3);
     let driver = Chromedriver::start(cluster.dir.path());
     let page = open_page(&cluster, &driver, 1280, 900).await;
-    page.eval(&format!("console.error('{CANARY}'); return true;"))
-        .await;
+    arm_console_check(&page).await;
 
     let shown = who_serves_the_page(&cluster, &page).await;
     press_every_button(&page, &shown).await;
@@ -92,6 +91,17 @@ async fn the_page_shows_every_path_and_keeps_its_messages_when_its_socket_moves(
     kill_the_socket_replica_and_publish_meanwhile(&mut cluster, &page, &shown).await;
 
     // No console errors, apart from the page's socket failing while its replica was down.
+    assert_no_console_errors(&page, |message| is_failed_socket(message, &shown.client_id)).await;
+}
+
+/// Logs a canary error, by which [`assert_no_console_errors`] knows the console is collected.
+async fn arm_console_check(page: &Browser) {
+    page.eval(&format!("console.error('{CANARY}'); return true;"))
+        .await;
+}
+
+/// The console holds the canary and no other error but those `expected` allows.
+async fn assert_no_console_errors(page: &Browser, expected: impl Fn(&str) -> bool) {
     let console = page.console().await;
     assert!(
         console.iter().any(|e| e.message.contains(CANARY)),
@@ -100,7 +110,7 @@ async fn the_page_shows_every_path_and_keeps_its_messages_when_its_socket_moves(
     let unexpected: Vec<_> = console
         .iter()
         .filter(|e| e.level == "SEVERE" && !e.message.contains(CANARY))
-        .filter(|e| !is_failed_socket(&e.message, &shown.client_id))
+        .filter(|e| !expected(&e.message))
         .collect();
     assert!(unexpected.is_empty(), "console errors: {unexpected:#?}");
 }
@@ -396,8 +406,7 @@ async fn the_state_lab_shows_what_process_local_state_does_behind_nginx() {
     let cluster = TestCluster::start(3);
     let driver = Chromedriver::start(cluster.dir.path());
     let page = open_page(&cluster, &driver, 1280, 900).await;
-    page.eval(&format!("console.error('{CANARY}'); return true;"))
-        .await;
+    arm_console_check(&page).await;
     let page_by = page.text("page-by").await;
     assert_eq!(page.text("ws-split").await, "same replica");
 
@@ -413,16 +422,7 @@ async fn the_state_lab_shows_what_process_local_state_does_behind_nginx() {
         .await;
     forgetting_the_cookie_splits_page_and_socket(&cluster, &page).await;
 
-    let console = page.console().await;
-    assert!(
-        console.iter().any(|e| e.message.contains(CANARY)),
-        "the console log was not captured: {console:#?}"
-    );
-    let unexpected: Vec<_> = console
-        .iter()
-        .filter(|e| e.level == "SEVERE" && !e.message.contains(CANARY))
-        .collect();
-    assert!(unexpected.is_empty(), "console errors: {unexpected:#?}");
+    assert_no_console_errors(&page, |_| false).await;
 }
 
 /// With the cookie every local note goes to the page's replica, which holds them all; without
