@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::broker::StreamId;
+use crate::cursor::{Cursor, StreamId, StreamIdText};
 
 /// How a message reached the socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,23 +72,6 @@ pub enum ServerFrame<'a> {
         code: &'a str,
         message: &'a str,
     },
-}
-
-/// A [`StreamId`] written as its string form.
-#[derive(Debug, Clone, Copy)]
-pub struct StreamIdText(pub StreamId);
-
-impl Serialize for StreamIdText {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&self.0)
-    }
-}
-
-/// Which history a delivered message belongs to, and where in it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Cursor {
-    Client(StreamId),
-    Broadcast(StreamId),
 }
 
 /// A frame on its way to a socket, shared by every recipient.

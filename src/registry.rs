@@ -4,7 +4,9 @@
 //! a full queue never blocks the caller (a broker task or an HTTP handler); the socket is marked
 //! a slow consumer instead and its session closes it. Registering the first socket of a client
 //! holds it at the broker, removing the last releases it, both under the registry's lock so the
-//! broker sees them in the order they happened.
+//! broker sees them in the order they happened. The broker is passed in by the caller and kept
+//! by each registration, not owned here: the broker's inbox delivers into the registry, so a
+//! registry owning its broker would make the two a cycle.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -25,7 +27,6 @@ pub struct Registry {
 
 #[derive(Debug)]
 struct Inner {
-    broker: Broker,
     metrics: Metrics,
     max_sockets: usize,
     max_per_client: usize,
@@ -62,6 +63,8 @@ pub enum AdmitError {
 /// A socket's place in the registry; dropping it removes the socket.
 pub struct Registration {
     registry: Registry,
+    /// Released through when the last socket of the client goes.
+    broker: Broker,
     client: ClientId,
     id: u64,
     /// The socket's own queue, for frames only it should get (its echoes, its errors).
@@ -84,10 +87,9 @@ pub struct Delivery {
 }
 
 impl Registry {
-    pub fn new(broker: Broker, metrics: Metrics, limits: &crate::limits::Limits) -> Self {
+    pub fn new(metrics: Metrics, limits: &crate::limits::Limits) -> Self {
         Self {
             inner: Arc::new(Inner {
-                broker,
                 metrics,
                 max_sockets: limits.max_sockets,
                 max_per_client: limits.max_sockets_per_client,
@@ -105,8 +107,8 @@ impl Registry {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Admits one socket of `client`.
-    pub fn register(&self, client: &ClientId) -> Result<Registration, AdmitError> {
+    /// Admits one socket of `client`; the first one of a client holds it at `broker`.
+    pub fn register(&self, client: &ClientId, broker: &Broker) -> Result<Registration, AdmitError> {
         let mut state = self.lock();
         if state.sockets >= self.inner.max_sockets {
             return Err(AdmitError::ReplicaFull(self.inner.max_sockets));
@@ -126,11 +128,12 @@ impl Registry {
             slow: slow.clone(),
         });
         let first = held == 0;
-        let subscribed = first.then(|| self.inner.broker.hold(client));
+        let subscribed = first.then(|| broker.hold(client));
         drop(state);
         self.inner.metrics.socket_opened(first);
         Ok(Registration {
             registry: self.clone(),
+            broker: broker.clone(),
             client: client.clone(),
             id,
             queue,
@@ -140,7 +143,7 @@ impl Registry {
         })
     }
 
-    fn remove(&self, client: &ClientId, id: u64) {
+    fn remove(&self, client: &ClientId, id: u64, broker: &Broker) {
         let mut state = self.lock();
         let Some(tabs) = state.clients.get_mut(client) else {
             return;
@@ -153,7 +156,7 @@ impl Registry {
         let last = tabs.is_empty();
         if last {
             state.clients.remove(client);
-            self.inner.broker.release(client);
+            broker.release(client);
         }
         state.sockets -= 1;
         drop(state);
@@ -210,7 +213,7 @@ impl Registration {
     /// Leaves the registry now, before the session ends (a slow consumer being closed takes no
     /// more messages while its close frame waits to get through).
     pub fn leave(&self) {
-        self.registry.remove(&self.client, self.id);
+        self.registry.remove(&self.client, self.id, &self.broker);
     }
 }
 
@@ -225,22 +228,45 @@ impl std::fmt::Debug for Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.registry.remove(&self.client, self.id);
+        self.registry.remove(&self.client, self.id, &self.broker);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::Driver;
     use crate::broker::memory::MemoryBroker;
-    use crate::broker::{Driver, Target};
     use crate::limits::Limits;
+    use crate::target::Target;
 
-    fn registry(limits: Limits) -> (Registry, MemoryBroker) {
+    /// A registry and the broker its sockets are held at.
+    struct Fixture {
+        registry: Registry,
+        broker: Broker,
+    }
+
+    impl Fixture {
+        fn register(&self, client: &ClientId) -> Result<Registration, AdmitError> {
+            self.registry.register(client, &self.broker)
+        }
+    }
+
+    impl std::ops::Deref for Fixture {
+        type Target = Registry;
+
+        fn deref(&self) -> &Registry {
+            &self.registry
+        }
+    }
+
+    /// The registry, and a probe: another replica on the same in-process hub.
+    fn registry(limits: Limits) -> (Fixture, MemoryBroker) {
         let broker = MemoryBroker::new(Arc::new(|_, _, _| {}), Limits::default().window());
         let probe = broker.join_same_hub(Arc::new(|_, _, _| {}));
-        let registry = Registry::new(Broker::Memory(broker), Metrics::new(), &limits);
-        (registry, probe)
+        let registry = Registry::new(Metrics::new(), &limits);
+        let broker = Broker::Memory(broker);
+        (Fixture { registry, broker }, probe)
     }
 
     fn client(s: &str) -> ClientId {

@@ -6,8 +6,10 @@
 //! Correctness rests on ordering: the socket is subscribed before history is read, so every
 //! message newer than the replay is in the socket's queue, and everything older was replayed.
 
-use crate::broker::{Broker, BrokerError, History, StreamId, Target};
-use crate::frame::{Cursor, Envelope, Outgoing};
+use crate::broker::{Broker, BrokerError, History};
+use crate::cursor::{Cursor, StreamId};
+use crate::frame::{Envelope, Outgoing};
+use crate::target::Target;
 use crate::token::ClientId;
 
 /// What a reconnecting client says it has seen (`?last_id=…&last_broadcast_id=…`).

@@ -1,9 +1,10 @@
-//! One replica: builds its state (broker, registry, records, metrics), binds its listener and
-//! serves until shut down, then drains its sockets.
+//! One replica: builds its state (registry, delivery, broker, presence, records, metrics),
+//! binds its listener and serves until shut down, then drains its sockets. What each piece does
+//! is its own module's business; this one only assembles, runs and drains.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -15,12 +16,13 @@ use tower_layer::Layer;
 
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::{LinkEvent, RedisBroker};
-use crate::broker::{Broker, Inbox, ReplicaInfo, StreamId, Target};
+use crate::broker::{Broker, Inbox};
 use crate::config::{Config, SecretSource};
-use crate::frame::{Envelope, Via};
+use crate::delivery::Delivery;
 use crate::http::{AppState, Shared, router};
 use crate::lab::StateLab;
 use crate::metrics::Metrics;
+use crate::presence::Presence;
 use crate::records::{Event, Records};
 use crate::registry::Registry;
 use crate::shutdown::Shutdown;
@@ -29,8 +31,8 @@ use crate::token::Signer;
 /// How long a stopping replica keeps answering (readiness 503, upgrades refused with 503) before
 /// it stops accepting connections: long enough for a load balancer to see it go.
 const DRAIN_GRACE: Duration = Duration::from_secs(1);
-/// How often a replica tells the others it is alive (`/api/replicas`).
-const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
+/// How often idle clients' rate buckets are dropped.
+const RATE_HOUSEKEEPING_EVERY: Duration = Duration::from_secs(2);
 
 /// A replica, bound and ready to serve.
 #[derive(Debug)]
@@ -67,50 +69,30 @@ impl Replica {
             );
         }
         let metrics = Metrics::new();
-        // The inbox needs the registry, and the registry needs the broker the inbox belongs
-        // to: the slot is filled right after both exist, before any subscription is made.
-        let slot: Arc<OnceLock<Dispatch>> = Arc::new(OnceLock::new());
-        let inbox: Inbox = {
-            let slot = slot.clone();
-            Arc::new(move |target, id, payload| {
-                if let Some(dispatch) = slot.get() {
-                    dispatch.deliver(target, id, payload);
-                }
-            })
-        };
-        let window = config.limits.window();
-        let broker = match &config.redis_url {
-            Some(url) => {
-                let observer = link_observer(records.clone(), metrics.clone());
-                Broker::Redis(RedisBroker::start(url, inbox, observer, window)?)
-            }
-            None => {
-                records.record(
-                    Event::Subscribed,
-                    None,
-                    "in-process broker (one replica only)",
-                );
-                Broker::Memory(MemoryBroker::new(inbox, window))
-            }
-        };
-        let registry = Registry::new(broker.clone(), metrics.clone(), &config.limits);
-        let redis = match &broker {
-            Broker::Redis(redis) => Some(redis.connection()),
-            Broker::Memory(_) => None,
-        };
-        let lab = StateLab::new(
+        // Built in the order messages flow back: sockets, then delivery into them, then the
+        // broker whose inbox is that delivery. The registry does not own the broker (each
+        // socket's registration carries it), so nothing here needs to be filled in later.
+        let registry = Registry::new(metrics.clone(), &config.limits);
+        let delivery = Delivery::new(
             replica.clone(),
-            &config.limits,
-            redis,
+            registry.clone(),
             records.clone(),
             metrics.clone(),
         );
-        let _ = slot.set(Dispatch {
-            replica: replica.clone(),
-            registry: registry.clone(),
-            records: records.clone(),
-            metrics: metrics.clone(),
-        });
+        let broker = start_broker(&config, delivery.inbox(), &records, &metrics)?;
+        let lab = StateLab::new(
+            replica.clone(),
+            &config.limits,
+            broker.redis_connection(),
+            records.clone(),
+            metrics.clone(),
+        );
+        let presence = Presence::new(
+            replica.clone(),
+            registry.clone(),
+            lab.clone(),
+            broker.clone(),
+        );
         let config_rate = config.limits.publish_rate;
         let state = AppState::new(Shared {
             signer: Signer::new(&config.secret),
@@ -118,6 +100,8 @@ impl Replica {
             replica,
             registry,
             broker,
+            delivery,
+            presence,
             lab,
             records,
             metrics,
@@ -145,7 +129,8 @@ impl Replica {
         state.records.record(Event::Start, None, &detail);
         tracing::info!(replica = %state.replica, %addr, broker = state.broker.kind(), "replica started");
 
-        let announcer = tokio::spawn(announce(state.clone(), token.clone()));
+        let announcer = tokio::spawn(state.presence.clone().announce_until(token.clone()));
+        let housekeeper = tokio::spawn(forget_quiet_clients(state.clone(), token.clone()));
 
         // 1. Serve until the token is cancelled (SIGTERM, Ctrl-C).
         let draining = state.draining.clone();
@@ -189,6 +174,7 @@ impl Replica {
             tracing::warn!(sockets, "drain timeout: closing remaining sockets");
         }
         announcer.abort();
+        housekeeper.abort();
         state
             .records
             .record(Event::Stop, None, format_args!("drained {sockets} sockets"));
@@ -199,54 +185,28 @@ impl Replica {
     }
 }
 
-/// Delivers what the broker hands this replica to the local sockets it concerns.
-#[derive(Debug)]
-struct Dispatch {
-    replica: Arc<str>,
-    registry: Registry,
-    records: Records,
-    metrics: Metrics,
-}
-
-impl Dispatch {
-    fn deliver(&self, target: &Target, id: Option<StreamId>, payload: &[u8]) {
-        let Ok(envelope) = Envelope::decode(payload) else {
-            tracing::warn!(bytes = payload.len(), "undecodable broker message dropped");
-            return;
-        };
-        // Serialized once here; every local socket of the target shares these bytes.
-        let frame = envelope.outgoing(&self.replica, id, false);
-        let (client, delivery) = match target {
-            Target::Client(client) => {
-                (Some(client.as_str()), self.registry.deliver(client, &frame))
-            }
-            Target::Broadcast => (None, self.registry.broadcast(&frame)),
-        };
-        self.metrics
-            .delivered(envelope.via, delivery.reached as u64);
-        if envelope.at > 0 && delivery.reached > 0 {
-            // Wall clocks of two processes: exact on one host, as good as NTP across hosts.
-            let micros = crate::frame::now_micros().saturating_sub(envelope.at);
-            self.metrics
-                .publish_to_delivery(envelope.via, micros as f64 / 1e6);
+/// The broker `config` asks for, delivering into `inbox`.
+fn start_broker(
+    config: &Config,
+    inbox: Inbox,
+    records: &Records,
+    metrics: &Metrics,
+) -> anyhow::Result<Broker> {
+    let window = config.limits.window();
+    Ok(match &config.redis_url {
+        Some(url) => {
+            let observer = link_observer(records.clone(), metrics.clone());
+            Broker::Redis(RedisBroker::start(url, inbox, observer, window)?)
         }
-        if delivery.reached == 0 && envelope.via != Via::Broadcast {
-            // Subscribed a moment ago and the last socket just left: the race is real.
-            self.records
-                .record(Event::NotHere, client, "no local socket for this message");
-            return;
+        None => {
+            records.record(
+                Event::Subscribed,
+                None,
+                "in-process broker (one replica only)",
+            );
+            Broker::Memory(MemoryBroker::new(inbox, window))
         }
-        self.records.record(
-            Event::Deliver,
-            client,
-            format_args!(
-                "via={} from={} sockets={}",
-                envelope.via.as_str(),
-                envelope.from,
-                delivery.reached
-            ),
-        );
-    }
+    })
 }
 
 /// Turns the Redis link's events into records and metrics.
@@ -283,25 +243,13 @@ fn link_observer(records: Records, metrics: Metrics) -> crate::broker::redis::Li
     })
 }
 
-/// Tells the other replicas about this one, every few seconds, until shutdown.
-async fn announce(state: AppState, token: CancellationToken) {
-    let mut tick = tokio::time::interval(ANNOUNCE_EVERY);
+/// Forgets the rate buckets of clients that have gone quiet, so they cannot pile up.
+async fn forget_quiet_clients(state: AppState, token: CancellationToken) {
+    let mut tick = tokio::time::interval(RATE_HOUSEKEEPING_EVERY);
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = tick.tick() => state.rate.retain_recent(),
             () = token.cancelled() => return,
         }
-        let (sockets, clients) = state.registry.counts();
-        let info = ReplicaInfo {
-            id: state.replica.to_string(),
-            sockets,
-            clients,
-            figures: Some(state.lab.figures()),
-        };
-        if let Err(err) = state.broker.announce(&info).await {
-            tracing::debug!(cause = %err, "announce failed");
-        }
-        // Forget the rate buckets of clients that have gone quiet, so they cannot pile up.
-        state.rate.retain_recent();
     }
 }

@@ -4,7 +4,6 @@
 //! Written over `Sink<Message>` + `Stream<Item = Result<Message, _>>`, so tests can drive it
 //! with channels instead of a network socket.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -14,12 +13,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
-use crate::frame::{
-    Envelope, FrameError, Outgoing, ServerFrame, StreamIdText, Via, parse_client_frame,
-};
+use crate::cursor::StreamIdText;
+use crate::delivery::Delivery;
+use crate::frame::{FrameError, Outgoing, ServerFrame, parse_client_frame};
 use crate::lab::Landing;
-use crate::metrics::Metrics;
-use crate::records::{Event, Records};
+use crate::records::Event;
 use crate::registry::Registration;
 use crate::resume::{self, Seen, Skip};
 use crate::token::ClientId;
@@ -48,11 +46,10 @@ pub mod close_code {
 /// Everything one session needs.
 #[derive(Debug)]
 pub struct Session {
-    pub replica: Arc<str>,
     pub client: ClientId,
     pub registration: Registration,
-    pub records: Records,
-    pub metrics: Metrics,
+    /// The replica's name, records, metrics and the echo: one handle for all of them.
+    pub delivery: Delivery,
     pub max_text_bytes: usize,
     pub shutdown: CancellationToken,
     pub broker: Broker,
@@ -129,7 +126,13 @@ impl Session {
                 }
             }
         }
-        let start = resume::start(&self.broker, &self.client, &self.replica, self.resume).await;
+        let start = resume::start(
+            &self.broker,
+            &self.client,
+            self.delivery.replica(),
+            self.resume,
+        )
+        .await;
         self.greet(sink, &start).await.ok()?;
         let outbox = self.registration.outbox.take()?;
         Some((outbox, start.skip))
@@ -173,10 +176,15 @@ impl Session {
             End::SendFailed | End::PeerSilent => {}
         }
         let client = Some(self.client.as_str());
-        self.records.record(Event::Disconnect, client, end.as_str());
+        self.delivery
+            .records()
+            .record(Event::Disconnect, client, end.as_str());
         if end == End::SlowConsumer {
-            self.records
-                .record(Event::SlowConsumer, client, "queue full, closed with 1013");
+            self.delivery.records().record(
+                Event::SlowConsumer,
+                client,
+                "queue full, closed with 1013",
+            );
         }
     }
 
@@ -187,7 +195,7 @@ impl Session {
     {
         let client = self.client.as_str();
         let welcome = ServerFrame::Welcome {
-            replica: &self.replica,
+            replica: self.delivery.replica(),
             client_id: client,
             last_id: StreamIdText(start.welcome.client),
             last_broadcast_id: StreamIdText(start.welcome.broadcast),
@@ -216,7 +224,9 @@ impl Session {
                 start.replay.len(),
                 start.lost
             );
-            self.records.record(Event::Replay, Some(client), &detail);
+            self.delivery
+                .records()
+                .record(Event::Replay, Some(client), &detail);
         }
         sink.flush().await
     }
@@ -296,20 +306,8 @@ impl Session {
 
     /// Handles one text frame; returns the frame to send back.
     fn on_text(&self, raw: &str) -> Option<Outgoing> {
-        let client = self.client.as_str();
         match parse_client_frame(raw, self.max_text_bytes) {
-            Ok(frame) => {
-                self.records
-                    .record(Event::WsRecv, Some(client), &frame.text);
-                let envelope = Envelope {
-                    via: Via::Ws,
-                    from: (*self.replica).into(),
-                    text: frame.text.into(),
-                    at: 0,
-                };
-                self.metrics.delivered(Via::Ws, 1);
-                Some(envelope.frame_for(&self.replica).into())
-            }
+            Ok(frame) => Some(self.delivery.echo(&self.client, &frame.text)),
             Err(err) => Some(error_frame(&err).into()),
         }
     }
@@ -320,7 +318,7 @@ impl Session {
             && !self.registration.slow.is_cancelled()
         {
             self.registration.slow.cancel();
-            self.metrics.slow_consumer();
+            self.delivery.metrics().slow_consumer();
         }
     }
 }
@@ -405,7 +403,10 @@ mod tests {
     use crate::broker::Broker;
     use crate::broker::memory::MemoryBroker;
     use crate::limits::Limits;
+    use crate::metrics::Metrics;
+    use crate::records::Records;
     use crate::registry::Registry;
+    use std::sync::Arc;
 
     struct Harness {
         to_session: fmpsc::UnboundedSender<Result<Message, axum::Error>>,
@@ -421,16 +422,20 @@ mod tests {
             Limits::default().window(),
         ));
         let metrics = Metrics::new();
-        let registry = Registry::new(broker.clone(), metrics.clone(), &limits);
+        let registry = Registry::new(metrics.clone(), &limits);
         let client = ClientId::parse("c1").unwrap();
-        let registration = registry.register(&client).unwrap();
+        let registration = registry.register(&client, &broker).unwrap();
         let shutdown = CancellationToken::new();
+        let delivery = Delivery::new(
+            "app-1".into(),
+            registry.clone(),
+            Records::disabled("app-1"),
+            metrics,
+        );
         let session = Session {
-            replica: "app-1".into(),
             client,
             registration,
-            records: Records::disabled("app-1"),
-            metrics,
+            delivery,
             max_text_bytes: limits.max_text_bytes,
             shutdown: shutdown.clone(),
             broker,

@@ -15,7 +15,7 @@
 
 use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use stickyws::broker::StreamId;
+use stickyws::cursor::StreamId;
 use stickyws::frame::{FrameError, parse_client_frame};
 use stickyws::http::{ApiError, bearer, sticky_cookie};
 use stickyws::token::{ClientId, Signer};

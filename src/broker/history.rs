@@ -1,58 +1,16 @@
-//! Message ids and the recovery window: every published message gets an id, increasing per
-//! stream (a client's own stream, or the broadcast stream), and stays retrievable for a bounded
-//! time and count, so a client that reconnects — to any replica — can ask for what it missed.
+//! The recovery window: every published message gets an id ([`StreamId`], from
+//! [`crate::cursor`]), increasing per stream (a client's own stream, or the broadcast stream),
+//! and stays retrievable for a bounded time and count, so a client that reconnects — to any
+//! replica — can ask for what it missed. The in-process history lives here; Redis keeps its
+//! own in streams.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
-use std::str::FromStr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::Target;
-
-/// A message id, `<milliseconds>-<sequence>` as Redis streams write them; ordered.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct StreamId {
-    pub ms: u64,
-    pub seq: u64,
-}
-
-impl StreamId {
-    pub const ZERO: StreamId = StreamId { ms: 0, seq: 0 };
-}
-
-impl fmt::Display for StreamId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.ms, self.seq)
-    }
-}
-
-/// Why a string is not a message id.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("a message id looks like 1700000000000-0")]
-pub struct BadStreamId;
-
-impl FromStr for StreamId {
-    type Err = BadStreamId;
-
-    fn from_str(s: &str) -> Result<Self, BadStreamId> {
-        if s.len() > 41 {
-            return Err(BadStreamId);
-        }
-        let (ms, seq) = s.split_once('-').ok_or(BadStreamId)?;
-        let digits = |p: &str| {
-            (!p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| p.parse::<u64>().ok())
-                .flatten()
-                .ok_or(BadStreamId)
-        };
-        Ok(StreamId {
-            ms: digits(ms)?,
-            seq: digits(seq)?,
-        })
-    }
-}
+use crate::cursor::StreamId;
+use crate::target::Target;
 
 /// How much history is kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,6 +186,7 @@ impl MemoryHistory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cursor::BadStreamId;
     use crate::token::ClientId;
 
     fn window(cap: usize) -> Window {

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use super::history::MemoryHistory;
 use super::{
-    BrokerError, ClientId, Driver, History, Inbox, Published, ReplicaInfo, StreamId, Subscribed,
-    Target, Window,
+    Announcement, BrokerError, ClientId, Driver, History, Inbox, Published, Subscribed, Window,
 };
+use crate::cursor::StreamId;
+use crate::target::Target;
 
 /// A replica that has not announced itself for this long is no longer listed.
 const PRESENCE_TTL: Duration = Duration::from_secs(6);
@@ -47,7 +48,7 @@ struct HubState {
     next_member: u64,
     members: HashMap<u64, Inbox>,
     holders: HashMap<ClientId, HashSet<u64>>,
-    presence: BTreeMap<String, (ReplicaInfo, Instant)>,
+    presence: BTreeMap<String, (Announcement, Instant)>,
     history: MemoryHistory,
 }
 
@@ -160,15 +161,15 @@ impl Driver for MemoryBroker {
         true
     }
 
-    async fn announce(&self, info: &ReplicaInfo) -> Result<(), BrokerError> {
-        self.hub
-            .lock()
-            .presence
-            .insert(info.id.clone(), (info.clone(), Instant::now()));
+    async fn announce(&self, announcement: &Announcement) -> Result<(), BrokerError> {
+        self.hub.lock().presence.insert(
+            announcement.replica.clone(),
+            (announcement.clone(), Instant::now()),
+        );
         Ok(())
     }
 
-    async fn replicas(&self) -> Result<Vec<ReplicaInfo>, BrokerError> {
+    async fn replicas(&self) -> Result<Vec<Announcement>, BrokerError> {
         let mut state = self.hub.lock();
         state
             .presence

@@ -16,28 +16,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+pub use history::{History, Window};
 
-pub use history::{History, StreamId, Window};
-
+use crate::cursor::StreamId;
+use crate::target::Target;
 use crate::token::ClientId;
-
-/// Where a message goes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
-    Client(ClientId),
-    Broadcast,
-}
-
-impl Target {
-    /// The client's id, for a message to one client.
-    pub fn client(&self) -> Option<&str> {
-        match self {
-            Target::Client(client) => Some(client.as_str()),
-            Target::Broadcast => None,
-        }
-    }
-}
 
 /// Why the broker could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -63,17 +46,12 @@ pub struct Published {
 /// Resolves once the broker has confirmed a subscription.
 pub type Subscribed = Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send + Sync>>;
 
-/// What a replica tells the others about itself, every few seconds.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ReplicaInfo {
-    pub id: String,
-    /// Sockets held.
-    pub sockets: usize,
-    /// Distinct clients held.
-    pub clients: usize,
-    /// Its key figures (the page's panel); absent from replicas of older versions.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub figures: Option<crate::metrics::Figures>,
+/// What a replica last told the others about itself: its id and an opaque body (JSON, written
+/// and read by [`crate::presence`]); the broker only keeps it for a few seconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Announcement {
+    pub replica: String,
+    pub body: String,
 }
 
 /// A broker implementation.
@@ -109,11 +87,14 @@ pub trait Driver: Send + Sync + 'static {
     /// True while connected and subscribed to the broadcast channel.
     fn is_ready(&self) -> bool;
 
-    /// Announces this replica to the others (best effort).
-    fn announce(&self, info: &ReplicaInfo) -> impl Future<Output = Result<(), BrokerError>> + Send;
+    /// Announces this replica to the others (best effort); kept for a few seconds.
+    fn announce(
+        &self,
+        announcement: &Announcement,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
 
     /// The replicas that announced themselves recently, sorted by id.
-    fn replicas(&self) -> impl Future<Output = Result<Vec<ReplicaInfo>, BrokerError>> + Send;
+    fn replicas(&self) -> impl Future<Output = Result<Vec<Announcement>, BrokerError>> + Send;
 }
 
 /// The broker this replica runs with.
@@ -128,6 +109,15 @@ impl Broker {
         match self {
             Broker::Memory(_) => "memory",
             Broker::Redis(_) => "redis",
+        }
+    }
+
+    /// The Redis command connection when the broker is Redis, for what else lives in the same
+    /// Redis (the state lab's shared state); multiplexed, so sharing it costs no connection.
+    pub fn redis_connection(&self) -> Option<::redis::aio::ConnectionManager> {
+        match self {
+            Broker::Memory(_) => None,
+            Broker::Redis(b) => Some(b.connection()),
         }
     }
 
@@ -177,14 +167,14 @@ impl Broker {
         }
     }
 
-    pub async fn announce(&self, info: &ReplicaInfo) -> Result<(), BrokerError> {
+    pub async fn announce(&self, announcement: &Announcement) -> Result<(), BrokerError> {
         match self {
-            Broker::Memory(b) => b.announce(info).await,
-            Broker::Redis(b) => b.announce(info).await,
+            Broker::Memory(b) => b.announce(announcement).await,
+            Broker::Redis(b) => b.announce(announcement).await,
         }
     }
 
-    pub async fn replicas(&self) -> Result<Vec<ReplicaInfo>, BrokerError> {
+    pub async fn replicas(&self) -> Result<Vec<Announcement>, BrokerError> {
         match self {
             Broker::Memory(b) => b.replicas().await,
             Broker::Redis(b) => b.replicas().await,
@@ -344,21 +334,16 @@ pub(crate) mod suite {
     }
 
     pub(crate) async fn announced_replicas_are_listed<D: Driver>(a: &D, b: &D) {
-        let info = |id: &str, sockets| ReplicaInfo {
-            id: id.to_owned(),
-            sockets,
-            clients: 1,
-            figures: Some(crate::metrics::Figures {
-                visits: sockets as u64 * 10,
-                ..Default::default()
-            }),
+        let info = |id: &str, sockets: u32| Announcement {
+            replica: id.to_owned(),
+            body: format!("{{\"sockets\":{sockets}}}"),
         };
         b.announce(&info("rb", 2)).await.unwrap();
         a.announce(&info("ra", 1)).await.unwrap();
         let listed = a.replicas().await.unwrap();
         let ours: Vec<_> = listed
             .into_iter()
-            .filter(|r| r.id.starts_with('r'))
+            .filter(|r| r.replica.starts_with('r'))
             .collect();
         assert_eq!(ours, vec![info("ra", 1), info("rb", 2)]);
     }

@@ -20,10 +20,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
-    BrokerError, ClientId, Driver, History, Inbox, Published, ReplicaInfo, StreamId, Subscribed,
-    Target, Window,
+    Announcement, BrokerError, ClientId, Driver, History, Inbox, Published, Subscribed, Window,
 };
 use crate::backoff::Backoff;
+use crate::cursor::StreamId;
+use crate::target::Target;
 
 /// Channel of one client's messages: `stickyws:client:<client id>`.
 pub const CLIENT_CHANNEL_PREFIX: &str = "stickyws:client:";
@@ -318,19 +319,18 @@ impl Driver for RedisBroker {
         self.inner.ready.load(Ordering::Relaxed)
     }
 
-    async fn announce(&self, info: &ReplicaInfo) -> Result<(), BrokerError> {
+    async fn announce(&self, announcement: &Announcement) -> Result<(), BrokerError> {
         let now = now_ms();
-        let json = serde_json::to_string(info).map_err(unavailable)?;
         let mut conn = self.inner.conn.clone();
         redis::pipe()
             .set_options(
-                format!("{REPLICA_KEY_PREFIX}{}", info.id),
-                json,
+                format!("{REPLICA_KEY_PREFIX}{}", announcement.replica),
+                &announcement.body,
                 redis::SetOptions::default()
                     .with_expiration(redis::SetExpiry::PX(PRESENCE_TTL.as_millis() as u64)),
             )
             .ignore()
-            .zadd(REPLICAS_KEY, &info.id, now)
+            .zadd(REPLICAS_KEY, &announcement.replica, now)
             .ignore()
             .zrembyscore(
                 REPLICAS_KEY,
@@ -343,7 +343,7 @@ impl Driver for RedisBroker {
             .map_err(unavailable)
     }
 
-    async fn replicas(&self) -> Result<Vec<ReplicaInfo>, BrokerError> {
+    async fn replicas(&self) -> Result<Vec<Announcement>, BrokerError> {
         let mut conn = self.inner.conn.clone();
         let since = now_ms().saturating_sub(PRESENCE_TTL.as_millis() as u64);
         let ids: Vec<String> = conn
@@ -358,13 +358,18 @@ impl Driver for RedisBroker {
             .map(|id| format!("{REPLICA_KEY_PREFIX}{id}"))
             .collect();
         let values: Vec<Option<String>> = conn.mget(keys).await.map_err(unavailable)?;
-        let mut infos: Vec<ReplicaInfo> = values
+        let mut listed: Vec<Announcement> = ids
             .into_iter()
-            .flatten()
-            .filter_map(|json| serde_json::from_str(&json).ok())
+            .zip(values)
+            .filter_map(|(replica, body)| {
+                Some(Announcement {
+                    replica,
+                    body: body?,
+                })
+            })
             .collect();
-        infos.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(infos)
+        listed.sort_by(|a, b| a.replica.cmp(&b.replica));
+        Ok(listed)
     }
 }
 

@@ -12,9 +12,9 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ClientPath, TextBody, bearer, sticky_cookie};
-use crate::broker::{ReplicaInfo, Target};
-use crate::frame::{Envelope, Via};
+use crate::frame::Via;
 use crate::records::Event;
+use crate::target::Target;
 use crate::token::ClientId;
 
 // The answers of the message routes, serialized straight from structs: a `json!` value built a
@@ -122,34 +122,7 @@ pub(super) async fn direct(
     TextBody(text): TextBody,
 ) -> Result<Json<Delivered>, ApiError> {
     authorize(&state, &headers, &client)?;
-    let envelope = Envelope {
-        via: Via::Direct,
-        from: (*state.replica).into(),
-        text: text.into(),
-        at: 0,
-    };
-    let delivered = state
-        .registry
-        .deliver(&client, &envelope.frame_for(&state.replica).into())
-        .reached;
-    state.metrics.delivered(Via::Direct, delivered as u64);
-    let name = Some(client.as_str());
-    state
-        .records
-        .record(Event::Direct, name, format_args!("delivered={delivered}"));
-    if delivered == 0 {
-        state.records.record(
-            Event::NotHere,
-            name,
-            "direct: no socket of this client here; message lost",
-        );
-    } else {
-        state.records.record(
-            Event::Deliver,
-            name,
-            format_args!("via=direct sockets={delivered}"),
-        );
-    }
+    let delivered = state.delivery.direct(&client, &text);
     Ok(Json(Delivered {
         delivered,
         replica: state.replica.clone(),
@@ -212,12 +185,7 @@ pub(super) async fn broadcast(
 }
 
 async fn send(state: &AppState, target: &Target, via: Via, text: String) -> Result<u64, ApiError> {
-    let envelope = Envelope {
-        via,
-        from: (*state.replica).into(),
-        text: text.into(),
-        at: crate::frame::now_micros(),
-    };
+    let envelope = state.delivery.envelope(via, &text);
     let result = state.broker.publish(target, envelope.encode()).await;
     state.metrics.published(target, result.is_ok());
     Ok(result?.receivers)
@@ -225,26 +193,6 @@ async fn send(state: &AppState, target: &Target, via: Via, text: String) -> Resu
 
 /// `GET /api/replicas`: the replicas of this deployment, as they last announced themselves.
 pub(super) async fn replicas(State(state): State<AppState>) -> Json<Value> {
-    let (list, complete) = replicas_now(&state).await;
+    let (list, complete) = state.presence.all().await;
     Json(json!({"replica": &*state.replica, "replicas": list, "complete": complete}))
-}
-
-/// Every replica as it last announced itself, with this one as it is now; `complete` is false
-/// when the broker could not be asked (then only this replica is listed).
-pub(super) async fn replicas_now(state: &AppState) -> (Vec<ReplicaInfo>, bool) {
-    let (sockets, clients) = state.registry.counts();
-    let me = ReplicaInfo {
-        id: state.replica.to_string(),
-        sockets,
-        clients,
-        figures: Some(state.lab.figures()),
-    };
-    let (mut list, complete) = match state.broker.replicas().await {
-        Ok(list) => (list, true),
-        Err(_) => (Vec::new(), false),
-    };
-    list.retain(|r| r.id != me.id);
-    list.push(me);
-    list.sort_by(|a, b| a.id.cmp(&b.id));
-    (list, complete)
 }

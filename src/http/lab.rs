@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::api::{authorize, replicas_now};
+use super::api::authorize;
 use super::error::ApiError;
 use super::extract::{ClientPath, TextBody, sticky_cookie};
 use crate::frame::check_text;
@@ -88,7 +88,7 @@ pub(super) async fn forget_cookie(State(state): State<AppState>, headers: Header
 /// `GET /api/stats`: every replica's key figures, this one's read now and the others' as they
 /// last announced them (every 2 s), with the shared visit count.
 pub(super) async fn stats(State(state): State<AppState>) -> Json<Value> {
-    let (list, complete) = replicas_now(&state).await;
+    let (list, complete) = state.presence.all().await;
     let shared_visits = state.lab.shared_visits().await;
     Json(json!({
         "replica": &*state.replica,

@@ -15,9 +15,8 @@ use futures_util::StreamExt;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::ClientPath;
-use crate::broker::StreamId;
-use crate::broker::history::BadStreamId;
 use crate::config::is_valid_app_id;
+use crate::cursor::{BadStreamId, StreamId};
 use crate::records::Event;
 use crate::registry::AdmitError;
 use crate::resume::Seen;
@@ -74,13 +73,16 @@ pub(super) async fn upgrade(
             "this replica is shutting down; connect again",
         ));
     }
-    let registration = state.registry.register(&client).map_err(|err| {
-        let status = match err {
-            AdmitError::ReplicaFull(_) => StatusCode::SERVICE_UNAVAILABLE,
-            AdmitError::ClientFull(_) => StatusCode::TOO_MANY_REQUESTS,
-        };
-        ApiError::new(status, "too_many_sockets", err.to_string())
-    })?;
+    let registration = state
+        .registry
+        .register(&client, &state.broker)
+        .map_err(|err| {
+            let status = match err {
+                AdmitError::ReplicaFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+                AdmitError::ClientFull(_) => StatusCode::TOO_MANY_REQUESTS,
+            };
+            ApiError::new(status, "too_many_sockets", err.to_string())
+        })?;
     let tabs = state.registry.sockets_of(&client);
     let page = match &page_replica {
         Some(page) if page.as_str() == &*state.replica => format!(" page={page} (same replica)"),
@@ -95,11 +97,9 @@ pub(super) async fn upgrade(
     let landing = state.lab.landed(&client, page_replica);
     let limits = &state.config.limits;
     let session = Session {
-        replica: state.replica.clone(),
         client,
         registration,
-        records: state.records.clone(),
-        metrics: state.metrics.clone(),
+        delivery: state.delivery.clone(),
         max_text_bytes: limits.max_text_bytes,
         shutdown: state.shutdown.token.clone(),
         broker: state.broker.clone(),
