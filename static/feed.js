@@ -76,6 +76,7 @@ function outcomeBadge(outcome) {
   return el('span', { class: `badge badge-${outcome}` }, OUTCOME_TEXT[outcome]);
 }
 
+/** The All / HTTP / Socket buttons: the feed's data-filter decides, in CSS, what shows. */
 export function buildFilters() {
   for (const button of document.querySelectorAll('.filters button')) {
     button.addEventListener('click', () => {

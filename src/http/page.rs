@@ -3,6 +3,7 @@
 //! and style, compiled in and served from a fixed table.
 
 use askama::Template;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, SET_COOKIE};
 use axum::response::{Html, IntoResponse, Response};
@@ -137,9 +138,13 @@ fn imported_modules() -> Vec<&'static str> {
         .collect()
 }
 
-/// `GET /static/{file}`: a file of the table, or the JSON 404.
-pub(super) async fn asset(Path(file): Path<String>) -> Response {
-    let Some(asset) = ASSETS.iter().find(|asset| asset.name == file) else {
+/// `GET /static/{file}`: a file of the table, or the JSON 404 (also for a name that is not
+/// UTF-8 once decoded, which no file of the table has).
+pub(super) async fn asset(file: Result<Path<String>, PathRejection>) -> Response {
+    let found = file
+        .ok()
+        .and_then(|Path(file)| ASSETS.iter().find(|asset| asset.name == file));
+    let Some(asset) = found else {
         return ApiError::not_found().into_response();
     };
     // no-cache, not a long max-age: the demo is rebuilt often and must never run stale script.

@@ -311,17 +311,26 @@ async fn the_page_gets_every_module_it_imports_and_static_serves_nothing_else() 
         let source = response.text().await.unwrap();
         todo.extend(static_references(&source, "from './"));
     }
-    let preloaded: std::collections::BTreeSet<String> = referenced
+    let (preloaded, styles): (Vec<String>, Vec<String>) = referenced
         .into_iter()
-        .filter(|name| name.ends_with(".js"))
-        .collect();
+        .partition(|name| name.ends_with(".js"));
+    let preloaded: std::collections::BTreeSet<String> = preloaded.into_iter().collect();
     assert_eq!(
         preloaded, served,
         "the page references other modules than it imports"
     );
     assert!(served.len() > 1, "{served:?}");
+    assert_eq!(styles, ["app.css"]);
+    let style = cluster.get("/static/app.css", None).await;
+    assert_eq!(
+        (
+            style.status(),
+            style.headers()["content-type"].to_str().ok()
+        ),
+        (StatusCode::OK, Some("text/css; charset=utf-8"))
+    );
 
-    for path in ["/static/x.js", "/static/..%2FCargo.toml"] {
+    for path in ["/static/x.js", "/static/..%2FCargo.toml", "/static/%FF.js"] {
         let response = cluster.get(path, None).await;
         assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
         let answer: serde_json::Value = response.json().await.unwrap();
