@@ -27,8 +27,7 @@ pub fn router(state: AppState) -> Router {
     let m = &state.metrics;
     Router::new()
         .route("/", get(timed(m, page::index)))
-        .route("/static/app.js", get(timed(m, page::script)))
-        .route("/static/app.css", get(timed(m, page::style)))
+        .route("/static/{file}", get(timed(m, page::asset)))
         .route("/api/clients", post(timed(m, api::mint_client)))
         .route("/api/echo/{client_id}", post(timed(m, api::echo)))
         .route("/api/direct/{client_id}", post(timed(m, api::direct)))

@@ -280,3 +280,94 @@ async fn probes_and_metrics_report_the_replica() {
         .collect();
     assert_eq!(ids, ["app-1", "app-2", "app-3"], "{replicas}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_gets_every_module_it_imports_and_static_serves_nothing_else() {
+    let cluster = TestCluster::single();
+    let page = cluster.get("/", None).await.text().await.unwrap();
+    assert!(
+        page.contains(r#"<script type="module" src="/static/main.js">"#),
+        "{page}"
+    );
+    let referenced = static_references(&page, "\"/static/");
+
+    // Every module reachable from main.js through its imports, each served as JavaScript.
+    let mut todo = vec!["main.js".to_owned()];
+    let mut served = std::collections::BTreeSet::new();
+    while let Some(module) = todo.pop() {
+        if !served.insert(module.clone()) {
+            continue;
+        }
+        let response = cluster.get(&format!("/static/{module}"), None).await;
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            (response.status(), content_type.as_str()),
+            (StatusCode::OK, "text/javascript; charset=utf-8"),
+            "{module}"
+        );
+        let source = response.text().await.unwrap();
+        todo.extend(static_references(&source, "from './"));
+    }
+    let (preloaded, styles): (Vec<String>, Vec<String>) = referenced
+        .into_iter()
+        .partition(|name| name.ends_with(".js"));
+    let preloaded: std::collections::BTreeSet<String> = preloaded.into_iter().collect();
+    assert_eq!(
+        preloaded, served,
+        "the page references other modules than it imports"
+    );
+    assert!(served.len() > 1, "{served:?}");
+    assert_eq!(styles, ["app.css"]);
+    let style = cluster.get("/static/app.css", None).await;
+    assert_eq!(
+        (
+            style.status(),
+            style.headers()["content-type"].to_str().ok()
+        ),
+        (StatusCode::OK, Some("text/css; charset=utf-8"))
+    );
+
+    for path in ["/static/x.js", "/static/..%2FCargo.toml", "/static/%FF.js"] {
+        let response = cluster.get(path, None).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+        let answer: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(error_code(&answer), "not_found", "{path}: {answer}");
+    }
+    // Written by hand: an HTTP client would resolve the `..` before sending.
+    let (status, answer) = raw_get(&cluster.base(), "/static/../Cargo.toml").await;
+    assert!(status.starts_with("HTTP/1.1 404"), "{status}");
+    assert_eq!(error_code(&answer), "not_found", "{answer}");
+}
+
+/// The names after each `prefix` in `text`, up to the closing quote.
+fn static_references(text: &str, prefix: &str) -> Vec<String> {
+    text.split(prefix)
+        .skip(1)
+        .filter_map(|rest| rest.split(['"', '\'']).next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A GET with the path sent exactly as given; the status line and the JSON body.
+async fn raw_get(base: &str, path: &str) -> (String, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut raw),
+    )
+    .await
+    .expect("an answer in time")
+    .unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete answer");
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    (status, serde_json::from_str(body).unwrap_or_default())
+}

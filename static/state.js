@@ -1,0 +1,32 @@
+// The page's shared state: its socket, the replicas it has seen, the presses and their tallies,
+// and its sticky cookie. Modules read and write it directly; each lab panel keeps its own
+// state in its own module (visits.js, notes.js, split.js, stats.js).
+
+import { PAGE_BY } from './config.js';
+
+export const state = {
+  /** Numbers every press and lab action, so each feed entry can be matched with its answer. */
+  seq: 0,
+  wsState: 'connecting',
+  wsBy: '',
+  ws: null,
+  attempt: 0,
+  /** name -> { sockets, live } for every replica seen; kept when one dies so colours stay put. */
+  replicas: new Map(),
+  tallies: {},
+  /** exact text sent -> press waiting for its socket frame */
+  pending: new Map(),
+  filter: 'all',
+  /** Newest message id seen in this client's history and in the broadcast history ("ms-seq"):
+   *  passed back on reconnect, so the replica replays what the page missed. */
+  lastId: null,
+  lastBroadcastId: null,
+  /** Frames dropped because their id was at or below the cursor (already shown). */
+  duplicates: 0,
+  /** The pending backoff timer, cancelled when the socket is reopened on purpose. */
+  retryTimer: 0,
+  /** Set when the page goes away, so its socket closing then is not retried. */
+  unloading: false,
+  /** The sticky cookie's value as far as the page knows (HttpOnly: JS cannot read it). */
+  cookie: PAGE_BY,
+};
