@@ -124,16 +124,10 @@ struct Inner {
     publishes_by: [Counter; 4],
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Metrics {
-    pub fn new() -> Self {
-        let mut root = Registry::default();
-        let mut inner = Inner {
+impl Inner {
+    /// Every metric at zero, registered nowhere yet.
+    fn zeroed() -> Self {
+        Inner {
             sockets: Gauge::default(),
             clients: Gauge::default(),
             delivered: Family::default(),
@@ -157,116 +151,129 @@ impl Metrics {
             publish_to_delivery_by: [latency_histogram(), latency_histogram()],
             publishes_by: Default::default(),
             registry: Registry::default(),
-        };
-        // Process figures keep their conventional unprefixed names; ours carry `stickyws_`.
+        }
+    }
+
+    /// Process figures keep their conventional unprefixed names; ours carry `stickyws_`.
+    fn register_process(&self, root: &mut Registry) {
         root.register(
             "process_resident_memory_bytes",
             "Resident memory of this replica process",
-            inner.resident_memory.clone(),
+            self.resident_memory.clone(),
         );
         root.register(
             "process_open_fds",
             "Open file descriptors of this replica process",
-            inner.open_fds.clone(),
+            self.open_fds.clone(),
         );
-        let ours = root.sub_registry_with_prefix("stickyws");
+    }
+
+    /// Sockets, messages and the broker link.
+    fn register_delivery(&self, ours: &mut Registry) {
         ours.register(
             "sockets",
             "WebSocket connections this replica holds",
-            inner.sockets.clone(),
+            self.sockets.clone(),
         );
         ours.register(
             "clients",
             "Distinct clients with a socket on this replica",
-            inner.clients.clone(),
+            self.clients.clone(),
         );
         ours.register(
             "messages_delivered",
             "Frames delivered to sockets of this replica, by how they came",
-            inner.delivered.clone(),
+            self.delivered.clone(),
         );
         ours.register(
             "publishes",
             "Messages this replica handed the broker, by target and outcome",
-            inner.publishes.clone(),
+            self.publishes.clone(),
         );
         ours.register(
             "slow_consumer_disconnects",
             "Sockets closed (1013) because their send queue was full",
-            inner.slow_consumers.clone(),
+            self.slow_consumers.clone(),
         );
         ours.register(
             "broker_up",
             "1 while the broker is connected and subscribed",
-            inner.broker_up.clone(),
+            self.broker_up.clone(),
         );
         ours.register(
             "broker_reconnects",
             "Times the broker subscription was re-established after a loss",
-            inner.broker_reconnects.clone(),
+            self.broker_reconnects.clone(),
         );
         // The unit is in the name, without a `# UNIT` line: some OpenMetrics parsers refuse
         // units on histograms.
         ours.register(
             "publish_to_delivery_seconds",
             "From the publish request to the hand-off to this replica's sockets (wall clock)",
-            inner.publish_to_delivery.clone(),
+            self.publish_to_delivery.clone(),
         );
         ours.register(
             "http_request_duration_seconds",
             "HTTP requests this replica answered, by route pattern and status class",
-            inner.request_duration.clone(),
+            self.request_duration.clone(),
         );
+    }
+
+    /// The state lab's counters.
+    fn register_lab(&self, ours: &mut Registry) {
         ours.register(
             "page_visits",
             "Page visits counted in this replica's memory (each replica has its own count)",
-            inner.page_visits.clone(),
+            self.page_visits.clone(),
         );
         ours.register(
             "shared_page_visits",
             "Page visits counted in Redis (INCR) across the deployment, as this replica last saw it",
-            inner.shared_page_visits.clone(),
+            self.shared_page_visits.clone(),
         );
         ours.register(
             "state_hits",
             "Session-state lookups that found the client's state, by store",
-            inner.state_hits.clone(),
+            self.state_hits.clone(),
         );
         ours.register(
             "state_misses",
             "Session-state lookups that found nothing, by store",
-            inner.state_misses.clone(),
+            self.state_misses.clone(),
         );
         ours.register(
             "state_rebuilds",
             "Session states started empty after a miss, by store",
-            inner.state_rebuilds.clone(),
+            self.state_rebuilds.clone(),
         );
         ours.register(
             "state_evictions",
             "Session states the local cache dropped, by cause (size limit or TTL)",
-            inner.state_evictions.clone(),
+            self.state_evictions.clone(),
         );
         ours.register(
             "state_entries",
             "Session states in this replica's local cache",
-            inner.state_entries.clone(),
+            self.state_entries.clone(),
         );
         ours.register(
             "socket_landings",
             "Sockets opened, by whether they landed on the replica that rendered their page",
-            inner.landings.clone(),
+            self.landings.clone(),
         );
-        // Every known series exists from the start, at zero, so a scrape never has to guess
-        // whether a missing series means "none yet" or "not exported".
+    }
+
+    /// Creates every known series at zero, so a scrape never has to guess whether a missing
+    /// series means "none yet" or "not exported"; keeps the ones every message touches.
+    fn create_every_series(&mut self) {
         for via in VIAS {
-            inner.delivered_by[via as usize] = inner
+            self.delivered_by[via as usize] = self
                 .delivered
                 .get_or_create(&ViaLabel { via: via.as_str() })
                 .clone();
         }
         for (i, via) in [Via::Publish, Via::Broadcast].into_iter().enumerate() {
-            inner.publish_to_delivery_by[i] = inner
+            self.publish_to_delivery_by[i] = self
                 .publish_to_delivery
                 .get_or_create(&ViaLabel { via: via.as_str() })
                 .clone();
@@ -274,7 +281,7 @@ impl Metrics {
         for target in ["client", "broadcast"] {
             for ok in [true, false] {
                 let outcome = if ok { "ok" } else { "unavailable" };
-                inner.publishes_by[publish_index(target == "broadcast", ok)] = inner
+                self.publishes_by[publish_index(target == "broadcast", ok)] = self
                     .publishes
                     .get_or_create(&PublishLabels { target, outcome })
                     .clone();
@@ -282,16 +289,34 @@ impl Metrics {
         }
         for store in ["local", "shared"] {
             let label = StoreLabel { store };
-            let _ = inner.state_hits.get_or_create(&label);
-            let _ = inner.state_misses.get_or_create(&label);
-            let _ = inner.state_rebuilds.get_or_create(&label);
+            let _ = self.state_hits.get_or_create(&label);
+            let _ = self.state_misses.get_or_create(&label);
+            let _ = self.state_rebuilds.get_or_create(&label);
         }
         for cause in ["size", "expired"] {
-            let _ = inner.state_evictions.get_or_create(&CauseLabel { cause });
+            let _ = self.state_evictions.get_or_create(&CauseLabel { cause });
         }
         for page in ["same", "other", "unknown"] {
-            let _ = inner.landings.get_or_create(&PageLabel { page });
+            let _ = self.landings.get_or_create(&PageLabel { page });
         }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut inner = Inner::zeroed();
+        let mut root = Registry::default();
+        inner.register_process(&mut root);
+        let ours = root.sub_registry_with_prefix("stickyws");
+        inner.register_delivery(ours);
+        inner.register_lab(ours);
+        inner.create_every_series();
         Self {
             inner: Arc::new(Inner {
                 registry: root,
