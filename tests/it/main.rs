@@ -10,6 +10,7 @@ mod browser;
 mod cluster_command;
 mod failover;
 mod fuzz_seeds;
+mod layout;
 mod limits;
 mod load;
 mod reliability;
