@@ -217,7 +217,7 @@ async fn run_http_table(cluster: &TestCluster, table: &str, cases: &[(&str, Req,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_client_ids_get_400_from_the_replica_or_nginx_s_own_refusal() {
+async fn bad_client_ids_get_400_from_the_replica_or_from_nginx_itself() {
     let mut cluster = TestCluster::start(3);
     let client = cluster.mint().await;
     let tok = client.token.as_str();
