@@ -5,6 +5,9 @@
 //! Nothing it starts outlives it: children get SIGTERM on Ctrl-C, on SIGTERM, or when one of
 //! them dies; and each is started through `setpriv --pdeathsig TERM` where available, so even a
 //! `kill -9` of the cluster takes them down.
+//!
+//! Redis is started as [`super::redis_server`] starts it, nginx runs [`super::nginx_conf`]'s
+//! rewrite of the shipped file; this module orders the steps and supervises the children.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

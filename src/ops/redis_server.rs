@@ -31,8 +31,10 @@ pub enum StartError {
         program: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot pick a port or create the log {path}: {source}")]
-    Setup {
+    #[error("cannot pick a free loopback port: {0}")]
+    Port(std::io::Error),
+    #[error("cannot create the log {path}: {source}")]
+    Log {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -139,10 +141,7 @@ pub struct RedisServer {
 impl RedisServer {
     /// A server on a free loopback port, its log in `log_dir`.
     pub fn start(log_dir: &Path, extra: &[&str]) -> Result<RedisServer, StartError> {
-        let port = host::free_port().map_err(|source| StartError::Setup {
-            path: log_dir.to_owned(),
-            source,
-        })?;
+        let port = host::free_port().map_err(StartError::Port)?;
         Self::start_on(port, log_dir, extra)
     }
 
@@ -151,12 +150,12 @@ impl RedisServer {
     pub fn start_on(port: u16, log_dir: &Path, extra: &[&str]) -> Result<RedisServer, StartError> {
         let program = program()?;
         let log = log_dir.join(format!("redis-{port}.log"));
-        let setup = |source| StartError::Setup {
+        let log_error = |source| StartError::Log {
             path: log.clone(),
             source,
         };
-        let out = std::fs::File::create(&log).map_err(setup)?;
-        let err = out.try_clone().map_err(setup)?;
+        let out = std::fs::File::create(&log).map_err(log_error)?;
+        let err = out.try_clone().map_err(log_error)?;
         let child = Command::new(&program)
             .args(args(port, extra))
             .stdin(Stdio::null())
@@ -214,5 +213,83 @@ fn exited_now(child: &mut Option<Child>) -> Option<ExitStatus> {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_binds_loopback_without_persistence_then_adds_the_callers_args() {
+        assert_eq!(
+            args(6400, &["--maxmemory", "1mb"]),
+            [
+                "--port",
+                "6400",
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxmemory",
+                "1mb"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_program_names_the_package_to_install() {
+        let missing = host::find("stickyws-no-such-program", "the-package", None).unwrap_err();
+        assert_eq!(
+            missing.to_string(),
+            "`stickyws-no-such-program` not found. Install it: \
+             `sudo apt-get install -y the-package` (Debian/Ubuntu)"
+        );
+        let redis = Missing {
+            program: "redis-server",
+            debian: "redis-server",
+            brew: Some("redis"),
+        };
+        assert!(
+            redis
+                .to_string()
+                .contains("apt-get install -y redis-server"),
+            "{redis}"
+        );
+    }
+
+    #[test]
+    fn a_server_that_exits_at_once_is_reported_with_its_log_not_after_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("redis.log");
+        std::fs::write(&log, "FATAL CONFIG FILE ERROR\n").unwrap();
+        let mut child = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
+        let port = host::free_port().unwrap();
+        let started = Instant::now();
+        let err = wait_ready(
+            port,
+            Duration::from_secs(30),
+            || child.try_wait().ok().flatten(),
+            &log,
+        )
+        .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5), "{err}");
+        assert!(matches!(err, StartError::Exited { .. }), "{err}");
+        assert!(err.to_string().contains("FATAL CONFIG FILE ERROR"), "{err}");
+    }
+
+    #[test]
+    fn a_started_server_answers_ping_and_its_port_is_free_once_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = RedisServer::start(dir.path(), &[]).unwrap_or_else(|err| panic!("{err}"));
+        let addr = SocketAddr::from(([127, 0, 0, 1], server.port()));
+        assert!(answers_ping(addr), "{}", server.log_tail());
+        server.kill();
+        assert!(!answers_ping(addr));
+        let again = RedisServer::start_on(server.port(), dir.path(), &[])
+            .unwrap_or_else(|err| panic!("{err}"));
+        assert!(answers_ping(addr), "{}", again.log_tail());
     }
 }
