@@ -17,9 +17,9 @@
 //! - [`token`]: client ids and the HMAC tokens proving who may act as one.
 //! - [`records`]: the shared, human-readable records log.  [`metrics`]: Prometheus metrics.
 //! - [`shutdown`], [`backoff`], [`telemetry`]: signals and draining, retry delays, diagnostics.
-//! - [`cluster`], [`nginx_conf`]: `stickyws cluster`, the local demo without Docker.
+//! - [`ops`]: what runs beside replicas on one machine — `stickyws cluster` (the local demo
+//!   without Docker), `WORKERS=N` sharing a port, the nginx.conf rewrite, starting `redis-server`.
 //! - [`load`]: `stickyws load`, traffic and checks against any running deployment.
-//! - [`workers`]: `WORKERS=N`, several replica processes sharing one port.
 //!
 //! # On the wire (Redis)
 //! - `stickyws:client:<client id>` — channel of one client; a replica subscribes while it holds
@@ -39,7 +39,6 @@
 
 pub mod backoff;
 pub mod broker;
-pub mod cluster;
 pub mod config;
 pub mod cursor;
 pub mod delivery;
@@ -49,7 +48,7 @@ pub mod lab;
 pub mod limits;
 pub mod load;
 pub mod metrics;
-pub mod nginx_conf;
+pub mod ops;
 pub mod presence;
 pub mod records;
 pub mod registry;
@@ -60,10 +59,11 @@ pub mod shutdown;
 pub mod target;
 pub mod telemetry;
 pub mod token;
-pub mod workers;
 
 pub use config::{Config, ServeArgs};
 pub use server::Replica;
+
+use ops::workers;
 
 /// `stickyws serve`: runs one replica until Ctrl-C or SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {

@@ -1,8 +1,8 @@
 //! The `stickyws` command: parses the subcommand and hands it to the library.
 
 use clap::{Parser, Subcommand};
-use stickyws::cluster::ClusterArgs;
 use stickyws::load::LoadArgs;
+use stickyws::ops::cluster::ClusterArgs;
 use stickyws::{Config, ServeArgs};
 
 #[derive(Debug, Parser)]
@@ -39,7 +39,7 @@ fn main() -> anyhow::Result<()> {
         Command::Cluster(args) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
-            .block_on(stickyws::cluster::run(args)),
+            .block_on(stickyws::ops::cluster::run(args)),
         Command::Load(args) => tokio::runtime::Runtime::new()?.block_on(stickyws::load::run(args)),
     }
 }

@@ -585,58 +585,26 @@ impl Subscriber {
 
 #[cfg(test)]
 mod tests {
-    //! The driver suite against a real `redis-server` on a free loopback port; skipped (with a
-    //! message) only where `redis-server` is not installed.
-    use std::process::{Child, Command as Process, Stdio};
-
+    //! The driver suite against a real `redis-server` on a free loopback port, started by
+    //! [`crate::ops::redis_server`]; where `redis-server` is missing, these tests fail saying
+    //! which package to install.
     use super::super::suite::{self, Collected};
     use super::*;
+    use crate::ops::redis_server::RedisServer;
 
+    /// A server and the folder holding its log; the server is killed (and waited for) first.
     struct Server {
-        child: Child,
-        url: String,
+        redis: RedisServer,
+        _log_dir: tempfile::TempDir,
     }
 
-    impl Drop for Server {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+    fn start_server() -> Server {
+        let log_dir = tempfile::tempdir().unwrap();
+        let redis = RedisServer::start(log_dir.path(), &[]).unwrap_or_else(|err| panic!("{err}"));
+        Server {
+            redis,
+            _log_dir: log_dir,
         }
-    }
-
-    fn start_server() -> Option<Server> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let child = Process::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn();
-        let Ok(child) = child else {
-            eprintln!("redis-server not installed; skipping");
-            return None;
-        };
-        let server = Server {
-            child,
-            url: format!("redis://127.0.0.1:{port}"),
-        };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(server);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("redis-server did not start on port {port}");
     }
 
     async fn pair(url: &str) -> (RedisBroker, RedisBroker, Collected, Collected) {
@@ -655,22 +623,22 @@ mod tests {
 
     #[tokio::test]
     async fn targeted_publish_reaches_only_holders() {
-        let Some(server) = start_server() else { return };
-        let (a, b, seen_a, seen_b) = pair(&server.url).await;
+        let server = start_server();
+        let (a, b, seen_a, seen_b) = pair(&server.redis.url()).await;
         suite::targeted_publish_reaches_only_holders(&a, &b, &seen_a, &seen_b).await;
     }
 
     #[tokio::test]
     async fn broadcast_reaches_every_replica() {
-        let Some(server) = start_server() else { return };
-        let (a, b, seen_a, seen_b) = pair(&server.url).await;
+        let server = start_server();
+        let (a, b, seen_a, seen_b) = pair(&server.redis.url()).await;
         suite::broadcast_reaches_every_replica(&a, &b, &seen_a, &seen_b).await;
     }
 
     #[tokio::test]
     async fn history_returns_what_came_after_an_id() {
-        let Some(server) = start_server() else { return };
-        let (a, _, _, _) = pair(&server.url).await;
+        let server = start_server();
+        let (a, _, _, _) = pair(&server.redis.url()).await;
         suite::history_returns_what_came_after_an_id(&a).await;
     }
 
@@ -685,8 +653,8 @@ mod tests {
 
     #[tokio::test]
     async fn announced_replicas_are_listed() {
-        let Some(server) = start_server() else { return };
-        let (a, b, _, _) = pair(&server.url).await;
+        let server = start_server();
+        let (a, b, _, _) = pair(&server.redis.url()).await;
         suite::announced_replicas_are_listed(&a, &b).await;
     }
 

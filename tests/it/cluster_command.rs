@@ -122,9 +122,10 @@ async fn cluster_serves_the_page_and_sigterm_stops_every_child() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn children_die_with_a_killed_cluster() {
-    if stickyws::cluster::which("setpriv").is_none() {
-        eprintln!("setpriv not installed: parent-death signals unavailable; skipping");
-        return;
+    // Without setpriv the cluster cannot give its children a parent-death signal, which is
+    // what this test checks: a missing setpriv is a failure, not a pass.
+    if let Err(missing) = stickyws::ops::host::find("setpriv", "util-linux", None) {
+        panic!("{missing} (the parent-death signal needs it; scripts/install-deps installs it)");
     }
     let dir = tempfile::tempdir().unwrap();
     let (mut cluster, _) = start(dir.path());

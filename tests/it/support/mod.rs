@@ -224,7 +224,7 @@ impl TestCluster {
     /// Stops Redis (SIGKILL); `restart_redis` brings it back on the same port.
     pub fn kill_redis(&mut self) {
         if let Some(redis) = &mut self.redis {
-            redis.proc.kill();
+            redis.kill();
         }
     }
 

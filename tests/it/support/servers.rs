@@ -6,6 +6,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use stickyws::ops::redis_server;
+
 use super::process::Proc;
 
 pub fn free_port() -> u16 {
@@ -42,8 +44,10 @@ pub fn wait_listening(addr: SocketAddr, proc: &mut Proc, limit: Duration) {
     );
 }
 
+/// A real `redis-server`, started as the library starts it
+/// ([`stickyws::ops::redis_server`]); dropping the handle kills it and waits.
 pub struct RedisServer {
-    pub proc: Proc,
+    server: redis_server::RedisServer,
     pub port: u16,
 }
 
@@ -54,16 +58,22 @@ impl RedisServer {
 
     /// On a given port: a fault test restarts Redis where the replicas expect it.
     pub fn start_on(port: u16, log_dir: &Path) -> RedisServer {
-        let mut command = Command::new("redis-server");
-        command.args(["--port", &port.to_string(), "--bind", "127.0.0.1"]);
-        command.args(["--save", "", "--appendonly", "no"]);
-        let mut proc = Proc::spawn(&format!("redis-{port}"), &mut command, log_dir);
-        wait_listening(loopback(port), &mut proc, Duration::from_secs(10));
-        RedisServer { proc, port }
+        let server = redis_server::RedisServer::start_on(port, log_dir, &[])
+            .unwrap_or_else(|err| panic!("{err}"));
+        RedisServer { server, port }
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        self.server.url()
+    }
+
+    /// SIGKILL, as a crash would; the port is free again once this returns.
+    pub fn kill(&mut self) {
+        self.server.kill();
+    }
+
+    pub fn log_tail(&self) -> String {
+        self.server.log_tail()
     }
 }
 
@@ -123,14 +133,14 @@ impl Nginx {
         let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/nginx.conf"))
             .expect("reading nginx.conf");
         let addr = loopback(free_port());
-        let rendered =
-            stickyws::nginx_conf::render(&shipped, addr, replicas).expect("rendering nginx.conf");
+        let rendered = stickyws::ops::nginx_conf::render(&shipped, addr, replicas)
+            .expect("rendering nginx.conf");
         let prefix = log_dir.join("nginx");
         std::fs::create_dir_all(&prefix).unwrap();
         let conf = prefix.join("nginx.conf");
         std::fs::write(&conf, rendered).unwrap();
-        let nginx = stickyws::cluster::which("nginx")
-            .expect("nginx is not installed (apt-get install nginx)");
+        let nginx = stickyws::ops::host::find("nginx", "nginx", Some("nginx"))
+            .unwrap_or_else(|err| panic!("{err}"));
         let mut command = Command::new(nginx);
         command
             .arg("-p")

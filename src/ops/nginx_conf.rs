@@ -197,7 +197,7 @@ fn write_sticky_block(out: &mut String, block: &[&str], r: usize, n: usize) {
 mod tests {
     use super::*;
 
-    const SHIPPED: &str = include_str!("../nginx.conf");
+    const SHIPPED: &str = include_str!("../../nginx.conf");
 
     fn addrs(n: usize) -> Vec<SocketAddr> {
         (1..=n)

@@ -5,8 +5,11 @@
 //! Nothing it starts outlives it: children get SIGTERM on Ctrl-C, on SIGTERM, or when one of
 //! them dies; and each is started through `setpriv --pdeathsig TERM` where available, so even a
 //! `kill -9` of the cluster takes them down.
+//!
+//! Redis is started as [`super::redis_server`] starts it, nginx runs [`super::nginx_conf`]'s
+//! rewrite of the shipped file; this module orders the steps and supervises the children.
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -17,7 +20,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
-use crate::nginx_conf;
+use super::host::{self, free_port, which};
+use super::{nginx_conf, redis_server};
 
 /// `stickyws cluster` flags.
 #[derive(Debug, Clone, Args)]
@@ -67,7 +71,7 @@ impl Children {
         program: &str,
         args: &[String],
         env: &[(&str, String)],
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<&mut Proc> {
         let log = self.dir.path().join(format!("{name}.log"));
         let out =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
@@ -90,12 +94,13 @@ impl Children {
         let child = command
             .spawn()
             .with_context(|| format!("starting {name} ({program})"))?;
+        let index = self.procs.len();
         self.procs.push(Proc {
             name: name.to_owned(),
             child,
             log,
         });
-        Ok(())
+        Ok(&mut self.procs[index])
     }
 
     /// Resolves when Redis or nginx exits (the cluster cannot go on without them); a replica
@@ -154,20 +159,6 @@ impl Children {
     }
 }
 
-/// Where a program is, searching PATH and the sbin folders nginx lives in.
-pub fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
-}
-
-/// A free loopback port (the kernel's pick; closed again before use).
-pub fn free_port() -> std::io::Result<u16> {
-    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// Waits until `GET path` on `addr` answers 200, or `limit` passes.
 pub async fn wait_http_ok(addr: SocketAddr, path: &str, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
@@ -196,18 +187,10 @@ async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
         .ok()?
 }
 
-fn missing(program: &str, debian: &str, brew: &str) -> anyhow::Error {
-    anyhow::anyhow!(
-        "`{program}` not found. Install it: `sudo apt-get install -y {debian}` (Debian/Ubuntu) \
-         or `brew install {brew}` (macOS)"
-    )
-}
-
 /// Runs the cluster until Ctrl-C or SIGTERM.
 pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
-    let redis =
-        which("redis-server").ok_or_else(|| missing("redis-server", "redis-server", "redis"))?;
-    let nginx = which("nginx").ok_or_else(|| missing("nginx", "nginx", "nginx"))?;
+    let redis = redis_server::program()?;
+    let nginx = host::find("nginx", "nginx", Some("nginx"))?;
     if args.replicas == 0 || args.replicas > 99 {
         bail!("--replicas must be between 1 and 99");
     }
@@ -253,6 +236,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     result
 }
 
+/// The cluster's steps in order, then supervision until Ctrl-C, SIGTERM or a vital exit.
 async fn start_and_wait(
     args: &ClusterArgs,
     conf: &str,
@@ -263,36 +247,70 @@ async fn start_and_wait(
     children: &mut Children,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let redis_port = start_redis(redis, children)?;
+    let replicas = start_replicas(args.replicas, me, records_log, redis_port, children)?;
+    wait_replicas_ready(&replicas.addrs, children).await?;
+    let listen = start_nginx(args.port, conf, nginx, &replicas.addrs, children).await?;
+    print_banner(
+        started,
+        listen,
+        redis_port,
+        &replicas,
+        records_log,
+        children,
+    );
 
-    // 1. Redis, with no persistence: the broker holds nothing worth keeping.
-    let redis_port = free_port()?;
-    let redis_args = [
-        "--port",
-        &redis_port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]
-    .map(str::to_owned);
-    children.spawn("redis", &redis.to_string_lossy(), &redis_args, &[])?;
-    wait_port(loopback(redis_port), Duration::from_secs(10))
-        .await
-        .with_context(|| format!("redis-server did not start:\n{}", children.tail("redis")))?;
+    tokio::select! {
+        () = crate::shutdown::signal() => Ok(()),
+        (name, status) = children.vital_exit() => {
+            bail!("{name} exited ({status}); stopping the cluster:\n{}", children.tail(&name))
+        }
+    }
+}
 
-    // 2. The replicas, sharing one fresh secret so any replica accepts any token.
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Step 1: Redis, with no persistence: the broker holds nothing worth keeping. Returns its port.
+fn start_redis(redis: &Path, children: &mut Children) -> anyhow::Result<u16> {
+    let port = free_port()?;
+    let redis_args = redis_server::args(port, &[]);
+    let proc = children.spawn("redis", &redis.to_string_lossy(), &redis_args, &[])?;
+    // A blocking wait of milliseconds, bounded: nothing else runs on this runtime yet.
+    redis_server::wait_ready(
+        port,
+        redis_server::READY_WITHIN,
+        || proc.child.try_wait().ok().flatten(),
+        &proc.log,
+    )
+    .context("starting redis-server")?;
+    Ok(port)
+}
+
+/// The replicas as started: where each listens, and the API key they share.
+struct Replicas {
+    addrs: Vec<SocketAddr>,
+    api_key: String,
+}
+
+/// Step 2: the replicas, sharing one fresh secret so any replica accepts any token.
+fn start_replicas(
+    count: usize,
+    me: &Path,
+    records_log: &Path,
+    redis_port: u16,
+    children: &mut Children,
+) -> anyhow::Result<Replicas> {
     let secret = hex::encode(rand::random::<[u8; 32]>());
     let api_key =
         std::env::var("API_KEY").unwrap_or_else(|_| hex::encode(rand::random::<[u8; 16]>()));
     // The replicas share this machine's cores (THREADS, when set, is inherited instead).
     let threads = std::env::var_os("THREADS")
         .is_none()
-        .then(|| (crate::config::default_threads(1) / args.replicas.max(1)).max(1));
-    let mut replica_addrs = Vec::new();
-    for i in 1..=args.replicas {
+        .then(|| (crate::config::default_threads(1) / count.max(1)).max(1));
+    let mut addrs = Vec::new();
+    for i in 1..=count {
         let addr = loopback(free_port()?);
         let mut env = vec![
             ("APP_ID", format!("app-{i}")),
@@ -312,9 +330,14 @@ async fn start_and_wait(
             &["serve".to_owned()],
             &env,
         )?;
-        replica_addrs.push(addr);
+        addrs.push(addr);
     }
-    for (i, addr) in replica_addrs.iter().enumerate() {
+    Ok(Replicas { addrs, api_key })
+}
+
+/// Step 3: every replica answers `/readyz` (its broker is connected and subscribed).
+async fn wait_replicas_ready(addrs: &[SocketAddr], children: &Children) -> anyhow::Result<()> {
+    for (i, addr) in addrs.iter().enumerate() {
         let name = format!("app-{}", i + 1);
         if !wait_http_ok(*addr, "/readyz", Duration::from_secs(15)).await {
             bail!(
@@ -323,15 +346,21 @@ async fn start_and_wait(
             );
         }
     }
+    Ok(())
+}
 
-    // 3. nginx, running the shipped file with only addresses and the listen port rewritten.
-    let port = if args.port == 0 {
-        free_port()?
-    } else {
-        args.port
-    };
+/// Step 4: nginx, running the shipped file with only addresses and the listen port rewritten;
+/// returns once it answers `/healthz`, with the address it listens on.
+async fn start_nginx(
+    port: u16,
+    conf: &str,
+    nginx: &Path,
+    replicas: &[SocketAddr],
+    children: &mut Children,
+) -> anyhow::Result<SocketAddr> {
+    let port = if port == 0 { free_port()? } else { port };
     let listen = loopback(port);
-    let rendered = nginx_conf::render(conf, listen, &replica_addrs)?;
+    let rendered = nginx_conf::render(conf, listen, replicas)?;
     let prefix = children.dir.path().join("nginx");
     std::fs::create_dir_all(&prefix)?;
     let conf_path = prefix.join("nginx.conf");
@@ -353,7 +382,18 @@ async fn start_and_wait(
             children.tail("nginx")
         );
     }
+    Ok(listen)
+}
 
+/// Step 5: the URL and what a person needs to look inside.
+fn print_banner(
+    started: Instant,
+    listen: SocketAddr,
+    redis_port: u16,
+    replicas: &Replicas,
+    records_log: &Path,
+    children: &Children,
+) {
     println!();
     println!(
         "stickyws cluster is up in {:.1}s: open http://{listen}/",
@@ -361,8 +401,9 @@ async fn start_and_wait(
     );
     println!(
         "  nginx {listen} → app-1..app-{} ({}), Redis 127.0.0.1:{redis_port}",
-        args.replicas,
-        replica_addrs
+        replicas.addrs.len(),
+        replicas
+            .addrs
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
@@ -377,24 +418,6 @@ async fn start_and_wait(
         "  records: {records}   process logs: {}",
         children.dir.path().display()
     );
-    println!("  API key for /api/broadcast: {api_key}");
+    println!("  API key for /api/broadcast: {}", replicas.api_key);
     println!("Ctrl-C stops everything.");
-
-    tokio::select! {
-        () = crate::shutdown::signal() => Ok(()),
-        (name, status) = children.vital_exit() => {
-            bail!("{name} exited ({status}); stopping the cluster:\n{}", children.tail(&name))
-        }
-    }
-}
-
-async fn wait_port(addr: SocketAddr, limit: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("nothing listening on {addr} after {limit:?}")
 }

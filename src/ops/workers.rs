@@ -35,7 +35,7 @@ pub fn reuseport_listener(addr: std::net::SocketAddr) -> std::io::Result<tokio::
 
 fn spawn(config: &Config, index: u16, secret: &str) -> anyhow::Result<Child> {
     let me = std::env::current_exe().context("locating the stickyws binary")?;
-    let mut command = match crate::cluster::which("setpriv") {
+    let mut command = match super::host::which("setpriv") {
         // The workers die with the supervisor, even if it is killed outright.
         Some(setpriv) => {
             let mut c = Command::new(setpriv);
