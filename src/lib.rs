@@ -10,8 +10,13 @@
 //! - [`http`]: router, page, `/api/*`, `/ws/*` upgrade, probes, the error shape.
 //! - [`session`]: one WebSocket — reader loop, writer with its bounded queue, pings, close codes.
 //! - [`resume`]: where a socket's stream starts; replay of what a reconnecting client missed.
-//! - [`registry`]: the sockets a replica holds, by client id; delivery to them.
+//! - [`registry`]: the sockets a replica holds, by client id, each with its bounded queue.
+//! - [`delivery`]: the return leg of every message — the broker's inbox, `direct` and the
+//!   socket echo — into the registry, counted and recorded in one place.
 //! - [`broker`]: how messages reach the replicas holding a client — in-process or Redis.
+//! - [`presence`]: what a replica announces about itself, and the list of live replicas.
+//! - [`target`]: where a message goes (a client, or everyone).
+//! - [`cursor`]: positions in a history (message ids), as frames and the broker write them.
 //! - [`frame`]: frames in and out, and the envelope replicas exchange through the broker.
 //! - [`lab`]: the state lab — visit counters and session state, process-local vs shared.
 //! - [`token`]: client ids and the HMAC tokens proving who may act as one.
