@@ -18,7 +18,6 @@
 //! - [`records`]: the shared, human-readable records log.  [`metrics`]: Prometheus metrics.
 //! - [`shutdown`], [`backoff`], [`telemetry`]: signals and draining, retry delays, diagnostics.
 //! - [`cluster`], [`nginx_conf`]: `stickyws cluster`, the local demo without Docker.
-//! - [`load`]: `stickyws load`, traffic and checks against any running deployment.
 //! - [`workers`]: `WORKERS=N`, several replica processes sharing one port.
 //!
 //! # On the wire (Redis)
@@ -45,7 +44,6 @@ pub mod frame;
 pub mod http;
 pub mod lab;
 pub mod limits;
-pub mod load;
 pub mod metrics;
 pub mod nginx_conf;
 pub mod records;

@@ -1,7 +1,7 @@
 //! Opening load sockets: a TCP connection (bound to one of several loopback source addresses
 //! when asked, to get past one address's ephemeral ports), the WebSocket upgrade with small
 //! buffers, and the welcome frame; timed, with every failure reduced to a kind for the report.
-//! Reading what arrives afterwards is [`super::deliveries`]' job.
+//! Reading what arrives afterwards is [`crate::deliveries`]' job.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 
-use super::client::{Identity, Socket};
+use crate::client::{Identity, Socket};
 
 /// What one button did over its presses.
 #[derive(Debug, Default)]
@@ -175,7 +175,7 @@ async fn state_lab(
     broken: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     // A deployment keeps the newest MAX_NOTES of a client's notes; the tour assumes the default.
-    let max_notes = crate::limits::Limits::default().max_notes;
+    let max_notes = stickyws::limits::Limits::default().max_notes;
     // Local notes: each replica holds only the notes that landed on it.
     let mut t = Tally::default();
     let path = format!("/api/notes/{}/local", me.id);

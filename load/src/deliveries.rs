@@ -17,7 +17,7 @@ use serde::Deserialize;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::socket::{Creds, Dialer, Opened, Ws};
+use crate::socket::{Creds, Dialer, Opened, Ws};
 
 /// The client index broadcasts carry: they are for everyone.
 pub const EVERYONE: u32 = u32::MAX;
@@ -254,7 +254,7 @@ async fn receive(
             }
             // Pings are answered by tungstenite as part of reading.
             Some(Ok(_)) => continue,
-            Some(Err(err)) => return Some(super::socket::ws_kind(&err)),
+            Some(Err(err)) => return Some(crate::socket::ws_kind(&err)),
             None => return Some("closed".to_owned()),
         };
         let now = plan.clock.us();

@@ -8,13 +8,13 @@ use std::sync::atomic::Ordering;
 use anyhow::Context;
 use serde_json::json;
 
-use super::Ctx;
-use super::deliveries::{self, EVERYONE};
-use super::plot;
-use super::progress::Progress;
-use super::publisher::Request;
-use super::report::{Latencies, per_second, percent};
-use super::targeted::{self, merged, open_fleet, settle, since_ms, spread};
+use crate::Ctx;
+use crate::deliveries::{self, EVERYONE};
+use crate::plot;
+use crate::progress::Progress;
+use crate::publisher::Request;
+use crate::report::{Latencies, per_second, percent};
+use crate::targeted::{self, merged, open_fleet, settle, since_ms, spread};
 
 pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     let args = &ctx.args;

@@ -10,9 +10,9 @@ use anyhow::bail;
 use nix::sys::signal::Signal;
 use serde_json::json;
 
-use super::Ctx;
-use super::report::{Latencies, per_second};
-use super::targeted::{self, Fault};
+use crate::Ctx;
+use crate::report::{Latencies, per_second};
+use crate::targeted::{self, Fault};
 
 pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     let args = &ctx.args;

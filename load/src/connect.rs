@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::Ctx;
-use super::deliveries::HoldPlan;
-use super::deployment::ReplicaFigures;
-use super::fleet::{self, FleetPlan};
-use super::plot;
-use super::progress::Progress;
-use super::report::{Latencies, per_second};
-use super::targeted::{since_ms, spread};
+use crate::Ctx;
+use crate::deliveries::HoldPlan;
+use crate::deployment::ReplicaFigures;
+use crate::fleet::{self, FleetPlan};
+use crate::plot;
+use crate::progress::Progress;
+use crate::report::{Latencies, per_second};
+use crate::targeted::{since_ms, spread};
 
 pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     let args = &ctx.args;

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::deliveries::{Clock, Live};
-use super::deployment::reqwest_kind;
-use super::report::Errors;
+use crate::deliveries::{Clock, Live};
+use crate::deployment::reqwest_kind;
+use crate::report::Errors;
 
 /// How much to send, how fast, how many at once, until when.
 #[derive(Debug, Clone, Copy)]

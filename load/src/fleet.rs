@@ -10,9 +10,9 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::deliveries::{self, HoldPlan, Live, Tally};
-use super::report::Errors;
-use super::socket::{Creds, Dialer};
+use crate::deliveries::{self, HoldPlan, Live, Tally};
+use crate::report::Errors;
+use crate::socket::{Creds, Dialer};
 
 /// How to open the fleet.
 #[derive(Debug, Clone)]

@@ -8,12 +8,12 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde_json::json;
 
-use super::Ctx;
-use super::deliveries;
-use super::plot;
-use super::publisher::{Accepted, Request};
-use super::report::{Errors, Latencies, percent};
-use super::targeted::{merged, open_fleet, settle, spread};
+use crate::Ctx;
+use crate::deliveries;
+use crate::plot;
+use crate::publisher::{Accepted, Request};
+use crate::report::{Errors, Latencies, percent};
+use crate::targeted::{merged, open_fleet, settle, spread};
 
 /// One cookie mode's outcome.
 #[derive(Debug, Default)]

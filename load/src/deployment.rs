@@ -10,8 +10,8 @@ use anyhow::Context;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use super::report::Errors;
-use super::socket::Creds;
+use crate::report::Errors;
+use crate::socket::Creds;
 
 /// A replica's figures from `/metrics`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -155,7 +155,7 @@ pub fn reqwest_kind(err: &reqwest::Error) -> String {
         let mut source = std::error::Error::source(err);
         while let Some(inner) = source {
             if let Some(io) = inner.downcast_ref::<std::io::Error>() {
-                return super::socket::io_kind(io);
+                return crate::socket::io_kind(io);
             }
             source = inner.source();
         }

@@ -1,7 +1,7 @@
 //! `stickyws load targeted`: one socket per client, then `--messages` publishes over HTTP
 //! through the front door, each to one client (round robin over the clients, so the per-client
 //! send rate stays low), at `--rate` or as fast as `--concurrency` allows. Reports deliveries/s,
-//! publish-to-receipt latency, loss, duplicates and misdeliveries. [`super::failover`] reuses
+//! publish-to-receipt latency, loss, duplicates and misdeliveries. [`crate::failover`] reuses
 //! the run with a fault in the middle.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::Ctx;
-use super::cpu::CpuUsed;
-use super::deliveries::{self, HoldPlan, Tally};
-use super::fleet::{self, Fleet, FleetPlan};
-use super::progress::Progress;
-use super::publisher::{Request, Sent};
-use super::report::{Errors, Latencies, Report, per_second, percent};
-use super::{plot, socket::Creds};
+use crate::Ctx;
+use crate::cpu::CpuUsed;
+use crate::deliveries::{self, HoldPlan, Tally};
+use crate::fleet::{self, Fleet, FleetPlan};
+use crate::progress::Progress;
+use crate::publisher::{Request, Sent};
+use crate::report::{Errors, Latencies, Report, per_second, percent};
+use crate::{plot, socket::Creds};
 
 /// A fault to inject while publishing (failover).
 #[derive(Debug, Clone, Copy)]
