@@ -26,7 +26,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         .deployment
         .mint_many(args.sockets, args.concurrency)
         .await;
-    let fleet = open_fleet(ctx, &creds, true).await;
+    let fleet = open_fleet(ctx, &creds, true, None).await;
     let sockets = fleet.opened();
     if sockets == 0 {
         fleet.stop().await;
@@ -55,6 +55,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
             bearer: key.clone(),
             sticky: None,
             text: deliveries::text(&tag, EVERYONE, seq, now),
+            ack: None,
         })
         .await;
     settle(ctx, sent.accepted.len() as u64 * sockets).await;

@@ -39,6 +39,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         concurrency: args.connect_concurrency,
         rate: args.connect_rate,
         hold: HoldPlan {
+            away_until_published: None,
             tag: ctx.tag.clone(),
             clock: ctx.clock,
             // A socket the server closes while held is a failure to count, not to repair.

@@ -77,6 +77,32 @@ pub struct Live {
     pub connected: AtomicI64,
 }
 
+/// Accepted publishes per client index. A failover holder whose socket was closed waits until
+/// one more was accepted for its client before it reconnects, so every fault leaves messages to
+/// replay: published while the client was away, owed to it from history when it is back.
+#[derive(Debug)]
+pub struct Acks(Vec<AtomicU64>);
+
+impl Acks {
+    /// For client indexes `0..clients`.
+    pub fn new(clients: usize) -> Self {
+        Self((0..clients).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    /// A publish for `client` was accepted.
+    pub fn bump(&self, client: u32) {
+        if let Some(n) = self.0.get(client as usize) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn get(&self, client: u32) -> u64 {
+        self.0
+            .get(client as usize)
+            .map_or(0, |n| n.load(Ordering::Relaxed))
+    }
+}
+
 /// One delivery: when it arrived (ms into the run) and how late (µs).
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
@@ -143,7 +169,14 @@ pub struct HoldPlan {
     pub deadline: Instant,
     /// Record latency samples (off for sockets only held to count them).
     pub samples: bool,
+    /// Before reconnecting, wait (at most [`AWAY_WAIT`]) until a publish for this client was
+    /// accepted while it was away (failover).
+    pub away_until_published: Option<Arc<Acks>>,
 }
+
+/// The longest a closed holder waits for a publish before reconnecting anyway (the sending may
+/// have ended).
+pub const AWAY_WAIT: Duration = Duration::from_secs(2);
 
 /// Holds `opened` for `creds` (client index `client`) until `stop`, tallying what comes.
 pub async fn hold(
@@ -194,6 +227,9 @@ pub async fn hold(
             tally.outages.push(outage);
             return tally;
         }
+        if let Some(acks) = &plan.away_until_published {
+            wait_for_publish(acks, client, &plan, &stop).await;
+        }
         let mut query = String::new();
         if let Some(id) = &last_id {
             query.push_str(&format!("&last_id={id}"));
@@ -226,6 +262,16 @@ pub async fn hold(
         tally.replica = o.replica;
         ws = o.ws;
         live.connected.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Waits until one more publish for `client` than now was accepted, bounded by [`AWAY_WAIT`],
+/// the plan's deadline and `stop`.
+async fn wait_for_publish(acks: &Acks, client: u32, plan: &HoldPlan, stop: &CancellationToken) {
+    let before = acks.get(client);
+    let until = (Instant::now() + AWAY_WAIT).min(plan.deadline);
+    while acks.get(client) == before && Instant::now() < until && !stop.is_cancelled() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

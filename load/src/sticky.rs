@@ -39,7 +39,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         .deployment
         .mint_many(args.sockets, args.concurrency)
         .await;
-    let fleet = open_fleet(ctx, &creds, false).await;
+    let fleet = open_fleet(ctx, &creds, false, None).await;
     let holders = fleet.replica_of.clone();
     if holders.is_empty() {
         fleet.stop().await;
@@ -74,6 +74,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
                     bearer: token.clone(),
                     sticky: with_cookie.then(|| holder.clone()),
                     text: deliveries::text(&tag, *client, seq + offset, now),
+                    ack: None,
                 }
             })
             .await;
