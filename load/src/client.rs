@@ -1,75 +1,54 @@
-//! A client of a deployment, as a script or a page would be one: mints an identity, calls the
-//! API with or without the sticky cookie, holds a WebSocket.
+//! A client of a deployment, as a script or a page would be one: the identity `POST
+//! /api/clients` mints (once, in [`crate::deployment::Deployment::mint`]), its API calls with or
+//! without the sticky cookie, and the checked WebSocket the tour holds. The load sockets many
+//! clients hold are [`crate::socket`]'s.
 
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
 use serde_json::{Value, json};
+use stickyws::frame::ReceivedFrame;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// One client identity against one deployment.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    pub base: String,
-    pub id: String,
+use crate::deployment::Deployment;
+
+/// One client identity: what `POST /api/clients` answers (its `replica` is not kept).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Client {
+    pub client_id: String,
+    /// Proof that the holder may act as `client_id`, on any replica of the deployment.
     pub token: String,
-    http: reqwest::Client,
 }
 
-impl Identity {
-    /// `POST /api/clients`.
-    pub async fn mint(base: &str) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()?;
-        let base = base.trim_end_matches('/').to_owned();
-        let body: Value = http
-            .post(format!("{base}/api/clients"))
-            .send()
-            .await
-            .with_context(|| format!("reaching {base}"))?
-            .error_for_status()?
-            .json()
-            .await?;
-        let field = |name: &str| {
-            body[name]
-                .as_str()
-                .map(str::to_owned)
-                .with_context(|| format!("/api/clients answered without {name}: {body}"))
-        };
-        Ok(Self {
-            id: field("client_id")?,
-            token: field("token")?,
-            base,
-            http,
-        })
-    }
-
+impl Client {
     /// `POST /api/{action}/{id}` with `{"text"}`; the sticky cookie if `sticky` names a replica.
     pub async fn call(
         &self,
+        deployment: &Deployment,
         action: &str,
         sticky: Option<&str>,
         text: &str,
     ) -> anyhow::Result<Value> {
-        self.post(&format!("/api/{action}/{}", self.id), sticky, text)
-            .await
+        let path = format!("/api/{action}/{}", self.client_id);
+        self.post(deployment, &path, sticky, text).await
     }
 
     /// `POST {path}` with this client's token and `{"text"}`, and the cookie if given.
     pub async fn post(
         &self,
+        deployment: &Deployment,
         path: &str,
         sticky: Option<&str>,
         text: &str,
     ) -> anyhow::Result<Value> {
-        let mut request = self
+        let mut request = deployment
             .http
-            .post(format!("{}{path}", self.base))
+            .post(format!("{}{path}", deployment.base))
             .bearer_auth(&self.token)
             .json(&json!({ "text": text }));
         if let Some(replica) = sticky {
@@ -84,49 +63,14 @@ impl Identity {
         Ok(body)
     }
 
-    /// `GET /` without a cookie: the replica that rendered the page and the two visit counts
-    /// it showed (its own, and Redis's; None if Redis was unreachable).
-    pub async fn visit(&self) -> anyhow::Result<(String, u64, Option<u64>)> {
-        let html = self
-            .http
-            .get(format!("{}/", self.base))
-            .send()
-            .await?
-            .error_for_status()?
-            .text()
-            .await?;
-        let attr = |name: &str| {
-            let start = html.find(&format!("{name}=\""))? + name.len() + 2;
-            let len = html[start..].find('"')?;
-            Some(html[start..start + len].to_owned())
-        };
-        let replica = attr("data-replica").context("the page names no replica")?;
-        let local = attr("data-visits-local")
-            .and_then(|v| v.parse().ok())
-            .context("the page shows no local visit count")?;
-        let shared = attr("data-visits-shared").and_then(|v| v.parse().ok());
-        Ok((replica, local, shared))
-    }
-
-    /// `GET /` without a cookie: the replica that rendered the page (from its sticky cookie).
-    pub async fn page_by(&self) -> anyhow::Result<String> {
-        let response = self.http.get(format!("{}/", self.base)).send().await?;
-        let cookie = response
-            .headers()
-            .get("set-cookie")
-            .and_then(|v| v.to_str().ok())
-            .context("the page set no cookie")?;
-        cookie
-            .strip_prefix("sticky=")
-            .and_then(|rest| rest.split(';').next())
-            .map(str::to_owned)
-            .context("the page's cookie is not sticky=<replica>")
-    }
-
     /// Opens this client's WebSocket; returns it with the replica from the welcome frame.
-    pub async fn connect(&self, sticky: Option<&str>) -> anyhow::Result<Socket> {
-        let ws_base = self.base.replacen("http", "ws", 1);
-        let url = format!("{ws_base}/ws/{}?token={}", self.id, self.token);
+    pub async fn connect(
+        &self,
+        deployment: &Deployment,
+        sticky: Option<&str>,
+    ) -> anyhow::Result<Socket> {
+        let ws_base = deployment.base.replacen("http", "ws", 1);
+        let url = format!("{ws_base}/ws/{}?token={}", self.client_id, self.token);
         let mut request = url.into_client_request()?;
         if let Some(replica) = sticky {
             request
@@ -144,10 +88,10 @@ impl Identity {
             .next(Duration::from_secs(5))
             .await?
             .context("no welcome frame")?;
-        if welcome["type"] != "welcome" {
-            bail!("first frame was not a welcome: {welcome}");
-        }
-        socket.replica = welcome["replica"].as_str().unwrap_or_default().to_owned();
+        let ReceivedFrame::Welcome { replica, .. } = welcome else {
+            bail!("first frame was not a welcome: {welcome:?}");
+        };
+        socket.replica = replica;
         Ok(socket)
     }
 }
@@ -167,15 +111,19 @@ impl Socket {
         Ok(())
     }
 
-    /// The next JSON frame, or None when none comes within `limit`.
-    pub async fn next(&mut self, limit: Duration) -> anyhow::Result<Option<Value>> {
+    /// The next frame, or None when none comes within `limit`.
+    pub async fn next(&mut self, limit: Duration) -> anyhow::Result<Option<ReceivedFrame>> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let Ok(message) = tokio::time::timeout_at(deadline, self.ws.next()).await else {
                 return Ok(None);
             };
             match message {
-                Some(Ok(Message::Text(text))) => return Ok(Some(serde_json::from_str(&text)?)),
+                Some(Ok(Message::Text(text))) => {
+                    let frame = serde_json::from_str(&text)
+                        .with_context(|| format!("a frame not of the wire format: {text}"))?;
+                    return Ok(Some(frame));
+                }
                 Some(Ok(Message::Close(frame))) => bail!("socket closed by the server: {frame:?}"),
                 Some(Ok(_)) => continue,
                 Some(Err(err)) => return Err(err.into()),

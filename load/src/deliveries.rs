@@ -13,11 +13,12 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use serde::Deserialize;
+use stickyws::frame::{ReceivedFrame, Via};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::socket::{Creds, Dialer, Opened, Ws};
+use crate::client::Client;
+use crate::socket::{Dialer, Opened, Ws};
 
 /// The client index broadcasts carry: they are for everyone.
 pub const EVERYONE: u32 = u32::MAX;
@@ -144,20 +145,6 @@ pub struct Tally {
     pub reconnect_errors: Vec<String>,
 }
 
-#[derive(Deserialize)]
-struct Frame<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: &'a str,
-    #[serde(default, borrow)]
-    via: Option<&'a str>,
-    #[serde(default)]
-    text: Option<String>,
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    replayed: bool,
-}
-
 /// How a holder behaves.
 #[derive(Debug, Clone)]
 pub struct HoldPlan {
@@ -181,7 +168,7 @@ pub const AWAY_WAIT: Duration = Duration::from_secs(2);
 /// Holds `opened` for `creds` (client index `client`) until `stop`, tallying what comes.
 pub async fn hold(
     mut opened: Opened,
-    creds: Creds,
+    creds: Client,
     client: u32,
     dialer: Arc<Dialer>,
     plan: HoldPlan,
@@ -304,22 +291,28 @@ async fn receive(
             None => return Some("closed".to_owned()),
         };
         let now = plan.clock.us();
-        let Ok(frame) = serde_json::from_str::<Frame>(&text) else {
+        let Ok(frame) = serde_json::from_str::<ReceivedFrame>(&text) else {
             tally.foreign += 1;
             continue;
         };
-        if frame.kind != "message" {
+        let ReceivedFrame::Message {
+            via,
+            text,
+            id,
+            replayed,
+            ..
+        } = frame
+        else {
             continue;
-        }
-        if let Some(id) = frame.id {
-            if frame.via == Some("broadcast") {
+        };
+        if let Some(id) = id {
+            if via == Via::Broadcast {
                 *last_broadcast_id = Some(id);
             } else {
                 *last_id = Some(id);
             }
         }
-        let Some((client, seq, sent)) = frame.text.as_deref().and_then(|t| parse(&plan.tag, t))
-        else {
+        let Some((client, seq, sent)) = parse(&plan.tag, &text) else {
             tally.foreign += 1;
             continue;
         };
@@ -327,7 +320,7 @@ async fn receive(
             tally.misdelivered += 1;
             continue;
         }
-        if frame.replayed {
+        if replayed {
             tally.replayed += 1;
         }
         tally.seqs.push(seq);

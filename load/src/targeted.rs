@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::Ctx;
+use crate::client::Client;
 use crate::cpu::CpuUsed;
 use crate::deliveries::{self, Acks, HoldPlan, Tally};
 use crate::fleet::{self, Fleet, FleetPlan};
@@ -18,7 +19,6 @@ use crate::plot;
 use crate::progress::Progress;
 use crate::publisher::{Request, Sent};
 use crate::report::{Errors, Latencies, Report, per_second, percent};
-use crate::socket::Creds as Client;
 
 /// A fault to inject while publishing (failover).
 #[derive(Debug, Clone, Copy)]

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use anyhow::bail;
 
-use crate::client::{Identity, Socket};
+use stickyws::frame::ReceivedFrame;
+
+use crate::client::{Client, Socket};
+use crate::deployment::Deployment;
 
 /// What one button did over its presses.
 #[derive(Debug, Default)]
@@ -38,13 +41,18 @@ impl Tally {
 }
 
 pub(super) async fn run(base: &str, count: usize) -> anyhow::Result<()> {
-    let me = Identity::mint(base).await?;
-    let page_by = me.page_by().await?;
-    let mut socket = me.connect(None).await?;
+    let deployment = Deployment::new(base, 1)?;
+    let d = &deployment;
+    let me = d
+        .mint()
+        .await
+        .map_err(|kind| anyhow::anyhow!("minting a client at {base}: {kind}"))?;
+    let page_by = d.page_by().await?;
+    let mut socket = me.connect(d, None).await?;
     let ws_by = socket.replica.clone();
     println!(
         "page rendered by {page_by}; socket held by {ws_by}; client {}",
-        me.id
+        me.client_id
     );
     let mut broken = Vec::new();
     let mut rows = Vec::new();
@@ -52,7 +60,7 @@ pub(super) async fn run(base: &str, count: usize) -> anyhow::Result<()> {
     // 1. HTTP & round robin: no cookie, answers from changing replicas.
     let mut t = Tally::default();
     for i in 0..count {
-        let answer = me.call("echo", None, &format!("rr {i}")).await?;
+        let answer = me.call(d, "echo", None, &format!("rr {i}")).await?;
         t.took_by(answer["replica"].as_str().unwrap_or("?"));
     }
     if count >= 6 && t.took.len() < 2 {
@@ -67,7 +75,7 @@ pub(super) async fn run(base: &str, count: usize) -> anyhow::Result<()> {
     let mut t = Tally::default();
     for i in 0..count {
         let answer = me
-            .call("echo", Some(&page_by), &format!("sticky {i}"))
+            .call(d, "echo", Some(&page_by), &format!("sticky {i}"))
             .await?;
         t.took_by(answer["replica"].as_str().unwrap_or("?"));
     }
@@ -98,7 +106,7 @@ pub(super) async fn run(base: &str, count: usize) -> anyhow::Result<()> {
     let mut t = Tally::default();
     for i in 0..count {
         let text = format!("publish {i}");
-        let answer = me.call("publish", None, &text).await?;
+        let answer = me.call(d, "publish", None, &text).await?;
         t.took_by(answer["replica"].as_str().unwrap_or("?"));
         if expect_frame(&mut socket, &text, "publish", &ws_by).await? {
             t.delivered += 1;
@@ -113,7 +121,7 @@ pub(super) async fn run(base: &str, count: usize) -> anyhow::Result<()> {
     let mut t = Tally::default();
     for i in 0..count {
         let text = format!("direct {i}");
-        let answer = me.call("direct", None, &text).await?;
+        let answer = me.call(d, "direct", None, &text).await?;
         let taker = answer["replica"].as_str().unwrap_or("?").to_owned();
         t.took_by(&taker);
         let promised = answer["delivered"].as_u64() == Some(1);
@@ -128,7 +136,7 @@ pub(super) async fn run(base: &str, count: usize) -> anyhow::Result<()> {
         }
     }
     if let Some(stray) = socket.next(Duration::from_millis(300)).await? {
-        broken.push(format!("a frame nobody promised arrived: {stray}"));
+        broken.push(format!("a frame nobody promised arrived: {stray:?}"));
     }
     rows.push(t.row("5 Non-sticky HTTP & in-memory WS"));
 
@@ -136,7 +144,7 @@ pub(super) async fn run(base: &str, count: usize) -> anyhow::Result<()> {
     let mut t = Tally::default();
     for i in 0..count {
         let text = format!("sticky direct {i}");
-        let answer = me.call("direct", Some(&ws_by), &text).await?;
+        let answer = me.call(d, "direct", Some(&ws_by), &text).await?;
         t.took_by(answer["replica"].as_str().unwrap_or("?"));
         if expect_frame(&mut socket, &text, "direct", &ws_by).await? {
             t.delivered += 1;
@@ -147,7 +155,7 @@ pub(super) async fn run(base: &str, count: usize) -> anyhow::Result<()> {
     }
     rows.push(t.row("6 Sticky HTTP & in-memory WS"));
 
-    state_lab(&me, count, &mut rows, &mut broken).await?;
+    state_lab(d, &me, count, &mut rows, &mut broken).await?;
 
     let mut report = format!(
         "{:<34} {:>4} {:>9}   {}\n",
@@ -169,7 +177,8 @@ pub(super) async fn run(base: &str, count: usize) -> anyhow::Result<()> {
 /// and the two visit counters. "delivered" counts answers that held every note sent so far,
 /// and visits that Redis counted.
 async fn state_lab(
-    me: &Identity,
+    d: &Deployment,
+    me: &Client,
     count: usize,
     rows: &mut Vec<String>,
     broken: &mut Vec<String>,
@@ -178,9 +187,9 @@ async fn state_lab(
     let max_notes = stickyws::limits::Limits::default().max_notes;
     // Local notes: each replica holds only the notes that landed on it.
     let mut t = Tally::default();
-    let path = format!("/api/notes/{}/local", me.id);
+    let path = format!("/api/notes/{}/local", me.client_id);
     for i in 0..count {
-        let answer = me.post(&path, None, &format!("local {i}")).await?;
+        let answer = me.post(d, &path, None, &format!("local {i}")).await?;
         let taker = answer["replica"].as_str().unwrap_or("?").to_owned();
         t.took_by(&taker);
         let held = answer["notes"].as_array().map_or(0, Vec::len);
@@ -196,9 +205,9 @@ async fn state_lab(
 
     // Shared notes: whole wherever the request lands.
     let mut t = Tally::default();
-    let path = format!("/api/notes/{}/shared", me.id);
+    let path = format!("/api/notes/{}/shared", me.client_id);
     for i in 0..count {
-        let answer = me.post(&path, None, &format!("shared {i}")).await?;
+        let answer = me.post(d, &path, None, &format!("shared {i}")).await?;
         t.took_by(answer["replica"].as_str().unwrap_or("?"));
         let held = answer["notes"].as_array().map_or(0, Vec::len);
         t.delivered += usize::from(held == (i + 1).min(max_notes));
@@ -213,7 +222,7 @@ async fn state_lab(
     let mut local = BTreeMap::new();
     let mut shared = Vec::new();
     for _ in 0..count {
-        let (replica, mine, all) = me.visit().await?;
+        let (replica, mine, all) = d.visit().await?;
         t.took_by(&replica);
         local.insert(replica, mine);
         t.delivered += usize::from(all.is_some());
@@ -244,5 +253,8 @@ async fn expect_frame(
     let Some(frame) = socket.next(Duration::from_secs(3)).await? else {
         return Ok(false);
     };
-    Ok(frame["text"] == text && frame["via"] == via && frame["replica"] == replica)
+    Ok(
+        matches!(frame, ReceivedFrame::Message { text: t, via: v, replica: r, .. }
+        if t == text && v.as_str() == via && r == replica),
+    )
 }
