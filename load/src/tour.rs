@@ -57,6 +57,36 @@ pub(super) async fn run(base: &str, count: usize) -> anyhow::Result<()> {
     let mut broken = Vec::new();
     let mut rows = Vec::new();
 
+    http_buttons(d, &me, &page_by, count, &mut rows, &mut broken).await?;
+    socket_buttons(d, &me, &mut socket, count, &mut rows, &mut broken).await?;
+    direct_buttons(d, &me, &mut socket, count, &mut rows, &mut broken).await?;
+    state_lab(d, &me, count, &mut rows, &mut broken).await?;
+
+    let mut report = format!(
+        "{:<34} {:>4} {:>9}   {}\n",
+        "button", "sent", "delivered", "taken by"
+    );
+    for row in rows {
+        let _ = writeln!(report, "{row}");
+    }
+    print!("{report}");
+    if broken.is_empty() {
+        println!("every button kept its promise");
+        Ok(())
+    } else {
+        bail!("broken promises:\n  {}", broken.join("\n  "))
+    }
+}
+
+/// Buttons 1 and 2: echo over HTTP without the cookie (round robin) and with it (sticky).
+async fn http_buttons(
+    d: &Deployment,
+    me: &Client,
+    page_by: &str,
+    count: usize,
+    rows: &mut Vec<String>,
+    broken: &mut Vec<String>,
+) -> anyhow::Result<()> {
     // 1. HTTP & round robin: no cookie, answers from changing replicas.
     let mut t = Tally::default();
     for i in 0..count {
@@ -75,11 +105,11 @@ pub(super) async fn run(base: &str, count: usize) -> anyhow::Result<()> {
     let mut t = Tally::default();
     for i in 0..count {
         let answer = me
-            .call(d, "echo", Some(&page_by), &format!("sticky {i}"))
+            .call(d, "echo", Some(page_by), &format!("sticky {i}"))
             .await?;
         t.took_by(answer["replica"].as_str().unwrap_or("?"));
     }
-    if t.took.keys().any(|r| *r != page_by) {
+    if t.took.keys().any(|r| r != page_by) {
         broken.push(format!(
             "sticky: answered by {:?}, expected only {page_by}",
             t.took
@@ -87,13 +117,26 @@ pub(super) async fn run(base: &str, count: usize) -> anyhow::Result<()> {
     }
     rows.push(t.row("2 HTTP & sticky"));
 
+    Ok(())
+}
+
+/// Buttons 3 and 4: the socket's own echo, and a publish through the broker.
+async fn socket_buttons(
+    d: &Deployment,
+    me: &Client,
+    socket: &mut Socket,
+    count: usize,
+    rows: &mut Vec<String>,
+    broken: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let ws_by = socket.replica.clone();
     // 3. WebSocket only: always the socket's replica.
     let mut t = Tally::default();
     for i in 0..count {
         let text = format!("ws {i}");
         socket.send_text(&text).await?;
         t.took_by(&ws_by);
-        if expect_frame(&mut socket, &text, "ws", &ws_by).await? {
+        if expect_frame(socket, &text, "ws", &ws_by).await? {
             t.delivered += 1;
         }
     }
@@ -108,7 +151,7 @@ pub(super) async fn run(base: &str, count: usize) -> anyhow::Result<()> {
         let text = format!("publish {i}");
         let answer = me.call(d, "publish", None, &text).await?;
         t.took_by(answer["replica"].as_str().unwrap_or("?"));
-        if expect_frame(&mut socket, &text, "publish", &ws_by).await? {
+        if expect_frame(socket, &text, "publish", &ws_by).await? {
             t.delivered += 1;
         }
     }
@@ -117,6 +160,20 @@ pub(super) async fn run(base: &str, count: usize) -> anyhow::Result<()> {
     }
     rows.push(t.row("4 Publish through the broker"));
 
+    Ok(())
+}
+
+/// Buttons 5 and 6: `/api/direct` without the cookie (delivers only where it lands on the
+/// socket's replica) and with it (always).
+async fn direct_buttons(
+    d: &Deployment,
+    me: &Client,
+    socket: &mut Socket,
+    count: usize,
+    rows: &mut Vec<String>,
+    broken: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let ws_by = socket.replica.clone();
     // 5. Direct without the cookie: arrives exactly when the request lands on the holder.
     let mut t = Tally::default();
     for i in 0..count {
@@ -131,7 +188,7 @@ pub(super) async fn run(base: &str, count: usize) -> anyhow::Result<()> {
                 answer["delivered"]
             ));
         }
-        if promised && expect_frame(&mut socket, &text, "direct", &ws_by).await? {
+        if promised && expect_frame(socket, &text, "direct", &ws_by).await? {
             t.delivered += 1;
         }
     }
@@ -146,7 +203,7 @@ pub(super) async fn run(base: &str, count: usize) -> anyhow::Result<()> {
         let text = format!("sticky direct {i}");
         let answer = me.call(d, "direct", Some(&ws_by), &text).await?;
         t.took_by(answer["replica"].as_str().unwrap_or("?"));
-        if expect_frame(&mut socket, &text, "direct", &ws_by).await? {
+        if expect_frame(socket, &text, "direct", &ws_by).await? {
             t.delivered += 1;
         }
     }
@@ -155,22 +212,7 @@ pub(super) async fn run(base: &str, count: usize) -> anyhow::Result<()> {
     }
     rows.push(t.row("6 Sticky HTTP & in-memory WS"));
 
-    state_lab(d, &me, count, &mut rows, &mut broken).await?;
-
-    let mut report = format!(
-        "{:<34} {:>4} {:>9}   {}\n",
-        "button", "sent", "delivered", "taken by"
-    );
-    for row in rows {
-        let _ = writeln!(report, "{row}");
-    }
-    print!("{report}");
-    if broken.is_empty() {
-        println!("every button kept its promise");
-        Ok(())
-    } else {
-        bail!("broken promises:\n  {}", broken.join("\n  "))
-    }
+    Ok(())
 }
 
 /// The state lab: notes kept in each replica's memory or in Redis, sent without the cookie,
