@@ -74,6 +74,49 @@ pub enum ServerFrame<'a> {
     },
 }
 
+/// A [`ServerFrame`] as a client reads it (the load tool, tests): the same fields, owned, with
+/// history ids as the opaque strings they are on the wire. A frame of a type this version does
+/// not know is [`ReceivedFrame::Other`], so a client keeps reading.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ReceivedFrame {
+    Welcome {
+        replica: String,
+        client_id: String,
+        #[serde(default)]
+        last_id: Option<String>,
+        #[serde(default)]
+        last_broadcast_id: Option<String>,
+        #[serde(default)]
+        page_replica: Option<String>,
+        #[serde(default)]
+        same_replica: Option<bool>,
+        #[serde(default)]
+        state: Option<String>,
+    },
+    Message {
+        via: Via,
+        from: String,
+        replica: String,
+        text: String,
+        #[serde(default)]
+        id: Option<String>,
+        #[serde(default)]
+        replayed: bool,
+    },
+    #[serde(rename = "history_lost")]
+    HistoryLost {
+        stream: String,
+        message: String,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
+    #[serde(other)]
+    Other,
+}
+
 /// A frame on its way to a socket, shared by every recipient.
 ///
 /// One pointer wide because it is what a socket's queue holds: tokio's bounded channel
@@ -338,6 +381,77 @@ mod tests {
             plain.get("id").is_none() && plain.get("replayed").is_none(),
             "{plain}"
         );
+    }
+
+    #[test]
+    fn what_the_server_sends_a_client_reads_back() {
+        let read = |frame: ServerFrame| -> ReceivedFrame {
+            serde_json::from_str(&frame.to_bytes()).unwrap()
+        };
+        let welcome = ServerFrame::Welcome {
+            replica: "app-1",
+            client_id: "c1",
+            last_id: StreamIdText(StreamId { ms: 5, seq: 1 }),
+            last_broadcast_id: StreamIdText(StreamId::ZERO),
+            page_replica: None,
+            same_replica: Some(true),
+            state: "hit",
+        };
+        assert_eq!(
+            read(welcome),
+            ReceivedFrame::Welcome {
+                replica: "app-1".into(),
+                client_id: "c1".into(),
+                last_id: Some("5-1".into()),
+                last_broadcast_id: Some("0-0".into()),
+                page_replica: None,
+                same_replica: Some(true),
+                state: Some("hit".into()),
+            }
+        );
+        let message = ServerFrame::Message {
+            via: Via::Publish,
+            from: "app-2",
+            replica: "app-3",
+            text: "\"quoted\" \u{1F600}",
+            id: Some(StreamIdText(StreamId { ms: 9, seq: 0 })),
+            replayed: true,
+        };
+        assert_eq!(
+            read(message),
+            ReceivedFrame::Message {
+                via: Via::Publish,
+                from: "app-2".into(),
+                replica: "app-3".into(),
+                text: "\"quoted\" \u{1F600}".into(),
+                id: Some("9-0".into()),
+                replayed: true,
+            }
+        );
+        let lost = ServerFrame::HistoryLost {
+            stream: "client",
+            message: "gone",
+        };
+        assert_eq!(
+            read(lost),
+            ReceivedFrame::HistoryLost {
+                stream: "client".into(),
+                message: "gone".into()
+            }
+        );
+        let error = ServerFrame::Error {
+            code: "bad_frame",
+            message: "no",
+        };
+        assert_eq!(
+            read(error),
+            ReceivedFrame::Error {
+                code: "bad_frame".into(),
+                message: "no".into()
+            }
+        );
+        let newer: ReceivedFrame = serde_json::from_str(r#"{"type": "presence"}"#).unwrap();
+        assert_eq!(newer, ReceivedFrame::Other);
     }
 
     #[test]

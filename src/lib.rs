@@ -24,7 +24,6 @@
 //! - [`shutdown`], [`backoff`], [`telemetry`]: signals and draining, retry delays, diagnostics.
 //! - [`ops`]: what runs beside replicas on one machine — `stickyws cluster` (the local demo
 //!   without Docker), `WORKERS=N` sharing a port, the nginx.conf rewrite, starting `redis-server`.
-//! - [`load`]: `stickyws load`, traffic and checks against any running deployment.
 //!
 //! # On the wire (Redis)
 //! - `stickyws:client:<client id>` — channel of one client; a replica subscribes while it holds
@@ -51,7 +50,6 @@ pub mod frame;
 pub mod http;
 pub mod lab;
 pub mod limits;
-pub mod load;
 pub mod metrics;
 pub mod ops;
 pub mod presence;

@@ -1,7 +1,10 @@
-//! The `stickyws` command: parses the subcommand and hands it to the library.
+//! The `stickyws` command: parses the subcommand and hands it to the library; `load` is a
+//! program of its own (the `stickyws-load` crate), which this one runs in its place.
 
+use std::ffi::OsString;
+
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use stickyws::load::LoadArgs;
 use stickyws::ops::cluster::ClusterArgs;
 use stickyws::{Config, ServeArgs};
 
@@ -23,12 +26,23 @@ enum Command {
     /// Run the local demo: redis-server, N replicas and nginx on loopback.
     Cluster(ClusterArgs),
     /// Drive traffic against a running deployment and report (or check) what it does.
-    Load(LoadArgs),
+    ///
+    /// Runs the `stickyws-load` program beside this one; `stickyws load --help` lists the
+    /// scenarios and their flags.
+    // Every argument, `--help` included, is the load tool's to read.
+    #[command(disable_help_flag = true)]
+    Load {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<OsString>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    stickyws::telemetry::init(std::io::stderr);
+    // The load tool sets up its own diagnostics.
+    if !matches!(cli.command, Command::Load { .. }) {
+        stickyws::telemetry::init(std::io::stderr);
+    }
     match cli.command {
         Command::Serve(args) => {
             let config = Config::from_args(*args)?;
@@ -40,6 +54,29 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(stickyws::ops::cluster::run(args)),
-        Command::Load(args) => tokio::runtime::Runtime::new()?.block_on(stickyws::load::run(args)),
+        Command::Load { args } => forward_to_load(args),
     }
+}
+
+/// The load tool's binary, installed beside this one (cargo builds both into one folder).
+const LOAD_BIN: &str = "stickyws-load";
+
+/// Replaces this process with `stickyws-load <args>`, so its exit code and signals are the
+/// caller's directly. Returns only when it cannot be started.
+fn forward_to_load(args: Vec<OsString>) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let me = std::env::current_exe().context("finding the stickyws executable")?;
+    let dir = me
+        .parent()
+        .context("the stickyws executable has no folder")?;
+    let load = dir.join(LOAD_BIN);
+    let err = std::process::Command::new(&load).args(args).exec();
+    if err.kind() == std::io::ErrorKind::NotFound {
+        anyhow::bail!(
+            "{} is missing; build it with `cargo build -p stickyws-load` (add --release for a \
+             release build)",
+            load.display()
+        );
+    }
+    Err(err).with_context(|| format!("starting {}", load.display()))
 }

@@ -5,15 +5,17 @@
 //! there can deliver.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use serde_json::json;
 
-use super::Ctx;
-use super::deliveries;
-use super::plot;
-use super::publisher::{Accepted, Request};
-use super::report::{Errors, Latencies, percent};
-use super::targeted::{merged, open_fleet, settle, spread};
+use crate::Ctx;
+use crate::cpu::CpuUsed;
+use crate::deliveries::{self, Tally};
+use crate::plot;
+use crate::publisher::{Accepted, Request, Sent};
+use crate::report::{Errors, Latencies, percent};
+use crate::targeted::{merged, open_fleet, settle, spread};
 
 /// One cookie mode's outcome.
 #[derive(Debug, Default)]
@@ -32,20 +34,45 @@ struct Mode {
     on_holder: u64,
 }
 
+/// A client with a socket: its index, id, token and the replica holding its socket.
+type Target = (u32, String, String, String);
+
+/// What a sticky run observed, for the report.
+#[derive(Debug)]
+struct Observed {
+    replicas: Vec<String>,
+    sockets: u64,
+    mint_errors: Errors,
+    fleet_errors: Errors,
+    by_replica: BTreeMap<String, u64>,
+    targets: Arc<Vec<Target>>,
+    /// Per cookie mode: with the cookie or not, the seq offset, what was sent.
+    answers: Vec<(bool, u64, Sent)>,
+    tallies: Vec<Tally>,
+    cpu: Option<CpuUsed>,
+}
+
 pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
+    let observed = direct_run(ctx).await?;
+    let latencies = report(ctx, &observed)?;
+    plots(ctx, &observed, &latencies)
+}
+
+/// Mints, connects, sends the direct messages in both cookie modes, waits, collects.
+async fn direct_run(ctx: &Ctx) -> anyhow::Result<Observed> {
     let args = &ctx.args;
     let replicas = ctx.deployment.replicas().await?;
     let (creds, mint_errors) = ctx
         .deployment
         .mint_many(args.sockets, args.concurrency)
         .await;
-    let fleet = open_fleet(ctx, &creds, false).await;
+    let fleet = open_fleet(ctx, &creds, false, None).await;
     let holders = fleet.replica_of.clone();
     if holders.is_empty() {
         fleet.stop().await;
         anyhow::bail!("no socket opened: {}", mint_errors.line());
     }
-    let targets: Vec<(u32, String, String, String)> = holders
+    let targets: Vec<Target> = holders
         .iter()
         .map(|(&c, replica)| {
             let creds = &creds[c as usize];
@@ -57,9 +84,35 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
             )
         })
         .collect();
-    let targets = std::sync::Arc::new(targets);
+    let targets = Arc::new(targets);
     let meter = ctx.servers.as_ref().map(|s| s.start());
+    let answers = send_both_modes(ctx, &targets).await;
+    let promised_total: u64 = answers
+        .iter()
+        .flat_map(|(_, _, s)| s.accepted.iter())
+        .filter(|a| a.body["delivered"].as_u64().unwrap_or(0) > 0)
+        .count() as u64;
+    settle(ctx, promised_total).await;
+    let cpu = meter.map(|m| m.finish());
+    let by_replica = fleet.by_replica.clone();
+    let fleet_errors = fleet.errors.clone();
+    let tallies = fleet.stop().await;
+    Ok(Observed {
+        replicas,
+        sockets: holders.len() as u64,
+        mint_errors,
+        fleet_errors,
+        by_replica,
+        targets,
+        answers,
+        tallies,
+        cpu,
+    })
+}
 
+/// `--messages` direct requests without the cookie, then as many with it.
+async fn send_both_modes(ctx: &Ctx, targets: &Arc<Vec<Target>>) -> Vec<(bool, u64, Sent)> {
+    let args = &ctx.args;
     // Without the cookie: seqs 0..M; with it: M..2M, so frames tell the modes apart.
     let mut answers = Vec::new();
     for with_cookie in [false, true] {
@@ -74,21 +127,29 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
                     bearer: token.clone(),
                     sticky: with_cookie.then(|| holder.clone()),
                     text: deliveries::text(&tag, *client, seq + offset, now),
+                    ack: None,
                 }
             })
             .await;
         answers.push((with_cookie, offset, sent));
     }
-    let promised_total: u64 = answers
-        .iter()
-        .flat_map(|(_, _, s)| s.accepted.iter())
-        .filter(|a| a.body["delivered"].as_u64().unwrap_or(0) > 0)
-        .count() as u64;
-    settle(ctx, promised_total).await;
-    let cpu = meter.map(|m| m.finish());
-    let by_replica = fleet.by_replica.clone();
-    let fleet_errors = fleet.errors.clone();
-    let tallies = fleet.stop().await;
+    answers
+}
+
+/// Prints and writes the report; returns the direct latencies for the plots.
+fn report(ctx: &Ctx, o: &Observed) -> anyhow::Result<Latencies> {
+    let args = &ctx.args;
+    let Observed {
+        replicas,
+        sockets,
+        mint_errors,
+        fleet_errors,
+        by_replica,
+        targets,
+        answers,
+        tallies,
+        cpu,
+    } = o;
     let arrived: HashSet<u64> = tallies
         .iter()
         .flat_map(|t| t.seqs.iter().copied())
@@ -110,18 +171,18 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         "sockets",
         format!(
             "{} opened of {} ({}); failures: {}",
-            holders.len(),
+            sockets,
             args.sockets,
-            spread(&by_replica),
-            merged(&mint_errors, &fleet_errors)
+            spread(by_replica),
+            merged(mint_errors, fleet_errors)
         ),
     );
     report.figure("replicas", json!(replicas));
-    report.figure("sockets", holders.len() as u64);
+    report.figure("sockets", *sockets);
     report.figure("sockets_by_replica", json!(by_replica));
     let mut modes_json = serde_json::Map::new();
-    for (with_cookie, offset, sent) in &answers {
-        let mode = tally_mode(&sent.accepted, &sent.errors, *offset, &targets, &arrived);
+    for (with_cookie, offset, sent) in answers {
+        let mode = tally_mode(&sent.accepted, &sent.errors, *offset, targets, &arrived);
         let name = if *with_cookie {
             "with cookie"
         } else {
@@ -175,7 +236,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     );
     report.row("direct latency", latencies.line());
     report.row("misdelivered", misdelivered.to_string());
-    if let Some(cpu) = &cpu {
+    if let Some(cpu) = cpu {
         report.row("server CPU", cpu.line(arrived.len() as u64, "delivery"));
         report.figure("cpu", cpu.json(arrived.len() as u64, "delivery"));
     }
@@ -184,19 +245,25 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     report.figure("misdelivered", misdelivered);
     report.figure("latency", latencies.json());
     ctx.publish(&report)?;
-    if let Some(dir) = &args.plots {
-        let label = ctx.label();
-        plot::sockets_per_replica(
-            &plot::path(dir, &label, "sockets"),
-            &format!("{label}: sockets per replica"),
-            &by_replica,
-        )?;
-        plot::latency_cdf(
-            &plot::path(dir, &label, "latency-cdf"),
-            &format!("{label}: direct request-to-receipt latency"),
-            &[("direct → receipt", &latencies)],
-        )?;
-    }
+    Ok(latencies)
+}
+
+/// The SVG plots, when --plots asks for them.
+fn plots(ctx: &Ctx, o: &Observed, latencies: &Latencies) -> anyhow::Result<()> {
+    let Some(dir) = &ctx.args.plots else {
+        return Ok(());
+    };
+    let label = ctx.label();
+    plot::sockets_per_replica(
+        &plot::path(dir, &label, "sockets"),
+        &format!("{label}: sockets per replica"),
+        &o.by_replica,
+    )?;
+    plot::latency_cdf(
+        &plot::path(dir, &label, "latency-cdf"),
+        &format!("{label}: direct request-to-receipt latency"),
+        &[("direct → receipt", latencies)],
+    )?;
     Ok(())
 }
 
@@ -204,7 +271,7 @@ fn tally_mode(
     accepted: &[Accepted],
     errors: &Errors,
     offset: u64,
-    targets: &[(u32, String, String, String)],
+    targets: &[Target],
     arrived: &HashSet<u64>,
 ) -> Mode {
     let mut mode = Mode {

@@ -1,22 +1,24 @@
 //! `stickyws load targeted`: one socket per client, then `--messages` publishes over HTTP
 //! through the front door, each to one client (round robin over the clients, so the per-client
 //! send rate stays low), at `--rate` or as fast as `--concurrency` allows. Reports deliveries/s,
-//! publish-to-receipt latency, loss, duplicates and misdeliveries. [`super::failover`] reuses
+//! publish-to-receipt latency, loss, duplicates and misdeliveries. [`crate::failover`] reuses
 //! the run with a fault in the middle.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::Ctx;
-use super::cpu::CpuUsed;
-use super::deliveries::{self, HoldPlan, Tally};
-use super::fleet::{self, Fleet, FleetPlan};
-use super::progress::Progress;
-use super::publisher::{Request, Sent};
-use super::report::{Errors, Latencies, Report, per_second, percent};
-use super::{plot, socket::Creds};
+use crate::Ctx;
+use crate::client::Client;
+use crate::cpu::CpuUsed;
+use crate::deliveries::{self, Acks, HoldPlan, Tally};
+use crate::fleet::{self, Fleet, FleetPlan};
+use crate::plot;
+use crate::progress::Progress;
+use crate::publisher::{Request, Sent};
+use crate::report::{Errors, Latencies, Report, per_second, percent};
 
 /// A fault to inject while publishing (failover).
 #[derive(Debug, Clone, Copy)]
@@ -108,6 +110,36 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
 /// Mints, connects, publishes (injecting `fault` if given), waits for stragglers, collects.
 pub(super) async fn publish_run(ctx: &Ctx, fault: Option<Fault>) -> anyhow::Result<Observed> {
     let args = &ctx.args;
+    // With a fault, a client whose socket closes waits for a publish before it reconnects, so
+    // the replay after the fault is exercised on every run, not only when the timing allows.
+    let acks = fault.map(|_| Arc::new(Acks::new(args.sockets)));
+    let (creds, mint_errors, fleet) = connect_clients(ctx, acks.clone()).await?;
+    let meter = ctx.servers.as_ref().map(|s| s.start());
+    let (sent, fault_us) = publish(ctx, &creds, &fleet.clients(), fault, acks).await;
+    let cpu = meter.map(|m| m.finish());
+    let fleet_opened = fleet.opened();
+    let fleet_errors = fleet.errors.clone();
+    let by_replica = fleet.by_replica.clone();
+    let tallies = fleet.stop().await;
+    Ok(Observed {
+        minted: creds.len(),
+        mint_errors,
+        fleet_opened,
+        fleet_errors,
+        by_replica,
+        sent,
+        tallies,
+        cpu,
+        fault_us,
+    })
+}
+
+/// Mints `--sockets` clients and opens a reconnecting socket for each; fails when none opened.
+async fn connect_clients(
+    ctx: &Ctx,
+    acks: Option<Arc<Acks>>,
+) -> anyhow::Result<(Vec<Client>, Errors, Fleet)> {
+    let args = &ctx.args;
     let (creds, mint_errors) = ctx
         .deployment
         .mint_many(args.sockets, args.concurrency)
@@ -115,17 +147,28 @@ pub(super) async fn publish_run(ctx: &Ctx, fault: Option<Fault>) -> anyhow::Resu
     if creds.is_empty() {
         anyhow::bail!("could not mint any client: {}", mint_errors.line());
     }
-    let fleet = open_fleet(ctx, &creds, true).await;
-    let clients = fleet.clients();
-    if clients.is_empty() {
+    let fleet = open_fleet(ctx, &creds, true, acks).await;
+    if fleet.clients().is_empty() {
         fleet.stop().await;
         anyhow::bail!(
             "no socket opened: {}",
             merged(&mint_errors, &Errors::default())
         );
     }
+    Ok((creds, mint_errors, fleet))
+}
 
-    let meter = ctx.servers.as_ref().map(|s| s.start());
+/// Publishes `--messages` round robin over the connected `clients`, signalling `fault` on
+/// time, and lets the deliveries settle; returns what was sent and when the fault went out
+/// (µs on the run clock).
+async fn publish(
+    ctx: &Ctx,
+    creds: &[Client],
+    clients: &[u32],
+    fault: Option<Fault>,
+    acks: Option<Arc<Acks>>,
+) -> (Sent, Option<u64>) {
+    let args = &ctx.args;
     let rate = if args.rate == 0.0 && fault.is_some() {
         500.0
     } else {
@@ -160,7 +203,7 @@ pub(super) async fn publish_run(ctx: &Ctx, fault: Option<Fault>) -> anyhow::Resu
         })
     });
     let tag = ctx.tag.clone();
-    let targets: Vec<(u32, Creds)> = clients
+    let targets: Vec<(u32, Client)> = clients
         .iter()
         .map(|&c| (c, creds[c as usize].clone()))
         .collect();
@@ -172,6 +215,7 @@ pub(super) async fn publish_run(ctx: &Ctx, fault: Option<Fault>) -> anyhow::Resu
                 bearer: creds.token.clone(),
                 sticky: None,
                 text: deliveries::text(&tag, *client, seq, now),
+                ack: acks.clone().map(|acks| (acks, *client)),
             }
         })
         .await;
@@ -181,22 +225,7 @@ pub(super) async fn publish_run(ctx: &Ctx, fault: Option<Fault>) -> anyhow::Resu
     };
     settle(ctx, sent.accepted.len() as u64).await;
     drop(bar);
-    let cpu = meter.map(|m| m.finish());
-    let fleet_opened = fleet.opened();
-    let fleet_errors = fleet.errors.clone();
-    let by_replica = fleet.by_replica.clone();
-    let tallies = fleet.stop().await;
-    Ok(Observed {
-        minted: creds.len(),
-        mint_errors,
-        fleet_opened,
-        fleet_errors,
-        by_replica,
-        sent,
-        tallies,
-        cpu,
-        fault_us,
-    })
+    (sent, fault_us)
 }
 
 /// Two error tallies as one line.
@@ -206,8 +235,14 @@ pub(super) fn merged(a: &Errors, b: &Errors) -> String {
     all.line()
 }
 
-/// Opens one socket per identity, with a progress bar.
-pub(super) async fn open_fleet(ctx: &Ctx, creds: &[Creds], reconnect: bool) -> Fleet {
+/// Opens one socket per client, with a progress bar; `away_until_published` as in
+/// [`HoldPlan`].
+pub(super) async fn open_fleet(
+    ctx: &Ctx,
+    creds: &[Client],
+    reconnect: bool,
+    away_until_published: Option<Arc<Acks>>,
+) -> Fleet {
     let live = ctx.live.clone();
     let bar = Progress::start(
         "connect",
@@ -228,6 +263,7 @@ pub(super) async fn open_fleet(ctx: &Ctx, creds: &[Creds], reconnect: bool) -> F
             reconnect,
             deadline: ctx.until_deadline(Duration::from_secs(2)),
             samples: true,
+            away_until_published,
         },
     };
     let fleet = fleet::open(ctx.dialer.clone(), creds, plan, ctx.live.clone()).await;

@@ -2,31 +2,69 @@
 //! key, each due at every socket. Reports deliveries/s (broadcasts × sockets reached), latency
 //! from the broadcast request to each receipt, and loss and duplicates per socket.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
 
 use anyhow::Context;
 use serde_json::json;
 
-use super::Ctx;
-use super::deliveries::{self, EVERYONE};
-use super::plot;
-use super::progress::Progress;
-use super::publisher::Request;
-use super::report::{Latencies, per_second, percent};
-use super::targeted::{self, merged, open_fleet, settle, since_ms, spread};
+use crate::Ctx;
+use crate::cpu::CpuUsed;
+use crate::deliveries::{self, EVERYONE, Tally};
+use crate::plot;
+use crate::progress::Progress;
+use crate::publisher::{Request, Sent};
+use crate::report::{Errors, Latencies, per_second, percent};
+use crate::targeted::{self, merged, open_fleet, settle, since_ms, spread};
+
+/// What a broadcast run observed, for the report.
+#[derive(Debug)]
+struct Observed {
+    sockets: u64,
+    mint_errors: Errors,
+    fleet_errors: Errors,
+    by_replica: BTreeMap<String, u64>,
+    sent: Sent,
+    tallies: Vec<Tally>,
+    cpu: Option<CpuUsed>,
+}
+
+/// Delivery accounting for broadcasts: each accepted one is due once at every open socket.
+#[derive(Debug)]
+struct Accounting {
+    accepted: HashSet<u64>,
+    expected: u64,
+    unique: u64,
+    lost: u64,
+    duplicates: u64,
+    misdelivered: u64,
+    replayed: u64,
+    latencies: Latencies,
+    arrival_ms: Vec<u32>,
+    send_s: f64,
+    deliveries_per_s: f64,
+}
 
 pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
-    let args = &ctx.args;
-    let key = args
+    let key = ctx
+        .args
         .api_key
         .clone()
         .context("broadcast needs the API key: --api-key or API_KEY")?;
+    let observed = broadcast_run(ctx, key).await?;
+    let acc = account(&observed);
+    report(ctx, &observed, &acc)?;
+    plots(ctx, &observed, &acc)
+}
+
+/// Mints, connects, broadcasts with `key`, waits for stragglers, collects.
+async fn broadcast_run(ctx: &Ctx, key: String) -> anyhow::Result<Observed> {
+    let args = &ctx.args;
     let (creds, mint_errors) = ctx
         .deployment
         .mint_many(args.sockets, args.concurrency)
         .await;
-    let fleet = open_fleet(ctx, &creds, true).await;
+    let fleet = open_fleet(ctx, &creds, true, None).await;
     let sockets = fleet.opened();
     if sockets == 0 {
         fleet.stop().await;
@@ -55,6 +93,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
             bearer: key.clone(),
             sticky: None,
             text: deliveries::text(&tag, EVERYONE, seq, now),
+            ack: None,
         })
         .await;
     settle(ctx, sent.accepted.len() as u64 * sockets).await;
@@ -64,13 +103,26 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     let fleet_errors = fleet.errors.clone();
     let tallies = fleet.stop().await;
 
+    Ok(Observed {
+        sockets,
+        mint_errors,
+        fleet_errors,
+        by_replica,
+        sent,
+        tallies,
+        cpu,
+    })
+}
+
+fn account(o: &Observed) -> Accounting {
+    let (sent, sockets) = (&o.sent, o.sockets);
     // Each accepted broadcast is due once at every socket that opened.
     let accepted: HashSet<u64> = sent.accepted.iter().map(|a| a.seq).collect();
     let (mut unique, mut arrivals, mut lost, mut misdelivered, mut replayed) = (0, 0, 0, 0, 0);
     let mut micros = Vec::new();
     let mut arrival_ms = Vec::new();
     let mut last_arrival_us = 0;
-    for tally in tallies.iter().filter(|t| !t.replica.is_empty()) {
+    for tally in o.tallies.iter().filter(|t| !t.replica.is_empty()) {
         let seen: HashSet<u64> = tally.seqs.iter().copied().collect();
         arrivals += tally.seqs.len() as u64;
         unique += seen.len() as u64;
@@ -90,14 +142,55 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     let deliveries_per_s = per_second(unique, window_s);
     let expected = accepted.len() as u64 * sockets;
 
+    Accounting {
+        accepted,
+        expected,
+        unique,
+        lost,
+        duplicates,
+        misdelivered,
+        replayed,
+        latencies,
+        arrival_ms,
+        send_s,
+        deliveries_per_s,
+    }
+}
+
+/// Prints and writes the report.
+fn report(ctx: &Ctx, o: &Observed, acc: &Accounting) -> anyhow::Result<()> {
+    let args = &ctx.args;
+    let Observed {
+        sockets,
+        mint_errors,
+        fleet_errors,
+        by_replica,
+        sent,
+        cpu,
+        ..
+    } = o;
+    let Accounting {
+        accepted,
+        expected,
+        unique,
+        lost,
+        duplicates,
+        misdelivered,
+        replayed,
+        latencies,
+        arrival_ms,
+        send_s,
+        deliveries_per_s,
+    } = acc;
+    let (sockets, unique, send_s) = (*sockets, *unique, *send_s);
     let mut report = ctx.report();
     report.row(
         "sockets",
         format!(
             "{sockets} opened of {} ({}); failures: {}",
             args.sockets,
-            spread(&by_replica),
-            merged(&mint_errors, &fleet_errors)
+            spread(by_replica),
+            merged(mint_errors, fleet_errors)
         ),
     );
     report.row(
@@ -118,7 +211,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         ),
     );
     report.row("latency", latencies.line());
-    if let Some(cpu) = &cpu {
+    if let Some(cpu) = cpu {
         report.row("server CPU", cpu.line(unique, "delivery"));
         report.figure("cpu", cpu.json(unique, "delivery"));
     }
@@ -130,40 +223,46 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     report.figure("send_errors", sent.errors.json());
     report.figure("send_seconds", send_s);
     report.figure("target_rate", args.rate);
-    report.figure("expected", expected);
+    report.figure("expected", *expected);
     report.figure("delivered", unique);
-    report.figure("deliveries_per_s", deliveries_per_s);
-    report.figure("lost", lost);
-    report.figure("loss_percent", percent(lost, expected));
-    report.figure("duplicates", duplicates);
-    report.figure("misdelivered", misdelivered);
-    report.figure("replayed", replayed);
+    report.figure("deliveries_per_s", *deliveries_per_s);
+    report.figure("lost", *lost);
+    report.figure("loss_percent", percent(*lost, *expected));
+    report.figure("duplicates", *duplicates);
+    report.figure("misdelivered", *misdelivered);
+    report.figure("replayed", *replayed);
     report.figure("latency", latencies.json());
-    for second in targeted::per_second_lines(&arrival_ms, sent.first_us) {
+    for second in targeted::per_second_lines(arrival_ms, sent.first_us) {
         report.line("second", second);
     }
     ctx.publish(&report)?;
 
-    if let Some(dir) = &args.plots {
-        let label = ctx.label();
-        plot::latency_cdf(
-            &plot::path(dir, &label, "latency-cdf"),
-            &format!("{label}: broadcast-to-receipt latency"),
-            &[("broadcast → receipt", &latencies)],
-        )?;
-        plot::throughput(
-            &plot::path(dir, &label, "throughput"),
-            &format!("{label}: deliveries over time"),
-            "deliveries",
-            &since_ms(&arrival_ms, sent.first_us),
-            100,
-            &[],
-        )?;
-        plot::sockets_per_replica(
-            &plot::path(dir, &label, "sockets"),
-            &format!("{label}: sockets per replica"),
-            &by_replica,
-        )?;
-    }
+    Ok(())
+}
+
+/// The SVG plots, when --plots asks for them.
+fn plots(ctx: &Ctx, o: &Observed, acc: &Accounting) -> anyhow::Result<()> {
+    let Some(dir) = &ctx.args.plots else {
+        return Ok(());
+    };
+    let label = ctx.label();
+    plot::latency_cdf(
+        &plot::path(dir, &label, "latency-cdf"),
+        &format!("{label}: broadcast-to-receipt latency"),
+        &[("broadcast → receipt", &acc.latencies)],
+    )?;
+    plot::throughput(
+        &plot::path(dir, &label, "throughput"),
+        &format!("{label}: deliveries over time"),
+        "deliveries",
+        &since_ms(&acc.arrival_ms, o.sent.first_us),
+        100,
+        &[],
+    )?;
+    plot::sockets_per_replica(
+        &plot::path(dir, &label, "sockets"),
+        &format!("{label}: sockets per replica"),
+        &o.by_replica,
+    )?;
     Ok(())
 }

@@ -9,16 +9,45 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::Ctx;
-use super::deliveries::HoldPlan;
-use super::deployment::ReplicaFigures;
-use super::fleet::{self, FleetPlan};
-use super::plot;
-use super::progress::Progress;
-use super::report::{Latencies, per_second};
-use super::targeted::{since_ms, spread};
+use crate::Ctx;
+use crate::cpu::CpuUsed;
+use crate::deliveries::HoldPlan;
+use crate::deployment::ReplicaFigures;
+use crate::fleet::{self, FleetPlan};
+use crate::plot;
+use crate::progress::Progress;
+use crate::report::{Errors, Latencies, per_second};
+use crate::targeted::{since_ms, spread};
+
+/// What a connect run observed, for the report.
+#[derive(Debug)]
+struct Observed {
+    /// Every replica's figures before the ramp and after the hold.
+    before: BTreeMap<String, ReplicaFigures>,
+    after: BTreeMap<String, ReplicaFigures>,
+    opened: u64,
+    ramp_s: f64,
+    /// Minting and connecting failures, by kind.
+    errors: Errors,
+    still_open: u64,
+    /// Sockets the server closed while held, by kind.
+    dropped: BTreeMap<String, u64>,
+    upgrade: Latencies,
+    welcome: Latencies,
+    by_welcome: BTreeMap<String, u64>,
+    opened_at: Vec<u32>,
+    cpu: Option<CpuUsed>,
+}
 
 pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
+    let observed = ramp_and_hold(ctx).await?;
+    let per_replica = report(ctx, &observed)?;
+    plots(ctx, &observed, &per_replica)
+}
+
+/// Mints, opens the sockets (measuring the servers meanwhile), holds them, reads `/metrics`
+/// before and after, and stops the fleet.
+async fn ramp_and_hold(ctx: &Ctx) -> anyhow::Result<Observed> {
     let args = &ctx.args;
     let replicas = ctx.deployment.replicas().await?;
     let before = ctx.deployment.all_figures(&replicas).await;
@@ -39,6 +68,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         concurrency: args.connect_concurrency,
         rate: args.connect_rate,
         hold: HoldPlan {
+            away_until_published: None,
             tag: ctx.tag.clone(),
             clock: ctx.clock,
             // A socket the server closes while held is a failure to count, not to repair.
@@ -77,8 +107,41 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
                 *m.entry(o.kind.clone()).or_default() += 1;
                 m
             });
-    let dropped_total: u64 = dropped.values().sum();
+    Ok(Observed {
+        before,
+        after,
+        opened,
+        ramp_s,
+        errors,
+        still_open,
+        dropped,
+        upgrade,
+        welcome,
+        by_welcome,
+        opened_at,
+        cpu,
+    })
+}
 
+/// Prints and writes the report; returns the sockets each replica's `/metrics` counted.
+fn report(ctx: &Ctx, o: &Observed) -> anyhow::Result<BTreeMap<String, u64>> {
+    let args = &ctx.args;
+    let Observed {
+        before,
+        after,
+        opened,
+        ramp_s,
+        errors,
+        still_open,
+        dropped,
+        upgrade,
+        welcome,
+        by_welcome,
+        cpu,
+        ..
+    } = o;
+    let (opened, ramp_s) = (*opened, *ramp_s);
+    let dropped_total: u64 = dropped.values().sum();
     let mut report = ctx.report();
     report.row(
         "sockets",
@@ -100,10 +163,10 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     );
     report.row("upgrade (101)", upgrade.line());
     report.row("welcome", welcome.line());
-    report.row("welcomed by", spread(&by_welcome));
+    report.row("welcomed by", spread(by_welcome));
     let mut per_replica = BTreeMap::new();
     let mut metric_sockets = 0;
-    for (name, now) in &after {
+    for (name, now) in after {
         let was = before.get(name).copied().unwrap_or_default();
         let (row, value) = replica_row(was, *now);
         metric_sockets += now.sockets;
@@ -111,7 +174,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         report.line("replica", json!({"replica": name, "figures": value}));
         per_replica.insert(name.clone(), now.sockets);
     }
-    if let Some(cpu) = &cpu {
+    if let Some(cpu) = cpu {
         report.row("server CPU", cpu.line(opened, "connect"));
         report.figure("cpu", cpu.json(opened, "connect"));
     }
@@ -121,7 +184,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     report.figure("failures_by_kind", errors.json());
     report.figure("ramp_seconds", ramp_s);
     report.figure("connects_per_s", per_second(opened, ramp_s));
-    report.figure("still_open", still_open);
+    report.figure("still_open", *still_open);
     report.figure("dropped", json!(dropped));
     report.figure("upgrade", upgrade.json());
     report.figure("welcome", welcome.json());
@@ -143,28 +206,33 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         );
     }
     ctx.publish(&report)?;
+    Ok(per_replica)
+}
 
-    if let Some(dir) = &args.plots {
-        let label = ctx.label();
-        plot::latency_cdf(
-            &plot::path(dir, &label, "latency-cdf"),
-            &format!("{label}: handshake latency"),
-            &[("upgrade (101)", &upgrade), ("welcome frame", &welcome)],
-        )?;
-        plot::throughput(
-            &plot::path(dir, &label, "throughput"),
-            &format!("{label}: sockets opened over time"),
-            "connects",
-            &opened_at,
-            100,
-            &[],
-        )?;
-        plot::sockets_per_replica(
-            &plot::path(dir, &label, "sockets"),
-            &format!("{label}: sockets per replica (/metrics)"),
-            &per_replica,
-        )?;
-    }
+/// The SVG plots, when --plots asks for them.
+fn plots(ctx: &Ctx, o: &Observed, per_replica: &BTreeMap<String, u64>) -> anyhow::Result<()> {
+    let Some(dir) = &ctx.args.plots else {
+        return Ok(());
+    };
+    let label = ctx.label();
+    plot::latency_cdf(
+        &plot::path(dir, &label, "latency-cdf"),
+        &format!("{label}: handshake latency"),
+        &[("upgrade (101)", &o.upgrade), ("welcome frame", &o.welcome)],
+    )?;
+    plot::throughput(
+        &plot::path(dir, &label, "throughput"),
+        &format!("{label}: sockets opened over time"),
+        "connects",
+        &o.opened_at,
+        100,
+        &[],
+    )?;
+    plot::sockets_per_replica(
+        &plot::path(dir, &label, "sockets"),
+        &format!("{label}: sockets per replica (/metrics)"),
+        per_replica,
+    )?;
     Ok(())
 }
 

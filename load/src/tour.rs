@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use anyhow::bail;
 
-use super::client::{Identity, Socket};
+use stickyws::frame::ReceivedFrame;
+
+use crate::client::{Client, Socket};
+use crate::deployment::Deployment;
 
 /// What one button did over its presses.
 #[derive(Debug, Default)]
@@ -38,116 +41,26 @@ impl Tally {
 }
 
 pub(super) async fn run(base: &str, count: usize) -> anyhow::Result<()> {
-    let me = Identity::mint(base).await?;
-    let page_by = me.page_by().await?;
-    let mut socket = me.connect(None).await?;
+    let deployment = Deployment::new(base, 1)?;
+    let d = &deployment;
+    let me = d
+        .mint()
+        .await
+        .map_err(|kind| anyhow::anyhow!("minting a client at {base}: {kind}"))?;
+    let page_by = d.page_by().await?;
+    let mut socket = me.connect(d, None).await?;
     let ws_by = socket.replica.clone();
     println!(
         "page rendered by {page_by}; socket held by {ws_by}; client {}",
-        me.id
+        me.client_id
     );
     let mut broken = Vec::new();
     let mut rows = Vec::new();
 
-    // 1. HTTP & round robin: no cookie, answers from changing replicas.
-    let mut t = Tally::default();
-    for i in 0..count {
-        let answer = me.call("echo", None, &format!("rr {i}")).await?;
-        t.took_by(answer["replica"].as_str().unwrap_or("?"));
-    }
-    if count >= 6 && t.took.len() < 2 {
-        broken.push(format!(
-            "round robin: {count} requests all went to {:?}",
-            t.took
-        ));
-    }
-    rows.push(t.row("1 HTTP & round robin"));
-
-    // 2. HTTP & sticky: always the page's replica.
-    let mut t = Tally::default();
-    for i in 0..count {
-        let answer = me
-            .call("echo", Some(&page_by), &format!("sticky {i}"))
-            .await?;
-        t.took_by(answer["replica"].as_str().unwrap_or("?"));
-    }
-    if t.took.keys().any(|r| *r != page_by) {
-        broken.push(format!(
-            "sticky: answered by {:?}, expected only {page_by}",
-            t.took
-        ));
-    }
-    rows.push(t.row("2 HTTP & sticky"));
-
-    // 3. WebSocket only: always the socket's replica.
-    let mut t = Tally::default();
-    for i in 0..count {
-        let text = format!("ws {i}");
-        socket.send_text(&text).await?;
-        t.took_by(&ws_by);
-        if expect_frame(&mut socket, &text, "ws", &ws_by).await? {
-            t.delivered += 1;
-        }
-    }
-    if t.delivered != count {
-        broken.push(format!("websocket: {} of {count} echoed", t.delivered));
-    }
-    rows.push(t.row("3 WebSocket only"));
-
-    // 4. Publish through the broker: always arrives, delivered by the socket's replica.
-    let mut t = Tally::default();
-    for i in 0..count {
-        let text = format!("publish {i}");
-        let answer = me.call("publish", None, &text).await?;
-        t.took_by(answer["replica"].as_str().unwrap_or("?"));
-        if expect_frame(&mut socket, &text, "publish", &ws_by).await? {
-            t.delivered += 1;
-        }
-    }
-    if t.delivered != count {
-        broken.push(format!("publish: {} of {count} arrived", t.delivered));
-    }
-    rows.push(t.row("4 Publish through the broker"));
-
-    // 5. Direct without the cookie: arrives exactly when the request lands on the holder.
-    let mut t = Tally::default();
-    for i in 0..count {
-        let text = format!("direct {i}");
-        let answer = me.call("direct", None, &text).await?;
-        let taker = answer["replica"].as_str().unwrap_or("?").to_owned();
-        t.took_by(&taker);
-        let promised = answer["delivered"].as_u64() == Some(1);
-        if promised != (taker == ws_by) {
-            broken.push(format!(
-                "direct: {taker} said delivered={} to a socket on {ws_by}",
-                answer["delivered"]
-            ));
-        }
-        if promised && expect_frame(&mut socket, &text, "direct", &ws_by).await? {
-            t.delivered += 1;
-        }
-    }
-    if let Some(stray) = socket.next(Duration::from_millis(300)).await? {
-        broken.push(format!("a frame nobody promised arrived: {stray}"));
-    }
-    rows.push(t.row("5 Non-sticky HTTP & in-memory WS"));
-
-    // 6. Direct with the cookie: always arrives.
-    let mut t = Tally::default();
-    for i in 0..count {
-        let text = format!("sticky direct {i}");
-        let answer = me.call("direct", Some(&ws_by), &text).await?;
-        t.took_by(answer["replica"].as_str().unwrap_or("?"));
-        if expect_frame(&mut socket, &text, "direct", &ws_by).await? {
-            t.delivered += 1;
-        }
-    }
-    if t.delivered != count {
-        broken.push(format!("sticky direct: {} of {count} arrived", t.delivered));
-    }
-    rows.push(t.row("6 Sticky HTTP & in-memory WS"));
-
-    state_lab(&me, count, &mut rows, &mut broken).await?;
+    http_buttons(d, &me, &page_by, count, &mut rows, &mut broken).await?;
+    socket_buttons(d, &me, &mut socket, count, &mut rows, &mut broken).await?;
+    direct_buttons(d, &me, &mut socket, count, &mut rows, &mut broken).await?;
+    state_lab(d, &me, count, &mut rows, &mut broken).await?;
 
     let mut report = format!(
         "{:<34} {:>4} {:>9}   {}\n",
@@ -165,22 +78,160 @@ pub(super) async fn run(base: &str, count: usize) -> anyhow::Result<()> {
     }
 }
 
+/// Buttons 1 and 2: echo over HTTP without the cookie (round robin) and with it (sticky).
+async fn http_buttons(
+    d: &Deployment,
+    me: &Client,
+    page_by: &str,
+    count: usize,
+    rows: &mut Vec<String>,
+    broken: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    // 1. HTTP & round robin: no cookie, answers from changing replicas.
+    let mut t = Tally::default();
+    for i in 0..count {
+        let answer = me.call(d, "echo", None, &format!("rr {i}")).await?;
+        t.took_by(answer["replica"].as_str().unwrap_or("?"));
+    }
+    if count >= 6 && t.took.len() < 2 {
+        broken.push(format!(
+            "round robin: {count} requests all went to {:?}",
+            t.took
+        ));
+    }
+    rows.push(t.row("1 HTTP & round robin"));
+
+    // 2. HTTP & sticky: always the page's replica.
+    let mut t = Tally::default();
+    for i in 0..count {
+        let answer = me
+            .call(d, "echo", Some(page_by), &format!("sticky {i}"))
+            .await?;
+        t.took_by(answer["replica"].as_str().unwrap_or("?"));
+    }
+    if t.took.keys().any(|r| r != page_by) {
+        broken.push(format!(
+            "sticky: answered by {:?}, expected only {page_by}",
+            t.took
+        ));
+    }
+    rows.push(t.row("2 HTTP & sticky"));
+
+    Ok(())
+}
+
+/// Buttons 3 and 4: the socket's own echo, and a publish through the broker.
+async fn socket_buttons(
+    d: &Deployment,
+    me: &Client,
+    socket: &mut Socket,
+    count: usize,
+    rows: &mut Vec<String>,
+    broken: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let ws_by = socket.replica.clone();
+    // 3. WebSocket only: always the socket's replica.
+    let mut t = Tally::default();
+    for i in 0..count {
+        let text = format!("ws {i}");
+        socket.send_text(&text).await?;
+        t.took_by(&ws_by);
+        if expect_frame(socket, &text, "ws", &ws_by).await? {
+            t.delivered += 1;
+        }
+    }
+    if t.delivered != count {
+        broken.push(format!("websocket: {} of {count} echoed", t.delivered));
+    }
+    rows.push(t.row("3 WebSocket only"));
+
+    // 4. Publish through the broker: always arrives, delivered by the socket's replica.
+    let mut t = Tally::default();
+    for i in 0..count {
+        let text = format!("publish {i}");
+        let answer = me.call(d, "publish", None, &text).await?;
+        t.took_by(answer["replica"].as_str().unwrap_or("?"));
+        if expect_frame(socket, &text, "publish", &ws_by).await? {
+            t.delivered += 1;
+        }
+    }
+    if t.delivered != count {
+        broken.push(format!("publish: {} of {count} arrived", t.delivered));
+    }
+    rows.push(t.row("4 Publish through the broker"));
+
+    Ok(())
+}
+
+/// Buttons 5 and 6: `/api/direct` without the cookie (delivers only where it lands on the
+/// socket's replica) and with it (always).
+async fn direct_buttons(
+    d: &Deployment,
+    me: &Client,
+    socket: &mut Socket,
+    count: usize,
+    rows: &mut Vec<String>,
+    broken: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let ws_by = socket.replica.clone();
+    // 5. Direct without the cookie: arrives exactly when the request lands on the holder.
+    let mut t = Tally::default();
+    for i in 0..count {
+        let text = format!("direct {i}");
+        let answer = me.call(d, "direct", None, &text).await?;
+        let taker = answer["replica"].as_str().unwrap_or("?").to_owned();
+        t.took_by(&taker);
+        let promised = answer["delivered"].as_u64() == Some(1);
+        if promised != (taker == ws_by) {
+            broken.push(format!(
+                "direct: {taker} said delivered={} to a socket on {ws_by}",
+                answer["delivered"]
+            ));
+        }
+        if promised && expect_frame(socket, &text, "direct", &ws_by).await? {
+            t.delivered += 1;
+        }
+    }
+    if let Some(stray) = socket.next(Duration::from_millis(300)).await? {
+        broken.push(format!("a frame nobody promised arrived: {stray:?}"));
+    }
+    rows.push(t.row("5 Non-sticky HTTP & in-memory WS"));
+
+    // 6. Direct with the cookie: always arrives.
+    let mut t = Tally::default();
+    for i in 0..count {
+        let text = format!("sticky direct {i}");
+        let answer = me.call(d, "direct", Some(&ws_by), &text).await?;
+        t.took_by(answer["replica"].as_str().unwrap_or("?"));
+        if expect_frame(socket, &text, "direct", &ws_by).await? {
+            t.delivered += 1;
+        }
+    }
+    if t.delivered != count {
+        broken.push(format!("sticky direct: {} of {count} arrived", t.delivered));
+    }
+    rows.push(t.row("6 Sticky HTTP & in-memory WS"));
+
+    Ok(())
+}
+
 /// The state lab: notes kept in each replica's memory or in Redis, sent without the cookie,
 /// and the two visit counters. "delivered" counts answers that held every note sent so far,
 /// and visits that Redis counted.
 async fn state_lab(
-    me: &Identity,
+    d: &Deployment,
+    me: &Client,
     count: usize,
     rows: &mut Vec<String>,
     broken: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     // A deployment keeps the newest MAX_NOTES of a client's notes; the tour assumes the default.
-    let max_notes = crate::limits::Limits::default().max_notes;
+    let max_notes = stickyws::limits::Limits::default().max_notes;
     // Local notes: each replica holds only the notes that landed on it.
     let mut t = Tally::default();
-    let path = format!("/api/notes/{}/local", me.id);
+    let path = format!("/api/notes/{}/local", me.client_id);
     for i in 0..count {
-        let answer = me.post(&path, None, &format!("local {i}")).await?;
+        let answer = me.post(d, &path, None, &format!("local {i}")).await?;
         let taker = answer["replica"].as_str().unwrap_or("?").to_owned();
         t.took_by(&taker);
         let held = answer["notes"].as_array().map_or(0, Vec::len);
@@ -196,9 +247,9 @@ async fn state_lab(
 
     // Shared notes: whole wherever the request lands.
     let mut t = Tally::default();
-    let path = format!("/api/notes/{}/shared", me.id);
+    let path = format!("/api/notes/{}/shared", me.client_id);
     for i in 0..count {
-        let answer = me.post(&path, None, &format!("shared {i}")).await?;
+        let answer = me.post(d, &path, None, &format!("shared {i}")).await?;
         t.took_by(answer["replica"].as_str().unwrap_or("?"));
         let held = answer["notes"].as_array().map_or(0, Vec::len);
         t.delivered += usize::from(held == (i + 1).min(max_notes));
@@ -213,7 +264,7 @@ async fn state_lab(
     let mut local = BTreeMap::new();
     let mut shared = Vec::new();
     for _ in 0..count {
-        let (replica, mine, all) = me.visit().await?;
+        let (replica, mine, all) = d.visit().await?;
         t.took_by(&replica);
         local.insert(replica, mine);
         t.delivered += usize::from(all.is_some());
@@ -244,5 +295,8 @@ async fn expect_frame(
     let Some(frame) = socket.next(Duration::from_secs(3)).await? else {
         return Ok(false);
     };
-    Ok(frame["text"] == text && frame["via"] == via && frame["replica"] == replica)
+    Ok(
+        matches!(frame, ReceivedFrame::Message { text: t, via: v, replica: r, .. }
+        if t == text && v.as_str() == via && r == replica),
+    )
 }

@@ -10,9 +10,10 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::deliveries::{self, HoldPlan, Live, Tally};
-use super::report::Errors;
-use super::socket::{Creds, Dialer};
+use crate::client::Client;
+use crate::deliveries::{self, HoldPlan, Live, Tally};
+use crate::report::Errors;
+use crate::socket::Dialer;
 
 /// How to open the fleet.
 #[derive(Debug, Clone)]
@@ -58,7 +59,12 @@ enum Opening {
 
 /// Opens a socket for each of `creds` (client index = position); returns once every attempt
 /// has succeeded or failed.
-pub async fn open(dialer: Arc<Dialer>, creds: &[Creds], plan: FleetPlan, live: Arc<Live>) -> Fleet {
+pub async fn open(
+    dialer: Arc<Dialer>,
+    creds: &[Client],
+    plan: FleetPlan,
+    live: Arc<Live>,
+) -> Fleet {
     let gate = Arc::new(Semaphore::new(plan.concurrency.max(1)));
     let stop = CancellationToken::new();
     let (tx, mut rx) = mpsc::unbounded_channel();

@@ -1,6 +1,7 @@
-//! The deployment under load, over plain HTTP: minting client identities in bulk, learning the
-//! replicas' names (`/api/replicas`) and reading each one's `/metrics` — through the front door
-//! with the cookie `sticky=<name>`, since `/metrics` answers for whichever replica gets it.
+//! The deployment under load, over plain HTTP: minting clients (one or in bulk), the page,
+//! learning the replicas' names (`/api/replicas`) and reading each one's `/metrics` — through the
+//! front door with the cookie `sticky=<name>`, since `/metrics` answers for whichever replica
+//! gets it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,8 +11,8 @@ use anyhow::Context;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use super::report::Errors;
-use super::socket::Creds;
+use crate::client::Client;
+use crate::report::Errors;
 
 /// A replica's figures from `/metrics`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -41,8 +42,8 @@ impl Deployment {
         })
     }
 
-    /// `n` fresh identities, minted `concurrency` at a time; failures by kind.
-    pub async fn mint_many(&self, n: usize, concurrency: usize) -> (Vec<Creds>, Errors) {
+    /// `n` fresh clients, minted `concurrency` at a time; failures by kind.
+    pub async fn mint_many(&self, n: usize, concurrency: usize) -> (Vec<Client>, Errors) {
         let gate = Arc::new(Semaphore::new(concurrency.max(1)));
         let mut tasks = Vec::with_capacity(n);
         for _ in 0..n {
@@ -65,7 +66,8 @@ impl Deployment {
         (creds, errors)
     }
 
-    async fn mint(&self) -> Result<Creds, String> {
+    /// `POST /api/clients`: one fresh client. Err is the failure's kind, as the report counts it.
+    pub async fn mint(&self) -> Result<Client, String> {
         let response = self
             .http
             .post(format!("{}/api/clients", self.base))
@@ -77,6 +79,45 @@ impl Deployment {
             return Err(format!("http_{}", status.as_u16()));
         }
         response.json().await.map_err(|_| "bad_body".to_owned())
+    }
+
+    /// `GET /` without a cookie: the replica that rendered the page and the two visit counts
+    /// it showed (its own, and Redis's; None if Redis was unreachable).
+    pub async fn visit(&self) -> anyhow::Result<(String, u64, Option<u64>)> {
+        let html = self
+            .http
+            .get(format!("{}/", self.base))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        let attr = |name: &str| {
+            let start = html.find(&format!("{name}=\""))? + name.len() + 2;
+            let len = html[start..].find('"')?;
+            Some(html[start..start + len].to_owned())
+        };
+        let replica = attr("data-replica").context("the page names no replica")?;
+        let local = attr("data-visits-local")
+            .and_then(|v| v.parse().ok())
+            .context("the page shows no local visit count")?;
+        let shared = attr("data-visits-shared").and_then(|v| v.parse().ok());
+        Ok((replica, local, shared))
+    }
+
+    /// `GET /` without a cookie: the replica that rendered the page (from its sticky cookie).
+    pub async fn page_by(&self) -> anyhow::Result<String> {
+        let response = self.http.get(format!("{}/", self.base)).send().await?;
+        let cookie = response
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .context("the page set no cookie")?;
+        cookie
+            .strip_prefix("sticky=")
+            .and_then(|rest| rest.split(';').next())
+            .map(str::to_owned)
+            .context("the page's cookie is not sticky=<replica>")
     }
 
     /// The replicas' names, as `/api/replicas` lists them.
@@ -155,7 +196,7 @@ pub fn reqwest_kind(err: &reqwest::Error) -> String {
         let mut source = std::error::Error::source(err);
         while let Some(inner) = source {
             if let Some(io) = inner.downcast_ref::<std::io::Error>() {
-                return super::socket::io_kind(io);
+                return crate::socket::io_kind(io);
             }
             source = inner.source();
         }

@@ -1,11 +1,22 @@
-//! `stickyws load <scenario> --url …`: traffic against any running deployment (`stickyws
-//! cluster`, compose, or a real one), bounded in count and time. Each scenario sends, collects
-//! and reports in separate steps: [`publisher`] sends over HTTP, [`fleet`] and [`deliveries`]
-//! hold sockets and tally what arrives, [`report`] turns the raw samples into a table, JSON
-//! lines and, through [`plot`], SVG plots; [`cpu`] measures the server processes meanwhile.
+//! stickyws-load: `stickyws load <scenario> --url …` (the `stickyws-load` binary), traffic
+//! against any running deployment (`stickyws cluster`, compose, or a real one), bounded in count
+//! and time. Each scenario sends, collects and reports in separate steps. The wire format, the
+//! limits and the open-files limit come from the gateway library (`stickyws`); nothing here is
+//! part of a replica.
 //!
 //! Scenarios: `tour` (the demo's six buttons, checked), `connect`, `targeted`, `broadcast`,
 //! `sticky` and `failover` (see [`Scenario`]).
+//!
+//! # Layout
+//! - `client`: one client of the deployment — minted once, then HTTP calls and a checked socket.
+//! - `deployment`: HTTP to the front door — minting clients in bulk, replica names, `/metrics`.
+//! - `socket`: opening load sockets (source addresses, small buffers, the welcome), failure kinds.
+//! - `publisher`: sending — HTTP requests at a rate with bounded concurrency, errors by kind.
+//! - `fleet`: many sockets opened at a bounded rate and held, each by a task of its own.
+//! - `deliveries`: collecting — what each socket receives, tallied; reconnects and outages.
+//! - `report`: reporting — percentiles, the table, the JSON lines.  `plot`: SVG plots.
+//! - `cpu`: the server processes' CPU and memory while a run goes on.  `progress`: the bar.
+//! - `tour`, `connect`, `targeted`, `broadcast`, `sticky`, `failover`: the scenarios.
 
 mod broadcast;
 mod client;
@@ -227,7 +238,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
             Err(_) => anyhow::bail!("the run did not finish within {}s", args.timeout),
         };
     }
-    crate::raise_open_files_limit();
+    stickyws::raise_open_files_limit();
     let url: reqwest::Url = args
         .url
         .parse()

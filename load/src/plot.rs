@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::anyhow;
 use plotters::prelude::*;
 
-use super::report::Latencies;
+use crate::report::Latencies;
 
 const SIZE: (u32, u32) = (800, 450);
 

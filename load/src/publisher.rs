@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::deliveries::{Clock, Live};
-use super::deployment::reqwest_kind;
-use super::report::Errors;
+use crate::deliveries::{Acks, Clock, Live};
+use crate::deployment::reqwest_kind;
+use crate::report::Errors;
 
 /// How much to send, how fast, how many at once, until when.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +30,8 @@ pub struct Request {
     pub bearer: String,
     pub sticky: Option<String>,
     pub text: String,
+    /// Counted in here, at this client index, once the server accepts it.
+    pub ack: Option<(Arc<Acks>, u32)>,
 }
 
 /// A request the server accepted (2xx), with its answer.
@@ -127,7 +129,12 @@ where
                     .push(u32::try_from(done - now).unwrap_or(u32::MAX));
                 live.sent.fetch_add(1, Ordering::Relaxed);
                 match outcome {
-                    Ok(body) => sent.accepted.push(Accepted { seq, body }),
+                    Ok(body) => {
+                        if let Some((acks, client)) = &request.ack {
+                            acks.bump(*client);
+                        }
+                        sent.accepted.push(Accepted { seq, body });
+                    }
                     Err(kind) => sent.errors.add(&kind),
                 }
             }

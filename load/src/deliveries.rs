@@ -13,11 +13,12 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use serde::Deserialize;
+use stickyws::frame::{ReceivedFrame, Via};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::socket::{Creds, Dialer, Opened, Ws};
+use crate::client::Client;
+use crate::socket::{Dialer, Opened, Ws};
 
 /// The client index broadcasts carry: they are for everyone.
 pub const EVERYONE: u32 = u32::MAX;
@@ -77,6 +78,32 @@ pub struct Live {
     pub connected: AtomicI64,
 }
 
+/// Accepted publishes per client index. A failover holder whose socket was closed waits until
+/// one more was accepted for its client before it reconnects, so every fault leaves messages to
+/// replay: published while the client was away, owed to it from history when it is back.
+#[derive(Debug)]
+pub struct Acks(Vec<AtomicU64>);
+
+impl Acks {
+    /// For client indexes `0..clients`.
+    pub fn new(clients: usize) -> Self {
+        Self((0..clients).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    /// A publish for `client` was accepted.
+    pub fn bump(&self, client: u32) {
+        if let Some(n) = self.0.get(client as usize) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn get(&self, client: u32) -> u64 {
+        self.0
+            .get(client as usize)
+            .map_or(0, |n| n.load(Ordering::Relaxed))
+    }
+}
+
 /// One delivery: when it arrived (ms into the run) and how late (µs).
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
@@ -118,20 +145,6 @@ pub struct Tally {
     pub reconnect_errors: Vec<String>,
 }
 
-#[derive(Deserialize)]
-struct Frame<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: &'a str,
-    #[serde(default, borrow)]
-    via: Option<&'a str>,
-    #[serde(default)]
-    text: Option<String>,
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    replayed: bool,
-}
-
 /// How a holder behaves.
 #[derive(Debug, Clone)]
 pub struct HoldPlan {
@@ -143,12 +156,19 @@ pub struct HoldPlan {
     pub deadline: Instant,
     /// Record latency samples (off for sockets only held to count them).
     pub samples: bool,
+    /// Before reconnecting, wait (at most [`AWAY_WAIT`]) until a publish for this client was
+    /// accepted while it was away (failover).
+    pub away_until_published: Option<Arc<Acks>>,
 }
+
+/// The longest a closed holder waits for a publish before reconnecting anyway (the sending may
+/// have ended).
+pub const AWAY_WAIT: Duration = Duration::from_secs(2);
 
 /// Holds `opened` for `creds` (client index `client`) until `stop`, tallying what comes.
 pub async fn hold(
     mut opened: Opened,
-    creds: Creds,
+    creds: Client,
     client: u32,
     dialer: Arc<Dialer>,
     plan: HoldPlan,
@@ -194,6 +214,9 @@ pub async fn hold(
             tally.outages.push(outage);
             return tally;
         }
+        if let Some(acks) = &plan.away_until_published {
+            wait_for_publish(acks, client, &plan, &stop).await;
+        }
         let mut query = String::new();
         if let Some(id) = &last_id {
             query.push_str(&format!("&last_id={id}"));
@@ -229,6 +252,16 @@ pub async fn hold(
     }
 }
 
+/// Waits until one more publish for `client` than now was accepted, bounded by [`AWAY_WAIT`],
+/// the plan's deadline and `stop`.
+async fn wait_for_publish(acks: &Acks, client: u32, plan: &HoldPlan, stop: &CancellationToken) {
+    let before = acks.get(client);
+    let until = (Instant::now() + AWAY_WAIT).min(plan.deadline);
+    while acks.get(client) == before && Instant::now() < until && !stop.is_cancelled() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Reads until `stop` (None) or the socket ends (Some(why)).
 async fn receive(
     ws: &mut Ws,
@@ -254,26 +287,32 @@ async fn receive(
             }
             // Pings are answered by tungstenite as part of reading.
             Some(Ok(_)) => continue,
-            Some(Err(err)) => return Some(super::socket::ws_kind(&err)),
+            Some(Err(err)) => return Some(crate::socket::ws_kind(&err)),
             None => return Some("closed".to_owned()),
         };
         let now = plan.clock.us();
-        let Ok(frame) = serde_json::from_str::<Frame>(&text) else {
+        let Ok(frame) = serde_json::from_str::<ReceivedFrame>(&text) else {
             tally.foreign += 1;
             continue;
         };
-        if frame.kind != "message" {
+        let ReceivedFrame::Message {
+            via,
+            text,
+            id,
+            replayed,
+            ..
+        } = frame
+        else {
             continue;
-        }
-        if let Some(id) = frame.id {
-            if frame.via == Some("broadcast") {
+        };
+        if let Some(id) = id {
+            if via == Via::Broadcast {
                 *last_broadcast_id = Some(id);
             } else {
                 *last_id = Some(id);
             }
         }
-        let Some((client, seq, sent)) = frame.text.as_deref().and_then(|t| parse(&plan.tag, t))
-        else {
+        let Some((client, seq, sent)) = parse(&plan.tag, &text) else {
             tally.foreign += 1;
             continue;
         };
@@ -281,7 +320,7 @@ async fn receive(
             tally.misdelivered += 1;
             continue;
         }
-        if frame.replayed {
+        if replayed {
             tally.replayed += 1;
         }
         tally.seqs.push(seq);

@@ -1,6 +1,6 @@
 //! What a run found, after the run: latency percentiles from every raw sample, errors counted by
 //! kind, and one [`Report`] that prints as a table for people and as JSON lines for machines.
-//! Collecting happens elsewhere (the scenarios and [`super::deliveries`]); nothing here measures.
+//! Collecting happens elsewhere (the scenarios and [`crate::deliveries`]); nothing here measures.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

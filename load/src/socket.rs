@@ -1,7 +1,7 @@
 //! Opening load sockets: a TCP connection (bound to one of several loopback source addresses
 //! when asked, to get past one address's ephemeral ports), the WebSocket upgrade with small
 //! buffers, and the welcome frame; timed, with every failure reduced to a kind for the report.
-//! Reading what arrives afterwards is [`super::deliveries`]' job.
+//! Reading what arrives afterwards is [`crate::deliveries`]' job.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
-use serde::Deserialize;
+use stickyws::frame::ReceivedFrame;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -17,14 +17,9 @@ use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-pub type Ws = WebSocketStream<TcpStream>;
+use crate::client::Client;
 
-/// A client identity: what `POST /api/clients` mints.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Creds {
-    pub client_id: String,
-    pub token: String,
-}
+pub type Ws = WebSocketStream<TcpStream>;
 
 /// Where and how sockets are opened.
 #[derive(Debug)]
@@ -53,16 +48,6 @@ pub struct Opened {
     /// History cursors from the welcome, to resume from after a reconnect.
     pub last_id: Option<String>,
     pub last_broadcast_id: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Welcome {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    replica: String,
-    last_id: Option<String>,
-    last_broadcast_id: Option<String>,
 }
 
 impl Dialer {
@@ -102,17 +87,20 @@ impl Dialer {
         })
     }
 
-    /// Opens `creds`' socket, with the sticky cookie if given and `query` appended (e.g.
+    /// Opens `client`'s socket, with the sticky cookie if given and `query` appended (e.g.
     /// `&last_id=…`), and waits for the welcome. Err is the failure's kind.
     pub async fn open(
         &self,
-        creds: &Creds,
+        client: &Client,
         sticky: Option<&str>,
         query: &str,
     ) -> Result<Opened, String> {
         let started = Instant::now();
-        match tokio::time::timeout(self.timeout, self.open_inner(creds, sticky, query, started))
-            .await
+        match tokio::time::timeout(
+            self.timeout,
+            self.open_inner(client, sticky, query, started),
+        )
+        .await
         {
             Ok(result) => result,
             Err(_) => Err("timeout".to_owned()),
@@ -121,7 +109,7 @@ impl Dialer {
 
     async fn open_inner(
         &self,
-        creds: &Creds,
+        client: &Client,
         sticky: Option<&str>,
         query: &str,
         started: Instant,
@@ -129,7 +117,7 @@ impl Dialer {
         let stream = self.tcp().await.map_err(|e| io_kind(&e))?;
         let url = format!(
             "ws://{}{}/ws/{}?token={}{query}",
-            self.authority, self.prefix, creds.client_id, creds.token
+            self.authority, self.prefix, client.client_id, client.token
         );
         let mut request = url
             .into_client_request()
@@ -148,7 +136,7 @@ impl Dialer {
         let welcome = loop {
             match ws.next().await {
                 Some(Ok(Message::Text(text))) => {
-                    break serde_json::from_str::<Welcome>(&text)
+                    break serde_json::from_str::<ReceivedFrame>(&text)
                         .map_err(|_| "bad_welcome".to_owned())?;
                 }
                 Some(Ok(Message::Close(frame))) => {
@@ -162,16 +150,22 @@ impl Dialer {
                 None => return Err("closed_before_welcome".to_owned()),
             }
         };
-        if welcome.kind != "welcome" {
+        let ReceivedFrame::Welcome {
+            replica,
+            last_id,
+            last_broadcast_id,
+            ..
+        } = welcome
+        else {
             return Err("no_welcome".to_owned());
-        }
+        };
         Ok(Opened {
             ws,
-            replica: welcome.replica,
+            replica,
             upgrade,
             welcome: started.elapsed(),
-            last_id: welcome.last_id,
-            last_broadcast_id: welcome.last_broadcast_id,
+            last_id,
+            last_broadcast_id,
         })
     }
 
