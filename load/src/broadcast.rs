@@ -9,6 +9,7 @@ use anyhow::Context;
 use serde_json::json;
 
 use crate::Ctx;
+use crate::client::Client;
 use crate::cpu::CpuUsed;
 use crate::deliveries::{self, EVERYONE, Tally};
 use crate::plot;
@@ -60,10 +61,8 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
 /// Mints, connects, broadcasts with `key`, waits for stragglers, collects.
 async fn broadcast_run(ctx: &Ctx, key: String) -> anyhow::Result<Observed> {
     let args = &ctx.args;
-    let (creds, mint_errors) = ctx
-        .deployment
-        .mint_many(args.sockets, args.concurrency)
-        .await;
+    let (creds, mint_errors) =
+        Client::mint_many(&ctx.deployment, args.sockets, args.concurrency).await;
     let fleet = open_fleet(ctx, &creds, true, None).await;
     let sockets = fleet.opened();
     if sockets == 0 {

@@ -1,8 +1,9 @@
 //! A client of a deployment, as a script or a page would be one: the identity `POST
-//! /api/clients` mints (once, in [`crate::deployment::Deployment::mint`]), its API calls with or
+//! /api/clients` mints (once, in [`Client::mint`]), its API calls with or
 //! without the sticky cookie, and the checked WebSocket the tour holds. The load sockets many
 //! clients hold are [`crate::socket`]'s.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -11,11 +12,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use stickyws::frame::ReceivedFrame;
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::deployment::Deployment;
+use crate::deployment::{Deployment, reqwest_kind};
+use crate::report::Errors;
 
 /// One client identity: what `POST /api/clients` answers (its `replica` is not kept).
 #[derive(Debug, Clone, Deserialize)]
@@ -26,6 +29,49 @@ pub struct Client {
 }
 
 impl Client {
+    /// `n` fresh clients, minted `concurrency` at a time; failures by kind.
+    pub async fn mint_many(
+        deployment: &Deployment,
+        n: usize,
+        concurrency: usize,
+    ) -> (Vec<Client>, Errors) {
+        let gate = Arc::new(Semaphore::new(concurrency.max(1)));
+        let mut tasks = Vec::with_capacity(n);
+        for _ in 0..n {
+            let gate = gate.clone();
+            let deployment = deployment.clone();
+            tasks.push(tokio::spawn(async move {
+                let _permit = gate.acquire_owned().await;
+                Client::mint(&deployment).await
+            }));
+        }
+        let mut creds = Vec::with_capacity(n);
+        let mut errors = Errors::default();
+        for task in tasks {
+            match task.await {
+                Ok(Ok(c)) => creds.push(c),
+                Ok(Err(kind)) => errors.add(&format!("mint_{kind}")),
+                Err(_) => errors.add("mint_panicked"),
+            }
+        }
+        (creds, errors)
+    }
+
+    /// `POST /api/clients`: one fresh client. Err is the failure's kind, as the report counts it.
+    pub async fn mint(deployment: &Deployment) -> Result<Client, String> {
+        let response = deployment
+            .http
+            .post(format!("{}/api/clients", deployment.base))
+            .send()
+            .await
+            .map_err(|e| reqwest_kind(&e))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("http_{}", status.as_u16()));
+        }
+        response.json().await.map_err(|_| "bad_body".to_owned())
+    }
+
     /// `POST /api/{action}/{id}` with `{"text"}`; the sticky cookie if `sticky` names a replica.
     pub async fn call(
         &self,

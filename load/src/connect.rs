@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::Ctx;
+use crate::client::Client;
 use crate::cpu::CpuUsed;
 use crate::deliveries::HoldPlan;
 use crate::deployment::ReplicaFigures;
@@ -51,10 +52,8 @@ async fn ramp_and_hold(ctx: &Ctx) -> anyhow::Result<Observed> {
     let args = &ctx.args;
     let replicas = ctx.deployment.replicas().await?;
     let before = ctx.deployment.all_figures(&replicas).await;
-    let (creds, mint_errors) = ctx
-        .deployment
-        .mint_many(args.sockets, args.concurrency)
-        .await;
+    let (creds, mint_errors) =
+        Client::mint_many(&ctx.deployment, args.sockets, args.concurrency).await;
 
     let meter = ctx.servers.as_ref().map(|s| s.start());
     let live = ctx.live.clone();

@@ -1,18 +1,13 @@
-//! The deployment under load, over plain HTTP: minting clients (one or in bulk), the page,
-//! learning the replicas' names (`/api/replicas`) and reading each one's `/metrics` — through the
+//! The deployment under load, over plain HTTP: its address and HTTP client (which
+//! [`crate::client`] mints clients with), the page, learning the replicas' names (`/api/replicas`) and reading each one's `/metrics` — through the
 //! front door with the cookie `sticky=<name>`, since `/metrics` answers for whichever replica
 //! gets it.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::Value;
-use tokio::sync::Semaphore;
-
-use crate::client::Client;
-use crate::report::Errors;
 
 /// A replica's figures from `/metrics`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -40,45 +35,6 @@ impl Deployment {
             base: base.trim_end_matches('/').to_owned(),
             http,
         })
-    }
-
-    /// `n` fresh clients, minted `concurrency` at a time; failures by kind.
-    pub async fn mint_many(&self, n: usize, concurrency: usize) -> (Vec<Client>, Errors) {
-        let gate = Arc::new(Semaphore::new(concurrency.max(1)));
-        let mut tasks = Vec::with_capacity(n);
-        for _ in 0..n {
-            let gate = gate.clone();
-            let this = self.clone();
-            tasks.push(tokio::spawn(async move {
-                let _permit = gate.acquire_owned().await;
-                this.mint().await
-            }));
-        }
-        let mut creds = Vec::with_capacity(n);
-        let mut errors = Errors::default();
-        for task in tasks {
-            match task.await {
-                Ok(Ok(c)) => creds.push(c),
-                Ok(Err(kind)) => errors.add(&format!("mint_{kind}")),
-                Err(_) => errors.add("mint_panicked"),
-            }
-        }
-        (creds, errors)
-    }
-
-    /// `POST /api/clients`: one fresh client. Err is the failure's kind, as the report counts it.
-    pub async fn mint(&self) -> Result<Client, String> {
-        let response = self
-            .http
-            .post(format!("{}/api/clients", self.base))
-            .send()
-            .await
-            .map_err(|e| reqwest_kind(&e))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(format!("http_{}", status.as_u16()));
-        }
-        response.json().await.map_err(|_| "bad_body".to_owned())
     }
 
     /// `GET /` without a cookie: the replica that rendered the page and the two visit counts
@@ -196,7 +152,7 @@ pub fn reqwest_kind(err: &reqwest::Error) -> String {
         let mut source = std::error::Error::source(err);
         while let Some(inner) = source {
             if let Some(io) = inner.downcast_ref::<std::io::Error>() {
-                return crate::socket::io_kind(io);
+                return crate::report::io_kind(io);
             }
             source = inner.source();
         }

@@ -232,6 +232,27 @@ pub fn percent(part: u64, whole: u64) -> f64 {
     }
 }
 
+/// The kind of an I/O failure, as the report counts it.
+pub fn io_kind(err: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    // EMFILE / ENFILE have no ErrorKind of their own.
+    if matches!(err.raw_os_error(), Some(24 | 23)) {
+        return "too_many_open_files".to_owned();
+    }
+    match err.kind() {
+        ErrorKind::ConnectionRefused => "refused",
+        ErrorKind::ConnectionReset => "reset",
+        ErrorKind::ConnectionAborted => "aborted",
+        ErrorKind::AddrNotAvailable => "addr_unavailable",
+        ErrorKind::AddrInUse => "addr_in_use",
+        ErrorKind::TimedOut => "timeout",
+        ErrorKind::UnexpectedEof => "closed",
+        ErrorKind::BrokenPipe => "broken_pipe",
+        _ => "io",
+    }
+    .to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

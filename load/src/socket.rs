@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::client::Client;
+use crate::report::io_kind;
 
 pub type Ws = WebSocketStream<TcpStream>;
 
@@ -192,27 +193,6 @@ fn ws_config() -> WebSocketConfig {
         .write_buffer_size(0)
         .max_message_size(Some(1 << 20))
         .max_frame_size(Some(1 << 20))
-}
-
-/// The kind of an I/O failure, as the report counts it.
-pub fn io_kind(err: &std::io::Error) -> String {
-    use std::io::ErrorKind;
-    // EMFILE / ENFILE have no ErrorKind of their own.
-    if matches!(err.raw_os_error(), Some(24 | 23)) {
-        return "too_many_open_files".to_owned();
-    }
-    match err.kind() {
-        ErrorKind::ConnectionRefused => "refused",
-        ErrorKind::ConnectionReset => "reset",
-        ErrorKind::ConnectionAborted => "aborted",
-        ErrorKind::AddrNotAvailable => "addr_unavailable",
-        ErrorKind::AddrInUse => "addr_in_use",
-        ErrorKind::TimedOut => "timeout",
-        ErrorKind::UnexpectedEof => "closed",
-        ErrorKind::BrokenPipe => "broken_pipe",
-        _ => "io",
-    }
-    .to_owned()
 }
 
 /// The kind of a WebSocket failure: `http_<status>` for a refused upgrade.

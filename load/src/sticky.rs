@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::Ctx;
+use crate::client::Client;
 use crate::cpu::CpuUsed;
 use crate::deliveries::{self, Tally};
 use crate::plot;
@@ -62,10 +63,8 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
 async fn direct_run(ctx: &Ctx) -> anyhow::Result<Observed> {
     let args = &ctx.args;
     let replicas = ctx.deployment.replicas().await?;
-    let (creds, mint_errors) = ctx
-        .deployment
-        .mint_many(args.sockets, args.concurrency)
-        .await;
+    let (creds, mint_errors) =
+        Client::mint_many(&ctx.deployment, args.sockets, args.concurrency).await;
     let fleet = open_fleet(ctx, &creds, false, None).await;
     let holders = fleet.replica_of.clone();
     if holders.is_empty() {

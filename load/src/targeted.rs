@@ -140,10 +140,8 @@ async fn connect_clients(
     acks: Option<Arc<Acks>>,
 ) -> anyhow::Result<(Vec<Client>, Errors, Fleet)> {
     let args = &ctx.args;
-    let (creds, mint_errors) = ctx
-        .deployment
-        .mint_many(args.sockets, args.concurrency)
-        .await;
+    let (creds, mint_errors) =
+        Client::mint_many(&ctx.deployment, args.sockets, args.concurrency).await;
     if creds.is_empty() {
         anyhow::bail!("could not mint any client: {}", mint_errors.line());
     }

@@ -43,8 +43,7 @@ impl Tally {
 pub(super) async fn run(base: &str, count: usize) -> anyhow::Result<()> {
     let deployment = Deployment::new(base, 1)?;
     let d = &deployment;
-    let me = d
-        .mint()
+    let me = Client::mint(d)
         .await
         .map_err(|kind| anyhow::anyhow!("minting a client at {base}: {kind}"))?;
     let page_by = d.page_by().await?;
