@@ -346,12 +346,13 @@ async fn a_client_that_stops_reading_is_closed_and_slows_nobody() {
     let rss_before = cluster.replica_rss("app-1");
 
     // The fast client reads everything, as it comes, on its own task, and says how far it got.
+    // No deadline on the whole stream, which a busy machine stretches: the waits below are on
+    // progress (30 s without any fails the test).
     let (progress, mut seen) = tokio::sync::watch::channel(0usize);
     let reader = tokio::spawn(async move {
         let mut socket = fast_socket;
         let mut count = 0usize;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while count < MESSAGES && Instant::now() < deadline {
+        while count < MESSAGES {
             match socket.ws.next().await {
                 Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => {
                     let frame: Value = serde_json::from_str(&text).unwrap();
@@ -434,7 +435,7 @@ async fn a_client_that_stops_reading_is_closed_and_slows_nobody() {
             }));
         }
     }
-    let received = tokio::time::timeout(Duration::from_secs(60), reader)
+    let received = tokio::time::timeout(Duration::from_secs(30), reader)
         .await
         .unwrap()
         .unwrap();
