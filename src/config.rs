@@ -255,6 +255,43 @@ mod tests {
     }
 
     #[test]
+    fn limit_defaults_are_the_documented_ones() {
+        // The README's configuration table, as `stickyws serve` reads it with nothing set.
+        let limits = parse(&["--app-id", "app-1"]).unwrap().limits;
+        let documented = [
+            ("MAX_BODY_BYTES", limits.max_body_bytes, 16 * 1024),
+            ("MAX_TEXT_BYTES", limits.max_text_bytes, 4 * 1024),
+            (
+                "MAX_WS_MESSAGE_BYTES",
+                limits.max_ws_message_bytes,
+                16 * 1024,
+            ),
+            ("MAX_SOCKETS", limits.max_sockets, 100_000),
+            ("MAX_SOCKETS_PER_CLIENT", limits.max_sockets_per_client, 16),
+            ("SOCKET_QUEUE", limits.socket_queue, 256),
+            ("PUBLISH_RATE", limits.publish_rate as usize, 200),
+            ("HISTORY_LEN", limits.history_len, 1000),
+            (
+                "HISTORY_BROADCAST_LEN",
+                limits.history_broadcast_len,
+                10_000,
+            ),
+            ("HISTORY_TTL_SECS", limits.history_ttl_secs as usize, 300),
+            ("STATE_TTL_SECS", limits.state_ttl_secs as usize, 600),
+            (
+                "STATE_MAX_ENTRIES",
+                limits.state_max_entries as usize,
+                10_000,
+            ),
+            ("MAX_NOTES", limits.max_notes, 20),
+            ("MAX_NOTE_BYTES", limits.max_note_bytes, 200),
+        ];
+        for (name, got, want) in documented {
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
     fn default_app_id_is_hostname_dash_pid() {
         let id = default_app_id();
         assert!(id.ends_with(&format!("-{}", std::process::id())), "{id}");

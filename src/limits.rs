@@ -153,6 +153,25 @@ mod tests {
     }
 
     #[test]
+    fn the_default_impl_is_what_the_flags_default_to() {
+        // Tests build `Limits::default()`; replicas parse flags. Both must be the same limits.
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            limits: Limits,
+        }
+        let parsed = <Cli as clap::Parser>::try_parse_from(["serve"])
+            .expect("no flags parse")
+            .limits;
+        assert_eq!(format!("{parsed:?}"), format!("{:?}", Limits::default()));
+        assert_eq!(
+            Limits::default().socket_queue,
+            256,
+            "README: SOCKET_QUEUE 256"
+        );
+    }
+
+    #[test]
     fn zero_limits_are_refused() {
         let limits = Limits {
             socket_queue: 0,

@@ -351,6 +351,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn by_default_a_socket_queues_256_frames_and_overflows_on_the_next() {
+        let (registry, _) = registry(Limits::default());
+        let stuck = registry.register(&client("s")).unwrap();
+        let frame = Outgoing::from(axum::extract::ws::Utf8Bytes::from_static("x"));
+        for n in 0..256 {
+            let delivery = registry.deliver(&client("s"), &frame);
+            assert_eq!(delivery.reached, 1, "frame {n} queued");
+        }
+        assert!(!stuck.slow.is_cancelled());
+        assert_eq!(registry.deliver(&client("s"), &frame).overflowed, 1);
+        assert!(stuck.slow.is_cancelled());
+    }
+
+    #[tokio::test]
     async fn socket_limits_are_enforced_per_replica_and_per_client() {
         let limits = Limits {
             max_sockets: 3,

@@ -250,11 +250,16 @@ pub(crate) mod suite {
     ) {
         let alice = Target::Client(client("alice"));
         a.hold(&client("alice")).await.unwrap();
+        // b holds only a marker client, to observe absence: a replica receives its messages in
+        // the order they were published, so whatever b would get of m1 or m2 comes before it.
+        b.hold(&client("b-marker")).await.unwrap();
         assert_eq!(receivers(a, &alice, b"m1").await, 1);
         assert_eq!(
             receivers(b, &Target::Client(client("nobody")), b"m2").await,
             0
         );
+        let marker = Target::Client(client("b-marker"));
+        assert_eq!(receivers(a, &marker, b"marker").await, 1);
         let got = seen_a.wait_for(1).await;
         assert_eq!(got.len(), 1);
         assert_eq!((&got[0].0, &got[0].2), (&alice, &b"m1".to_vec()));
@@ -262,9 +267,10 @@ pub(crate) mod suite {
             got[0].1.is_some(),
             "with history on, a message carries its id"
         );
-        assert!(
-            seen_b.wait_for(0).await.is_empty(),
-            "b holds nobody, so it receives nothing"
+        assert_eq!(
+            seen_b.payloads(1).await,
+            vec![b"marker".to_vec()],
+            "b holds neither alice nor nobody, so it receives only its marker"
         );
 
         b.hold(&client("alice")).await.unwrap();
@@ -274,8 +280,8 @@ pub(crate) mod suite {
         a.hold(&client("other")).await.unwrap();
         assert_eq!(receivers(a, &alice, b"m4").await, 1);
         assert_eq!(
-            seen_b.payloads(2).await,
-            vec![b"m3".to_vec(), b"m4".to_vec()]
+            seen_b.payloads(3).await,
+            vec![b"marker".to_vec(), b"m3".to_vec(), b"m4".to_vec()]
         );
     }
 

@@ -2,7 +2,7 @@
 //! are reachable again through the broker.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 
@@ -12,18 +12,27 @@ use crate::support::TestCluster;
 async fn a_dead_replicas_cookie_is_served_by_a_backup() {
     let mut cluster = TestCluster::start(3);
     let client = cluster.mint().await;
-    cluster.replica("app-3").proc.kill();
-    let mut backups = BTreeSet::new();
-    for i in 0..20 {
+    let echo_by = async |cluster: &TestCluster, i: usize| {
         let (status, body) = cluster
             .call("echo", &client, Some("app-3"), &format!("f {i}"))
             .await;
         assert_eq!(status, StatusCode::OK, "request {i}: {body}");
-        let replica = body["replica"].as_str().unwrap().to_owned();
-        assert_ne!(replica, "app-3");
-        backups.insert(replica);
+        body["replica"].as_str().unwrap().to_owned()
+    };
+    // Alive, the cookie's replica answers every request that carries it.
+    for i in 0..15 {
+        assert_eq!(echo_by(&cluster, i).await, "app-3", "request {i}");
     }
-    assert!(!backups.is_empty());
+    cluster.replica("app-3").proc.kill();
+    let mut backups = BTreeSet::new();
+    for i in 0..20 {
+        backups.insert(echo_by(&cluster, i).await);
+    }
+    assert_eq!(
+        backups,
+        BTreeSet::from(["app-1".to_owned(), "app-2".to_owned()]),
+        "both backups, never the dead one"
+    );
     // The page, reloaded with the dead replica's cookie, comes from a backup and re-issues it.
     let response = cluster.get("/", Some("app-3")).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -35,6 +44,33 @@ async fn a_dead_replicas_cookie_is_served_by_a_backup() {
         cookie.starts_with("sticky=app-1;") || cookie.starts_with("sticky=app-2;"),
         "{cookie}"
     );
+
+    // Back on its port, it gets its cookie's requests again once nginx retries it: a failed
+    // server is left alone for fail_timeout (10 s by default), then tried.
+    cluster.restart_replica("app-3");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut i = 0;
+    while echo_by(&cluster, i).await != "app-3" {
+        assert!(Instant::now() < deadline, "app-3 was never tried again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        i += 1;
+    }
+    // nginx runs a worker per core, each with its own view; give each time to try it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut streak = 0;
+    while streak < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "app-3 did not get every request back"
+        );
+        if echo_by(&cluster, i).await == "app-3" {
+            streak += 1;
+        } else {
+            streak = 0;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        i += 1;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

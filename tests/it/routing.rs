@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use crate::support::TestCluster;
+use crate::support::{RedisMonitor, TestCluster, sample};
 
 const REPLICAS: [&str; 3] = ["app-1", "app-2", "app-3"];
 
@@ -132,6 +132,18 @@ async fn publish_is_always_delivered_by_the_holder_of_the_socket() {
     let cluster = TestCluster::start(3);
     let client = cluster.mint().await;
     let mut socket = cluster.connect(&client, None).await;
+    let holder = socket.replica.clone();
+    let delivered = async |replica: &str| {
+        let metrics = cluster.replica_metrics(replica).await;
+        sample(
+            &metrics,
+            "stickyws_messages_delivered_total{via=\"publish\"}",
+        )
+    };
+    let mut before = BTreeMap::new();
+    for replica in REPLICAS {
+        before.insert(replica, delivered(replica).await);
+    }
     let mut takers = BTreeSet::new();
     for i in 0..30 {
         let text = format!("pub {i}");
@@ -151,6 +163,30 @@ async fn publish_is_always_delivered_by_the_holder_of_the_socket() {
         3,
         "requests were taken by every replica: {takers:?}"
     );
+    // Only the holder did any work for them: the others delivered nothing and logged nothing
+    // about this client (no `deliver`, no `not-here`), though each took a third of the requests.
+    for replica in REPLICAS {
+        let grew = delivered(replica).await - before[replica];
+        let want = if replica == holder { 30.0 } else { 0.0 };
+        assert_eq!(grew, want, "{replica} delivered {grew} (holder {holder})");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while cluster.records_of(&holder, "deliver", &client.id).len() < 30 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the holder's 30 deliveries never reached the records log"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for replica in REPLICAS.into_iter().filter(|r| *r != holder) {
+        for event in ["deliver", "not-here"] {
+            let lines = cluster.records_of(replica, event, &client.id);
+            assert!(
+                lines.is_empty(),
+                "{replica} worked for a client it does not hold: {lines:?}"
+            );
+        }
+    }
 
     let nobody = cluster.mint().await;
     let (status, body) = cluster
@@ -187,16 +223,23 @@ async fn direct_without_the_cookie_arrives_exactly_when_it_lands_on_the_holder()
         }
         *answered_by.entry(taker).or_default() += 1;
     }
-    let received: Vec<String> = socket
-        .drain(Duration::from_millis(500))
-        .await
-        .into_iter()
-        .map(|f| {
-            assert_eq!(f["via"], "direct");
-            assert_eq!(f["replica"], socket.replica.as_str());
-            f["text"].as_str().unwrap().to_owned()
-        })
-        .collect();
+    // A marker through the socket's own replica, after every request was answered: frames to
+    // one socket arrive in the order its replica queued them, so once the marker is here, every
+    // direct message that could ever arrive has.
+    let (status, _) = cluster
+        .call("direct", &client, Some(&socket.replica.clone()), "marker")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut received = Vec::new();
+    loop {
+        let f = socket.next_json().await;
+        assert_eq!(f["via"], "direct");
+        assert_eq!(f["replica"], socket.replica.as_str());
+        if f["text"] == "marker" {
+            break;
+        }
+        received.push(f["text"].as_str().unwrap().to_owned());
+    }
     assert_eq!(
         received, expected,
         "the socket gets exactly the ones its replica took"
@@ -211,6 +254,8 @@ async fn direct_with_the_cookie_always_arrives() {
     let client = cluster.mint().await;
     let mut socket = cluster.connect(&client, None).await;
     let holder = socket.replica.clone();
+    // In memory means the broker never hears of it: watch Redis as an operator would.
+    let mut monitor = RedisMonitor::start(cluster.redis.as_ref().unwrap().port).await;
     for i in 0..20 {
         let text = format!("sticky direct {i}");
         let (status, body) = cluster.call("direct", &client, Some(&holder), &text).await;
@@ -223,6 +268,16 @@ async fn direct_with_the_cookie_always_arrives() {
             (Some("direct"), Some(text.as_str()))
         );
     }
+    // Then one publish, which does name the client to Redis: MONITOR shows commands in the order
+    // Redis ran them, so every command of the 20 directs would be before it.
+    let (status, _) = cluster.call("publish", &client, None, "via redis").await;
+    assert_eq!(status, StatusCode::OK);
+    let commands = monitor.until(&client.id, Duration::from_secs(5)).await;
+    let first = commands.last().unwrap();
+    assert!(
+        first.contains("via redis"),
+        "Redis saw this client before the publish: {first}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -248,33 +248,52 @@ async fn the_ttl_expires_both_copies_of_the_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_entry_limit_bounds_the_local_cache() {
+    const LIMIT: usize = 5;
     let cluster = TestCluster::start_with(1, vec![("STATE_MAX_ENTRIES".into(), "5".into())]);
+    let kept_of = async |clients: &[Client]| {
+        let mut kept = 0;
+        for client in clients {
+            let response = cluster
+                .http
+                .get(format!("{}/api/notes/{}", cluster.base(), client.id))
+                .bearer_auth(&client.token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let answer: Value = response.json().await.unwrap();
+            kept += usize::from(answer["local"]["hit"] == true);
+            assert_eq!(answer["shared"]["hit"], false, "nothing was added there");
+        }
+        kept
+    };
     let mut clients = Vec::new();
-    for _ in 0..30 {
+    for _ in 0..LIMIT {
+        let client = cluster.mint().await;
+        note(&cluster, &client, "local", None).await;
+        clients.push(client);
+    }
+    // Up to the limit, every client's state stays (a scrape runs the cache's pending work, so
+    // its count is current).
+    let scrape = Scrape::of(&cluster, "app-1").await;
+    assert_eq!(scrape.value("stickyws_state_entries", &[]), LIMIT as f64);
+    assert_eq!(
+        scrape.value("stickyws_state_evictions", &[("cause", "size")]),
+        0.0
+    );
+    assert_eq!(kept_of(&clients).await, LIMIT, "all {LIMIT} still held");
+    for _ in LIMIT..30 {
         let client = cluster.mint().await;
         note(&cluster, &client, "local", None).await;
         clients.push(client);
     }
     let scrape = Scrape::of(&cluster, "app-1").await;
-    assert!(scrape.value("stickyws_state_entries", &[]) <= 5.0);
+    assert!(scrape.value("stickyws_state_entries", &[]) <= LIMIT as f64);
     let evicted = scrape.value("stickyws_state_evictions", &[("cause", "size")]);
     assert!(evicted >= 25.0, "{evicted} evicted");
     // At most 5 clients still have their state; the others are rebuilt.
-    let mut kept = 0;
-    for client in &clients {
-        let response = cluster
-            .http
-            .get(format!("{}/api/notes/{}", cluster.base(), client.id))
-            .bearer_auth(&client.token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        let answer: Value = response.json().await.unwrap();
-        kept += usize::from(answer["local"]["hit"] == true);
-        assert_eq!(answer["shared"]["hit"], false, "nothing was added there");
-    }
-    assert!(kept <= 5, "{kept} kept");
+    let kept = kept_of(&clients).await;
+    assert!(kept <= LIMIT, "{kept} kept");
     let records = cluster.records();
     assert!(records.contains("size limit: 5 entries"), "{records}");
 }

@@ -228,9 +228,139 @@ impl TestCluster {
         }
     }
 
+    /// Starts a killed replica again on its old port, under its old name.
+    pub fn restart_replica(&mut self, name: &str) {
+        let at = self
+            .replicas
+            .iter()
+            .position(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no replica {name}"));
+        let port = self.replicas[at].addr.port();
+        self.replicas[at] = ReplicaProc::start(name, port, &self.env, self.dir.path());
+    }
+
+    /// `/metrics` of one replica, asked directly (nginx not involved).
+    pub async fn replica_metrics(&self, name: &str) -> String {
+        let url = format!("{}/metrics", self.replica_base(name));
+        self.http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// A POST straight to one replica, bypassing nginx.
+    pub async fn post_to(
+        &self,
+        replica: &str,
+        path: &str,
+        bearer: &str,
+        body: &str,
+    ) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.replica_base(replica)))
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {bearer}"))
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    /// Lines of the records log whose replica, event and client are these.
+    pub fn records_of(&self, replica: &str, event: &str, client: &str) -> Vec<String> {
+        self.records()
+            .lines()
+            .filter(|line| {
+                let fields: Vec<&str> = line.split(" | ").collect();
+                fields.len() == 5
+                    && fields[1] == replica
+                    && fields[2].trim() == event
+                    && fields[3] == client
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
     pub fn restart_redis(&mut self) {
         let port = self.redis.as_ref().map(|r| r.port).unwrap();
         self.redis = Some(RedisServer::start_on(port, self.dir.path()));
+    }
+}
+
+/// The value of one series in Prometheus text (`name{labels}` exactly as exposed); 0 when the
+/// series is not there yet (a counter nothing has touched).
+pub fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
+/// Every command Redis executes, as `MONITOR` shows it (one line each, in execution order): what
+/// an operator watches to see who talks to the broker.
+pub struct RedisMonitor {
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RedisMonitor {
+    /// Connects and returns once Redis confirmed MONITOR: every later command is seen.
+    pub async fn start(port: u16) -> RedisMonitor {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        stream.write_all(b"MONITOR\r\n").await.unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut ok = String::new();
+        tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut ok))
+            .await
+            .expect("MONITOR answered in time")
+            .unwrap();
+        assert_eq!(ok.trim_end(), "+OK", "MONITOR refused");
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let mut line = String::new();
+            while reader.read_line(&mut line).await.is_ok_and(|n| n > 0) {
+                if tx.send(line.trim_end().to_owned()).is_err() {
+                    return;
+                }
+                line.clear();
+            }
+        });
+        RedisMonitor { lines, task }
+    }
+
+    /// Every line up to and including the first one containing `marker`, within `limit`.
+    pub async fn until(&mut self, marker: &str, limit: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut seen = Vec::new();
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{marker:?} not seen by MONITOR in {limit:?}"))
+                .expect("MONITOR connection open");
+            let found = line.contains(marker);
+            seen.push(line);
+            if found {
+                return seen;
+            }
+        }
+    }
+}
+
+impl Drop for RedisMonitor {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -76,6 +76,37 @@ impl Socket {
         socket
     }
 
+    /// A socket straight to `host` whose kernel receive buffer is `rcvbuf` bytes (Linux doubles
+    /// it, and keeps a floor): a client that stops reading then backs up into the server at
+    /// once, instead of after the megabytes loopback autotuning would grant it.
+    pub async fn connect_with_rcvbuf(host: &str, client: &Client, rcvbuf: u32) -> Socket {
+        let addr: std::net::SocketAddr = host.parse().unwrap();
+        let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+        tcp.set_recv_buffer_size(rcvbuf).unwrap();
+        let stream = tokio::time::timeout(Duration::from_secs(10), tcp.connect(addr))
+            .await
+            .expect("connected in time")
+            .unwrap();
+        let url = format!("ws://{host}/ws/{}?token={}", client.id, client.token);
+        let (ws, _) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)),
+        )
+        .await
+        .expect("upgrade in time")
+        .expect("upgrade accepted");
+        let mut socket = Socket {
+            ws,
+            replica: String::new(),
+            welcome: Value::Null,
+        };
+        let welcome = socket.next_json().await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        socket.replica = welcome["replica"].as_str().unwrap().to_owned();
+        socket.welcome = welcome;
+        socket
+    }
+
     /// The next text frame as JSON, within 5 s.
     pub async fn next_json(&mut self) -> Value {
         self.next_json_within(Duration::from_secs(5))
