@@ -1,4 +1,4 @@
-//! The crate's shape: its top-level modules import each other without a circle, so each can be
+//! The crates' shape: the top-level modules of the gateway and of the load tool import each other without a circle, so each can be
 //! read (and tested) after the ones it uses. Read from the sources, the way a reviewer would
 //! check it: every `crate::<module>` path outside comments and test modules is an edge.
 
@@ -99,18 +99,34 @@ fn a_circle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
         .find_map(|start| visit(graph, start, &mut Vec::new(), &mut done))
 }
 
-#[test]
-fn the_gateways_modules_import_no_circle() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+fn assert_no_circle(crate_src: &str, a_known_edge: (&str, &str)) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(crate_src);
     let graph = import_graph(&src);
-    assert!(graph.len() > 10, "read the modules: {graph:?}");
     assert!(
-        graph["delivery"].contains("registry"),
+        graph.len() > 10,
+        "read the modules of {crate_src}: {graph:?}"
+    );
+    let (from, to) = a_known_edge;
+    assert!(
+        graph[from].contains(to),
         "the reader sees real edges: {graph:?}"
     );
     if let Some(circle) = a_circle(&graph) {
-        panic!("modules import in a circle: {}", circle.join(" -> "));
+        panic!(
+            "modules of {crate_src} import in a circle: {}",
+            circle.join(" -> ")
+        );
     }
+}
+
+#[test]
+fn the_gateways_modules_import_no_circle() {
+    assert_no_circle("src", ("delivery", "registry"));
+}
+
+#[test]
+fn the_load_tools_modules_import_no_circle() {
+    assert_no_circle("load/src", ("socket", "client"));
 }
 
 #[test]
