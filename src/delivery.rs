@@ -167,3 +167,231 @@ impl Delivery {
         envelope.frame_for(replica).into()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::Broker;
+    use crate::broker::memory::MemoryBroker;
+    use crate::limits::Limits;
+    use crate::registry::Registration;
+
+    /// One replica's delivery over a registry, its records written to a file the test reads.
+    struct Fixture {
+        delivery: Delivery,
+        registry: Registry,
+        broker: Broker,
+        records: Records,
+        metrics: Metrics,
+        log: tempfile::NamedTempFile,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let log = tempfile::NamedTempFile::new().unwrap();
+            let records = Records::open("app-1", log.path()).unwrap();
+            let metrics = Metrics::new();
+            let registry = Registry::new(metrics.clone(), &Limits::default());
+            let broker = Broker::Memory(MemoryBroker::new(
+                Arc::new(|_, _, _| {}),
+                Limits::default().window(),
+            ));
+            let delivery = Delivery::new(
+                "app-1".into(),
+                registry.clone(),
+                records.clone(),
+                metrics.clone(),
+            );
+            Self {
+                delivery,
+                registry,
+                broker,
+                records,
+                metrics,
+                log,
+            }
+        }
+
+        fn socket(&self, client: &str) -> Registration {
+            self.registry
+                .register(&ClientId::parse(client).unwrap(), &self.broker)
+                .unwrap()
+        }
+
+        /// The records log's event and client columns, in order.
+        fn records(&self) -> Vec<(String, String)> {
+            self.records.close();
+            std::fs::read_to_string(self.log.path())
+                .unwrap()
+                .lines()
+                .map(|line| {
+                    let cols: Vec<&str> = line.split(" | ").map(str::trim).collect();
+                    (cols[2].to_owned(), cols[3].to_owned())
+                })
+                .collect()
+        }
+
+        fn delivered(&self, via: &str) -> u64 {
+            let wanted = format!("stickyws_messages_delivered_total{{via=\"{via}\"}} ");
+            self.metrics
+                .render()
+                .lines()
+                .find_map(|line| line.strip_prefix(&wanted)?.parse().ok())
+                .unwrap()
+        }
+    }
+
+    fn frames(socket: &mut Registration) -> Vec<serde_json::Value> {
+        let outbox = socket.outbox.as_mut().unwrap();
+        std::iter::from_fn(|| outbox.try_recv().ok())
+            .map(|frame| serde_json::from_str(&frame.bytes).unwrap())
+            .collect()
+    }
+
+    fn published(via: Via, text: &str) -> Vec<u8> {
+        Envelope {
+            via,
+            from: "app-2".into(),
+            text: text.into(),
+            at: now_micros(),
+        }
+        .encode()
+    }
+
+    #[test]
+    fn a_brokered_message_reaches_every_local_socket_of_its_client_once() {
+        let f = Fixture::new();
+        let (mut a1, mut a2, mut b) = (f.socket("a"), f.socket("a"), f.socket("b"));
+        let inbox = f.delivery.inbox();
+        let id = StreamId { ms: 7, seq: 1 };
+        let target = Target::Client(ClientId::parse("a").unwrap());
+        inbox(&target, Some(id), &published(Via::Publish, "hi \"a\""));
+        for socket in [&mut a1, &mut a2] {
+            let got = frames(socket);
+            assert_eq!(got.len(), 1, "{got:?}");
+            assert_eq!(
+                (&got[0]["via"], &got[0]["from"], &got[0]["replica"]),
+                (&"publish".into(), &"app-2".into(), &"app-1".into())
+            );
+            assert_eq!(
+                (&got[0]["text"], &got[0]["id"]),
+                (&"hi \"a\"".into(), &"7-1".into())
+            );
+        }
+        assert!(frames(&mut b).is_empty(), "b is another client");
+        assert_eq!(f.delivered("publish"), 2);
+        assert_eq!(f.records(), vec![("deliver".into(), "a".into())]);
+    }
+
+    #[test]
+    fn a_brokered_message_for_a_client_gone_from_here_is_recorded_as_not_here() {
+        let f = Fixture::new();
+        let inbox = f.delivery.inbox();
+        let target = Target::Client(ClientId::parse("gone").unwrap());
+        inbox(&target, None, &published(Via::Publish, "late"));
+        // A broadcast with nobody here is nobody's loss: a delivery to no socket, not not-here.
+        inbox(&Target::Broadcast, None, &published(Via::Broadcast, "all"));
+        // Bytes that are no envelope are dropped, not delivered and not a panic.
+        inbox(&target, None, b"not json");
+        assert_eq!(f.delivered("publish"), 0);
+        assert_eq!(
+            f.records(),
+            vec![
+                ("not-here".into(), "gone".into()),
+                ("deliver".into(), "-".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_broadcast_reaches_every_socket_of_every_client() {
+        let f = Fixture::new();
+        let mut sockets = [f.socket("a"), f.socket("a"), f.socket("b")];
+        f.delivery.inbox()(
+            &Target::Broadcast,
+            Some(StreamId { ms: 9, seq: 0 }),
+            &published(Via::Broadcast, "all"),
+        );
+        for socket in &mut sockets {
+            let got = frames(socket);
+            assert_eq!(got.len(), 1);
+            assert_eq!(
+                (&got[0]["via"], &got[0]["text"]),
+                (&"broadcast".into(), &"all".into())
+            );
+        }
+        assert_eq!(f.delivered("broadcast"), 3);
+        assert_eq!(f.records(), vec![("deliver".into(), "-".into())]);
+    }
+
+    #[test]
+    fn direct_reaches_only_the_sockets_held_here_and_says_when_it_reached_none() {
+        let f = Fixture::new();
+        let mut a = f.socket("a");
+        let here = ClientId::parse("a").unwrap();
+        let elsewhere = ClientId::parse("z").unwrap();
+        assert_eq!(f.delivery.direct(&here, "d1"), 1);
+        assert_eq!(f.delivery.direct(&elsewhere, "d2"), 0);
+        let got = frames(&mut a);
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (
+                &got[0]["via"],
+                &got[0]["from"],
+                &got[0]["replica"],
+                &got[0]["text"]
+            ),
+            (
+                &"direct".into(),
+                &"app-1".into(),
+                &"app-1".into(),
+                &"d1".into()
+            )
+        );
+        assert!(got[0].get("id").is_none(), "direct keeps no history");
+        assert_eq!(f.delivered("direct"), 1);
+        let events = f.records();
+        assert_eq!(
+            events,
+            vec![
+                ("direct".into(), "a".into()),
+                ("deliver".into(), "a".into()),
+                ("direct".into(), "z".into()),
+                ("not-here".into(), "z".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_echo_comes_from_this_replica_with_the_text_unchanged() {
+        let f = Fixture::new();
+        let client = ClientId::parse("a").unwrap();
+        let frame = f.delivery.echo(&client, "ünïcode \"q\"");
+        let got: serde_json::Value = serde_json::from_str(&frame.bytes).unwrap();
+        assert_eq!(
+            (&got["via"], &got["from"], &got["replica"], &got["text"]),
+            (
+                &"ws".into(),
+                &"app-1".into(),
+                &"app-1".into(),
+                &"ünïcode \"q\"".into()
+            )
+        );
+        assert_eq!(f.delivered("ws"), 1);
+        assert_eq!(f.records(), vec![("ws-recv".into(), "a".into())]);
+    }
+
+    #[test]
+    fn an_envelope_is_from_this_replica_and_stamped_now() {
+        let f = Fixture::new();
+        let before = now_micros();
+        let envelope = f.delivery.envelope(Via::Publish, "t");
+        assert_eq!(
+            (envelope.from.as_ref(), envelope.text.as_ref()),
+            ("app-1", "t")
+        );
+        assert_eq!(envelope.via, Via::Publish);
+        assert!(envelope.at >= before && envelope.at <= now_micros());
+        assert_eq!(f.delivery.replica().as_ref(), "app-1");
+    }
+}
