@@ -67,3 +67,36 @@ pub enum Cursor {
     Client(StreamId),
     Broadcast(StreamId),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_print_and_parse_as_redis_writes_them() {
+        let id: StreamId = "1700000000000-7".parse().unwrap();
+        assert_eq!(
+            id,
+            StreamId {
+                ms: 1_700_000_000_000,
+                seq: 7
+            }
+        );
+        assert_eq!(id.to_string(), "1700000000000-7");
+        for bad in ["", "1", "-1", "1-", "a-1", "1-1-1", "+1-1", &"9".repeat(50)] {
+            assert_eq!(bad.parse::<StreamId>(), Err(BadStreamId), "{bad:?}");
+        }
+        assert!(StreamId { ms: 2, seq: 0 } > StreamId { ms: 1, seq: 9 });
+        // The longest id there is (two u64s) parses; one character more is refused unread.
+        let max = format!("{}-{}", u64::MAX, u64::MAX);
+        assert_eq!(max.len(), 41);
+        assert_eq!(
+            max.parse(),
+            Ok(StreamId {
+                ms: u64::MAX,
+                seq: u64::MAX
+            })
+        );
+        assert_eq!(format!("0{max}").parse::<StreamId>(), Err(BadStreamId));
+    }
+}

@@ -231,6 +231,17 @@ mod tests {
                 .collect()
         }
 
+        /// One line of `/metrics` by its series name and labels, e.g.
+        /// `stickyws_publish_to_delivery_seconds_count{via="publish"}`.
+        fn series(&self, name: &str) -> f64 {
+            let wanted = format!("{name} ");
+            self.metrics
+                .render()
+                .lines()
+                .find_map(|line| line.strip_prefix(&wanted)?.parse().ok())
+                .unwrap_or_else(|| panic!("no series {name}"))
+        }
+
         fn delivered(&self, via: &str) -> u64 {
             let wanted = format!("stickyws_messages_delivered_total{{via=\"{via}\"}} ");
             self.metrics
@@ -301,6 +312,42 @@ mod tests {
                 ("deliver".into(), "-".into())
             ]
         );
+    }
+
+    #[test]
+    fn publish_to_delivery_is_timed_once_per_delivered_message_from_its_publish_time() {
+        let f = Fixture::new();
+        let _a = f.socket("a");
+        let inbox = f.delivery.inbox();
+        let a = Target::Client(ClientId::parse("a").unwrap());
+        let count = "stickyws_publish_to_delivery_seconds_count{via=\"publish\"}";
+        let sum = "stickyws_publish_to_delivery_seconds_sum{via=\"publish\"}";
+        // Published 1.5 s ago by another replica's clock.
+        let mut envelope = Envelope {
+            via: Via::Publish,
+            from: "app-2".into(),
+            text: "t".into(),
+            at: now_micros() - 1_500_000,
+        };
+        let started = std::time::Instant::now();
+        inbox(&a, None, &envelope.encode());
+        let took = started.elapsed().as_secs_f64();
+        assert_eq!(f.series(count), 1.0);
+        let seconds = f.series(sum);
+        assert!(
+            (1.5..=1.5 + took + 0.001).contains(&seconds),
+            "timed {seconds} s for a message published 1.5 s ago"
+        );
+        // Not timed: a message without a publish time, and one that reached no socket here.
+        envelope.at = 0;
+        inbox(&a, None, &envelope.encode());
+        envelope.at = now_micros();
+        inbox(
+            &Target::Client(ClientId::parse("b").unwrap()),
+            None,
+            &envelope.encode(),
+        );
+        assert_eq!(f.series(count), 1.0);
     }
 
     #[test]
