@@ -429,6 +429,17 @@ mod tests {
     }
 
     #[test]
+    fn the_metrics_and_records_it_lends_a_session_are_the_replicas_own() {
+        let f = Fixture::new();
+        f.delivery.metrics().slow_consumer();
+        assert_eq!(f.series("stickyws_slow_consumer_disconnects_total"), 1.0);
+        f.delivery
+            .records()
+            .record(Event::Disconnect, Some("a"), "closed by client");
+        assert_eq!(f.records(), vec![("disconnect".into(), "a".into())]);
+    }
+
+    #[test]
     fn an_envelope_is_from_this_replica_and_stamped_now() {
         let f = Fixture::new();
         let before = now_micros();
