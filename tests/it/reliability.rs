@@ -683,3 +683,68 @@ async fn a_client_that_stops_reading_is_closed_when_its_queue_of_socket_queue_fr
         "RSS grew {grew} bytes for a {queue_bytes}-byte queue"
     );
 }
+
+/// Item 1 of "Broker faults without collateral damage": while Redis is down, through nginx, only
+/// what needs the broker fails. The outage outlasts nginx's fail_timeout (10 s), so a config that
+/// counted the replicas' 503s as failures would show here as 502s for everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_fails_only_what_needs_the_broker_through_nginx() {
+    use crate::support::outage::{broker_free_paths, broker_paths_refuse};
+
+    const OUTAGE: Duration = Duration::from_secs(15);
+    let mut cluster = TestCluster::start(3);
+    let client = cluster.mint().await;
+    let mut socket = cluster.connect(&client, None).await;
+    let before = broker_free_paths(&cluster, &client, &mut socket, 0).await;
+    assert!(before.is_empty(), "before the outage: {before:?}");
+
+    cluster.kill_redis();
+    let stopped = Instant::now();
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures = Vec::new();
+    let mut rounds = 0;
+    while stopped.elapsed() < OUTAGE {
+        ticks.tick().await;
+        rounds += 1;
+        let at = stopped.elapsed();
+        let mut failed = broker_paths_refuse(&cluster, &client).await;
+        failed.extend(broker_free_paths(&cluster, &client, &mut socket, rounds).await);
+        failures.extend(
+            failed
+                .into_iter()
+                .map(|f| format!("{:.1}s {f}", at.as_secs_f64())),
+        );
+    }
+    let sampled = stopped.elapsed();
+    assert!(
+        failures.is_empty(),
+        "{} failures in {rounds} rounds over {sampled:?} of outage:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+
+    cluster.restart_redis();
+    let restarted = Instant::now();
+    loop {
+        let (status, body) = cluster.call("publish", &client, None, "back").await;
+        if status == StatusCode::OK && body["receivers"] == 1 {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(15),
+            "publish did not come back: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let frame = socket.next_json().await;
+    assert_eq!(
+        (frame["via"].as_str(), frame["text"].as_str()),
+        (Some("publish"), Some("back"))
+    );
+    eprintln!(
+        "redis outage through nginx: {rounds} rounds over {sampled:?}, none failed; publish \
+         delivered again {:?} after the restart",
+        restarted.elapsed()
+    );
+}

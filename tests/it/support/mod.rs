@@ -4,6 +4,7 @@
 //! last lines of every process's log are printed first.
 
 pub mod browser;
+pub mod outage;
 pub mod process;
 pub mod servers;
 pub mod ws;
