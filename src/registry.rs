@@ -299,6 +299,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn it_counts_sockets_and_clients_and_a_socket_can_leave_before_it_is_dropped() {
+        let (registry, probe) = registry(Limits::default());
+        let (a, b, nobody) = (client("a"), client("b"), client("nobody"));
+        let mut a1 = registry.register(&a).unwrap();
+        let a2 = registry.register(&a).unwrap();
+        let _b1 = registry.register(&b).unwrap();
+        assert_eq!(registry.counts(), (3, 2), "3 sockets of 2 clients");
+        assert_eq!(
+            (
+                registry.sockets_of(&a),
+                registry.sockets_of(&b),
+                registry.sockets_of(&nobody)
+            ),
+            (2, 1, 0)
+        );
+        // A slow consumer leaves at once: it takes nothing more while its close is pending.
+        a2.leave();
+        assert_eq!((registry.counts(), registry.sockets_of(&a)), ((2, 2), 1));
+        let frame = Outgoing::from(axum::extract::ws::Utf8Bytes::from_static("x"));
+        assert_eq!(registry.deliver(&a, &frame).reached, 1);
+        assert_eq!(a1.outbox.as_mut().unwrap().try_recv().unwrap(), frame);
+        // Dropping it after leaving changes nothing more.
+        drop(a2);
+        assert_eq!(registry.counts(), (2, 2));
+        drop(a1);
+        assert_eq!((registry.counts(), registry.sockets_of(&a)), ((1, 1), 0));
+        assert_eq!(
+            receivers(&probe, &a).await,
+            0,
+            "a's last socket released it"
+        );
+    }
+
+    #[tokio::test]
     async fn the_broker_holds_a_client_from_its_first_socket_to_its_last() {
         let (registry, probe) = registry(Limits::default());
         let c = client("c");

@@ -104,6 +104,7 @@ mod tests {
     use crate::broker::memory::MemoryBroker;
     use crate::frame::Via;
     use crate::limits::Limits;
+    use axum::extract::ws::Utf8Bytes;
 
     fn broker() -> Broker {
         Broker::Memory(MemoryBroker::new(
@@ -143,6 +144,33 @@ mod tests {
                     .to_owned()
             })
             .collect()
+    }
+
+    #[test]
+    fn the_skip_drops_exactly_what_was_replayed_in_each_history() {
+        let id = |ms| StreamId { ms, seq: 0 };
+        let skip = Skip(Seen {
+            client: id(5),
+            broadcast: id(9),
+        });
+        let frame = |cursor| Outgoing::new(Utf8Bytes::from_static("{}"), cursor);
+        // At or below the replayed position: already sent; above it: new.
+        for (cursor, kept) in [
+            (Cursor::Client(id(4)), false),
+            (Cursor::Client(id(5)), false),
+            (Cursor::Client(id(6)), true),
+            // The broadcast history has its own position: 6 is new for the client stream
+            // but was replayed for the broadcast one.
+            (Cursor::Broadcast(id(6)), false),
+            (Cursor::Broadcast(id(9)), false),
+            (Cursor::Broadcast(id(10)), true),
+        ] {
+            assert_eq!(skip.keeps(&frame(Some(cursor))), kept, "{cursor:?}");
+        }
+        assert!(
+            skip.keeps(&frame(None)),
+            "frames without a history always go"
+        );
     }
 
     #[tokio::test]
