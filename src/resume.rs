@@ -199,6 +199,10 @@ mod tests {
         let start = start(&broker, &c, "app-2", Some(seen)).await;
         assert_eq!(texts(&start), ["m1", "b1", "m2"]);
         assert!(start.lost.is_empty());
+        assert_eq!(
+            start.welcome, seen,
+            "the welcome of a resume repeats where the client said it was; the replay follows"
+        );
         let live = Envelope {
             via: Via::Publish,
             from: "x".into(),
