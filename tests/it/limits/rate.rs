@@ -1,6 +1,6 @@
 //! The send rate (`PUBLISH_RATE`): one bucket per client per replica, shared by every route a
-//! client token may call (publish, direct, echo, the state lab's notes), 429 `rate_limited`
-//! beyond it; the API key unlimited. WebSocket echo frames are not HTTP sends and draw nothing.
+//! client token may call (publish, direct, echo, the state lab's notes: adding and reading),
+//! 429 `rate_limited` beyond it; the API key unlimited, and WebSocket frames drawing nothing.
 //!
 //! The bucket holds 2 × rate and refills `rate` a second. Each run sends one request after
 //! another and times every one from this side; the refills a correct bucket can have granted
@@ -289,6 +289,19 @@ async fn every_route_of_a_client_token_draws_from_one_bucket_and_answers_429_pas
     let client = mint_on(&cluster, "app-1").await;
     let sents = run(&cluster, &client, "app-1", times(Route::Echo, 4)).await;
     assert_bucket(&sents, 1, "app-1", "echo before the API key");
+    // Nor are the client's WebSocket frames: its socket echoes every one.
+    let mut socket = cluster.connect(&client, Some("app-1")).await;
+    for i in 0..6 {
+        let text = format!("frame {i}");
+        socket.send_text(&text).await;
+        let echo = socket.next_json().await;
+        assert_eq!(
+            (echo["via"].as_str(), echo["text"].as_str()),
+            (Some("ws"), Some(text.as_str())),
+            "a drained client's socket: {echo}"
+        );
+    }
+    drop(socket);
     for route in ROUTES {
         for i in 0..4 {
             let sent = send(&cluster, route, &client, Some(API_KEY), "app-1", "k").await;
@@ -317,17 +330,15 @@ async fn a_clients_bucket_on_one_replica_leaves_its_bucket_on_the_others_full() 
     let env = vec![("PUBLISH_RATE".to_owned(), "1".to_owned())];
     let mut cluster = TestCluster::start_with(3, env);
     let client = mint_on(&cluster, "app-2").await;
-    let mut all = Vec::new();
-    for replica in ["app-2", "app-1", "app-3"] {
+    let mut app_2 = run(&cluster, &client, "app-2", times(Route::Echo, 6)).await;
+    assert_bucket(&app_2, 1, "app-2", "on app-2");
+    for replica in ["app-1", "app-3"] {
         let sents = run(&cluster, &client, replica, times(Route::Echo, 6)).await;
-        assert_bucket(&sents, 1, replica, &format!("on {replica}"));
-        all.push(sents);
+        assert_bucket(&sents, 1, replica, &format!("on {replica} after app-2"));
     }
-    // Back on app-2: what the other replicas spent, app-2 did not see; its run and this one are
-    // one bucket's history.
-    let again = run(&cluster, &client, "app-2", times(Route::Publish, 4)).await;
-    let mut app_2 = std::mem::take(&mut all[0]);
-    app_2.extend(again);
+    // Back on app-2: what the other replicas spent, app-2 did not see; its first run and this
+    // one are one bucket's history.
+    app_2.extend(run(&cluster, &client, "app-2", times(Route::Publish, 4)).await);
     assert_bucket(&app_2, 1, "app-2", "app-2, then again after the others");
     assert_every_replica_serves(&mut cluster, "rate per replica").await;
 }
