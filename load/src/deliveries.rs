@@ -76,6 +76,32 @@ pub struct Live {
     pub delivered: AtomicU64,
     pub sent: AtomicU64,
     pub connected: AtomicI64,
+    /// Which seqs arrived at least once: what the settling of a targeted run waits on.
+    pub arrived: Arrived,
+}
+
+/// One bit per seq `0..n`, set when that message first arrives anywhere; lock-free, so marking
+/// costs the receivers next to nothing.
+#[derive(Debug, Default)]
+pub struct Arrived(Vec<AtomicU64>);
+
+impl Arrived {
+    /// For seqs `0..seqs`; later seqs are neither marked nor reported.
+    pub fn new(seqs: u64) -> Self {
+        Self((0..seqs.div_ceil(64)).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    pub fn mark(&self, seq: u64) {
+        if let Some(word) = self.0.get((seq / 64) as usize) {
+            word.fetch_or(1 << (seq % 64), Ordering::Relaxed);
+        }
+    }
+
+    pub fn has(&self, seq: u64) -> bool {
+        self.0
+            .get((seq / 64) as usize)
+            .is_some_and(|word| word.load(Ordering::Relaxed) & (1 << (seq % 64)) != 0)
+    }
 }
 
 /// Accepted publishes per client index. A failover holder whose socket was closed waits until
@@ -111,6 +137,14 @@ pub struct Sample {
     pub latency_us: u32,
 }
 
+/// One arrival of a marked message at its holder.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub at_us: u64,
+    pub id: Option<String>,
+    pub replayed: bool,
+}
+
 /// A time a socket was closed by the other side, and when it was back.
 #[derive(Debug, Clone)]
 pub struct Outage {
@@ -120,6 +154,9 @@ pub struct Outage {
     pub kind: String,
     pub back_us: Option<u64>,
     pub back_on: Option<String>,
+    /// The client cursor the reconnect asked to resume after, and the one its welcome named.
+    pub resumed_from: Option<String>,
+    pub welcomed_at: Option<String>,
 }
 
 /// What one socket received over its life.
@@ -131,6 +168,9 @@ pub struct Tally {
     pub replica: String,
     /// Sequence numbers of this run's messages for this client (or everyone), as they came.
     pub seqs: Vec<u64>,
+    /// For each of `seqs`: when it came (µs on the run clock), its history id, whether replayed;
+    /// what names a lost message's neighbours in the report.
+    pub arrivals: Vec<Arrival>,
     pub samples: Vec<Sample>,
     /// This run's messages for another client: must never happen.
     pub misdelivered: u64,
@@ -209,6 +249,8 @@ pub async fn hold(
             kind,
             back_us: None,
             back_on: None,
+            resumed_from: last_id.clone(),
+            welcomed_at: None,
         };
         if !plan.reconnect {
             tally.outages.push(outage);
@@ -245,6 +287,7 @@ pub async fn hold(
         };
         outage.back_us = Some(plan.clock.us());
         outage.back_on = Some(o.replica.clone());
+        outage.welcomed_at = o.last_id.clone();
         tally.outages.push(outage);
         tally.replica = o.replica;
         ws = o.ws;
@@ -305,11 +348,11 @@ async fn receive(
         else {
             continue;
         };
-        if let Some(id) = id {
+        if let Some(id) = &id {
             if via == Via::Broadcast {
-                *last_broadcast_id = Some(id);
+                *last_broadcast_id = Some(id.clone());
             } else {
-                *last_id = Some(id);
+                *last_id = Some(id.clone());
             }
         }
         let Some((client, seq, sent)) = parse(&plan.tag, &text) else {
@@ -324,7 +367,13 @@ async fn receive(
             tally.replayed += 1;
         }
         tally.seqs.push(seq);
+        tally.arrivals.push(Arrival {
+            at_us: now,
+            id,
+            replayed,
+        });
         live.delivered.fetch_add(1, Ordering::Relaxed);
+        live.arrived.mark(seq);
         if plan.samples {
             tally.samples.push(Sample {
                 at_ms: u32::try_from(now / 1000).unwrap_or(u32::MAX),
@@ -348,5 +397,15 @@ mod tests {
         assert_eq!(parse("t2", &text("t1", 7, 42, 1000)), None);
         assert_eq!(parse("t1", "hello"), None);
         assert_eq!(parse("t1", "t1 x 1 2"), None);
+    }
+
+    #[test]
+    fn arrived_remembers_each_seq_it_was_given_and_no_other() {
+        let arrived = Arrived::new(130);
+        for seq in [0, 63, 64, 129, 500] {
+            arrived.mark(seq);
+        }
+        let marked: Vec<u64> = (0..600).filter(|&s| arrived.has(s)).collect();
+        assert_eq!(marked, [0, 63, 64, 129]);
     }
 }

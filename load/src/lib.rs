@@ -259,7 +259,10 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         dialer: Arc::new(Dialer::new(&url, args.source_ips, Duration::from_secs(10)).await?),
         clock: Clock::start(),
         deadline: Instant::now() + limit,
-        live: Arc::new(Live::default()),
+        live: Arc::new(Live {
+            arrived: deliveries::Arrived::new(args.messages),
+            ..Live::default()
+        }),
         tag: deliveries::new_tag(),
         servers,
         scenario,

@@ -39,6 +39,9 @@ pub struct Request {
 pub struct Accepted {
     pub seq: u64,
     pub body: Value,
+    /// When the request went out and its answer came in (µs on the run's clock).
+    pub sent_us: u64,
+    pub answered_us: u64,
 }
 
 /// What sending did.
@@ -133,7 +136,12 @@ where
                         if let Some((acks, client)) = &request.ack {
                             acks.bump(*client);
                         }
-                        sent.accepted.push(Accepted { seq, body });
+                        sent.accepted.push(Accepted {
+                            seq,
+                            body,
+                            sent_us: now,
+                            answered_us: done,
+                        });
                     }
                     Err(kind) => sent.errors.add(&kind),
                 }

@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::Ctx;
 use crate::client::Client;
 use crate::cpu::CpuUsed;
-use crate::deliveries::{self, Acks, HoldPlan, Tally};
+use crate::deliveries::{self, Acks, Arrived, HoldPlan, Tally};
 use crate::fleet::{self, Fleet, FleetPlan};
 use crate::plot;
 use crate::progress::Progress;
@@ -42,6 +42,12 @@ pub(super) struct Observed {
     pub cpu: Option<CpuUsed>,
     /// When the fault was injected (µs on the run clock).
     pub fault_us: Option<u64>,
+    /// The client indexes published to, round robin by seq.
+    pub clients: Vec<u32>,
+    /// When the settling ended and the fleet was stopped (µs on the run clock), and the
+    /// deliveries counted by then.
+    pub stopped_us: u64,
+    pub delivered_at_stop: u64,
 }
 
 /// Delivery accounting for per-client messages: each accepted seq is due once, at its client.
@@ -52,6 +58,8 @@ pub(super) struct Accounting {
     pub unique: u64,
     pub duplicates: u64,
     pub lost: u64,
+    /// The lost seqs, ascending.
+    pub lost_seqs: Vec<u64>,
     /// Arrived although the publish was not answered 2xx (e.g. the answer timed out).
     pub unconfirmed: u64,
     pub misdelivered: u64,
@@ -86,7 +94,13 @@ pub(super) fn account(sent: &Sent, tallies: &[Tally]) -> Accounting {
     acc.arrivals = seen.values().map(|&n| u64::from(n)).sum();
     acc.unique = seen.len() as u64;
     acc.duplicates = acc.arrivals - acc.unique;
-    acc.lost = accepted.iter().filter(|s| !seen.contains_key(s)).count() as u64;
+    acc.lost_seqs = sent
+        .accepted
+        .iter()
+        .map(|a| a.seq)
+        .filter(|s| !seen.contains_key(s))
+        .collect();
+    acc.lost = acc.lost_seqs.len() as u64;
     acc.unconfirmed = seen.keys().filter(|s| !accepted.contains(s)).count() as u64;
     acc.no_receiver = sent
         .accepted
@@ -115,7 +129,13 @@ pub(super) async fn publish_run(ctx: &Ctx, fault: Option<Fault>) -> anyhow::Resu
     let acks = fault.map(|_| Arc::new(Acks::new(args.sockets)));
     let (creds, mint_errors, fleet) = connect_clients(ctx, acks.clone()).await?;
     let meter = ctx.servers.as_ref().map(|s| s.start());
-    let (sent, fault_us) = publish(ctx, &creds, &fleet.clients(), fault, acks).await;
+    let clients = fleet.clients();
+    let (sent, fault_us) = publish(ctx, &creds, &clients, fault, acks).await;
+    let stopped_us = ctx.clock.us();
+    let delivered_at_stop = ctx
+        .live
+        .delivered
+        .load(std::sync::atomic::Ordering::Relaxed);
     let cpu = meter.map(|m| m.finish());
     let fleet_opened = fleet.opened();
     let fleet_errors = fleet.errors.clone();
@@ -131,6 +151,9 @@ pub(super) async fn publish_run(ctx: &Ctx, fault: Option<Fault>) -> anyhow::Resu
         tallies,
         cpu,
         fault_us,
+        clients,
+        stopped_us,
+        delivered_at_stop,
     })
 }
 
@@ -221,7 +244,7 @@ async fn publish(
         Some(task) => task.await.ok(),
         None => None,
     };
-    settle(ctx, sent.accepted.len() as u64).await;
+    settle_accepted(ctx, &sent).await;
     drop(bar);
     (sent, fault_us)
 }
@@ -280,6 +303,28 @@ pub(super) async fn settle(ctx: &Ctx, expected: u64) {
             .load(std::sync::atomic::Ordering::Relaxed)
             < expected
     {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until every accepted publish has arrived at least once, `--settle` seconds, or the
+/// deadline. Counting deliveries up to the number accepted would not do: a publish whose answer
+/// was lost (its replica was killed after the broker took the message: a 502) still arrives, and
+/// would stand in for an accepted one still on its way — which the run would then call lost.
+async fn settle_accepted(ctx: &Ctx, sent: &Sent) {
+    let until = (Instant::now() + Duration::from_secs_f64(ctx.args.settle))
+        .min(ctx.until_deadline(Duration::from_secs(1)));
+    let seqs = sent.accepted.iter().map(|a| a.seq).collect();
+    wait_arrived(&ctx.live.arrived, seqs, until).await;
+}
+
+/// Waits until each of `seqs` has arrived, or `until`; returns those still missing.
+async fn wait_arrived(arrived: &Arrived, mut missing: Vec<u64>, until: Instant) -> Vec<u64> {
+    loop {
+        missing.retain(|&seq| !arrived.has(seq));
+        if missing.is_empty() || Instant::now() >= until {
+            return missing;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -364,6 +409,13 @@ pub(super) fn report_common(ctx: &Ctx, report: &mut Report, o: &Observed, acc: &
     report.figure("replayed", acc.replayed);
     report.figure("no_receiver", acc.no_receiver);
     report.figure("latency", acc.latencies.json());
+    report.figure("lost_messages", lost_messages(o, acc));
+    report.figure(
+        "settled",
+        json!({"stopped_ms": ms_since(o.stopped_us, sent.first_us),
+               "delivered_at_stop": o.delivered_at_stop,
+               "accepted": sent.accepted.len()}),
+    );
     report.figure(
         "http_round_trip",
         Latencies::from_micros(sent.round_trips.clone()).json(),
@@ -371,6 +423,82 @@ pub(super) fn report_common(ctx: &Ctx, report: &mut Report, o: &Observed, acc: &
     for second in per_second_lines(&acc.arrival_ms, sent.first_us) {
         report.line("second", second);
     }
+}
+
+/// Most lost messages named one by one in the report.
+const LOST_NAMED: usize = 20;
+
+/// `at_us` as ms since `origin_us` (negative before it).
+fn ms_since(at_us: u64, origin_us: u64) -> f64 {
+    (at_us as f64 - origin_us as f64) / 1000.0
+}
+
+/// The first [`LOST_NAMED`] lost messages, each with what tells where it went: its client, when
+/// it was published and answered and what the answer said, the client's outages (closed, back,
+/// on which replica, the cursor it resumed from and the one its welcome named) and the arrivals
+/// just before and after it at that client. Times are ms since the first send.
+fn lost_messages(o: &Observed, acc: &Accounting) -> serde_json::Value {
+    let origin = o.sent.first_us;
+    let by_seq: HashMap<u64, &crate::publisher::Accepted> =
+        o.sent.accepted.iter().map(|a| (a.seq, a)).collect();
+    let named: Vec<serde_json::Value> = acc
+        .lost_seqs
+        .iter()
+        .take(LOST_NAMED)
+        .filter_map(|seq| {
+            let accepted = by_seq.get(seq)?;
+            let client = *o
+                .clients
+                .get((*seq % o.clients.len().max(1) as u64) as usize)?;
+            let tally = o.tallies.iter().find(|t| t.client == client);
+            let outages: Vec<serde_json::Value> = tally
+                .map(|t| {
+                    t.outages
+                        .iter()
+                        .map(|out| {
+                            json!({"replica": out.replica, "kind": out.kind,
+                                   "closed_ms": ms_since(out.closed_us, origin),
+                                   "back_ms": out.back_us.map(|b| ms_since(b, origin)),
+                                   "back_on": out.back_on,
+                                   "resumed_from": out.resumed_from,
+                                   "welcomed_at": out.welcomed_at})
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let neighbour = |pick: &dyn Fn(u64) -> bool, last: bool| {
+                let t = tally?;
+                let found = t
+                    .seqs
+                    .iter()
+                    .zip(&t.arrivals)
+                    .filter(|(s, _)| pick(**s))
+                    .map(|(s, a)| (*s, a));
+                let (s, a) = if last {
+                    found.max_by_key(|(s, _)| *s)?
+                } else {
+                    found.min_by_key(|(s, _)| *s)?
+                };
+                Some(
+                    json!({"seq": s, "at_ms": ms_since(a.at_us, origin), "id": a.id,
+                            "replayed": a.replayed}),
+                )
+            };
+            Some(json!({
+                "seq": seq,
+                "client": client,
+                "sent_ms": ms_since(accepted.sent_us, origin),
+                "answered_ms": ms_since(accepted.answered_us, origin),
+                "answer": accepted.body,
+                "fault_ms": o.fault_us.map(|f| ms_since(f, origin)),
+                "holder_replica": tally.map(|t| t.replica.clone()),
+                "outages": outages,
+                "arrived_before": neighbour(&|s| s < *seq, true),
+                "arrived_after": neighbour(&|s| s > *seq, false),
+            }))
+        })
+        .collect();
+    json!(named)
 }
 
 /// Times (ms on the run clock) moved to count from `origin_us`.
@@ -434,4 +562,47 @@ pub(super) fn plots(
         &o.by_replica,
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The failover run's false loss: seq 1's publish was answered 502 (its replica died after
+    /// the broker took it) yet it arrived, so the deliveries already equal the accepted count
+    /// while accepted seq 2 is still on its way. The settling must wait for seq 2 itself.
+    #[tokio::test]
+    async fn settling_waits_for_each_accepted_message_not_for_a_count_of_deliveries() {
+        let live = Arc::new(crate::deliveries::Live {
+            arrived: Arrived::new(3),
+            ..Default::default()
+        });
+        for seq in [0, 1] {
+            live.arrived.mark(seq);
+            live.delivered
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let accepted = vec![0, 2];
+        let late = {
+            let live = live.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                live.arrived.mark(2);
+            })
+        };
+        let started = Instant::now();
+        let missing = wait_arrived(&live.arrived, accepted, started + Duration::from_secs(5)).await;
+        assert!(missing.is_empty(), "still missing {missing:?}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(100),
+            "returned before seq 2 arrived"
+        );
+        late.await.unwrap();
+        let never = wait_arrived(&live.arrived, vec![0, 2, 1, 5], Instant::now()).await;
+        assert_eq!(
+            never,
+            [5],
+            "a seq that never came is reported at the deadline"
+        );
+    }
 }
