@@ -225,6 +225,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_resume_with_nothing_missed_still_skips_what_the_client_has_seen() {
+        let broker = broker();
+        let c = ClientId::parse("c").unwrap();
+        let seen_own = publish(&broker, Target::Client(c.clone()), "seen").await;
+        let seen = Seen {
+            client: seen_own,
+            broadcast: StreamId::ZERO,
+        };
+        let start = start(&broker, &c, "app-2", Some(seen)).await;
+        assert!(start.replay.is_empty() && start.lost.is_empty());
+        // The live copy of the message the client already has (queued while it subscribed).
+        let frame = Outgoing::new(Utf8Bytes::from_static("{}"), Some(Cursor::Client(seen_own)));
+        assert!(
+            !start.skip.keeps(&frame),
+            "the client had it before it reconnected"
+        );
+    }
+
+    #[tokio::test]
     async fn a_client_behind_the_window_is_told() {
         let broker = broker();
         let c = ClientId::parse("c").unwrap();
