@@ -293,6 +293,81 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_envelope_carries_its_publish_time_only_when_it_has_one() {
+        let mut envelope = Envelope {
+            via: Via::Publish,
+            from: "app-1".into(),
+            text: "t".into(),
+            at: 0,
+        };
+        let bytes = envelope.encode();
+        assert!(!String::from_utf8_lossy(&bytes).contains("\"at\""));
+        assert_eq!(Envelope::decode(&bytes).unwrap(), envelope);
+        envelope.at = 5;
+        let bytes = envelope.encode();
+        assert!(String::from_utf8_lossy(&bytes).contains("\"at\":5"));
+        assert_eq!(Envelope::decode(&bytes).unwrap(), envelope);
+    }
+
+    #[test]
+    fn a_frames_cursor_names_the_history_its_message_is_kept_in() {
+        let id = StreamId { ms: 3, seq: 1 };
+        let envelope = |via| Envelope {
+            via,
+            from: "app-1".into(),
+            text: "t".into(),
+            at: 0,
+        };
+        let cursor = |via| envelope(via).outgoing("app-2", Some(id), false).cursor;
+        assert_eq!(cursor(Via::Broadcast), Some(Cursor::Broadcast(id)));
+        assert_eq!(cursor(Via::Publish), Some(Cursor::Client(id)));
+        assert_eq!(
+            envelope(Via::Publish).outgoing("app-2", None, false).cursor,
+            None
+        );
+    }
+
+    #[test]
+    fn text_of_exactly_the_limit_passes_and_one_byte_more_is_refused() {
+        assert_eq!(check_text("ééé", 6), Ok(()));
+        assert_eq!(
+            check_text("éééa", 6),
+            Err(FrameError::TextTooLong { len: 7, max: 6 })
+        );
+    }
+
+    #[test]
+    fn a_bad_frame_is_explained_without_echoing_it_at_length() {
+        // serde names the unknown field; 200 two-byte letters put byte 160 inside a letter.
+        let field = "é".repeat(200);
+        let raw = format!(r#"{{"{field}": 1}}"#);
+        let full = serde_json::from_str::<ClientFrame>(&raw)
+            .unwrap_err()
+            .to_string();
+        let Err(FrameError::BadJson(reason)) = parse_client_frame(&raw, 100) else {
+            panic!("a bad frame");
+        };
+        let kept = reason.strip_suffix('…').expect("cut, and marked as cut");
+        assert!(full.starts_with(kept), "{kept:?} is the start of {full:?}");
+        assert!(
+            (157..=160).contains(&kept.len()),
+            "cut at the last letter boundary within 160 bytes: {}",
+            kept.len()
+        );
+        // A short reason is left whole.
+        let Err(FrameError::BadJson(short)) = parse_client_frame("{", 100) else {
+            panic!("a bad frame");
+        };
+        assert!(!short.is_empty() && !short.ends_with('…'), "{short:?}");
+        assert_eq!(
+            short,
+            serde_json::from_str::<ClientFrame>("{")
+                .unwrap_err()
+                .to_string()
+        );
+    }
+
+    #[test]
     fn a_text_frame_parses() {
         assert_eq!(
             parse_client_frame(r#"{"text":"héllo <b>"}"#, 100),

@@ -147,6 +147,57 @@ impl Limits {
 mod tests {
     use super::*;
 
+    /// `limits` with one change, validated.
+    fn validated(change: impl FnOnce(&mut Limits)) -> Result<(), String> {
+        let mut limits = Limits::default();
+        change(&mut limits);
+        limits.validate()
+    }
+
+    #[test]
+    fn each_cross_limit_allows_its_bound_and_refuses_one_more() {
+        let mib16 = 16 * 1024 * 1024;
+        assert_eq!(validated(|_| {}), Ok(()));
+        // Text as large as the body and the WebSocket message may be, and no larger.
+        let at_bound = |l: &mut Limits| {
+            l.max_body_bytes = 8192;
+            l.max_ws_message_bytes = 8192;
+            l.max_text_bytes = 8192;
+        };
+        assert_eq!(validated(at_bound), Ok(()));
+        assert_eq!(
+            validated(|l| {
+                at_bound(l);
+                l.max_ws_message_bytes = 9000;
+                l.max_text_bytes = 8193;
+            }),
+            Err("MAX_TEXT_BYTES must not exceed MAX_BODY_BYTES".to_owned())
+        );
+        assert_eq!(
+            validated(|l| {
+                at_bound(l);
+                l.max_body_bytes = 9000;
+                l.max_text_bytes = 8193;
+            }),
+            Err("MAX_TEXT_BYTES must not exceed MAX_WS_MESSAGE_BYTES".to_owned())
+        );
+        assert_eq!(validated(|l| l.max_ws_message_bytes = mib16), Ok(()));
+        assert_eq!(
+            validated(|l| l.max_ws_message_bytes = mib16 + 1),
+            Err("MAX_WS_MESSAGE_BYTES must be at most 16 MiB".to_owned())
+        );
+        assert_eq!(validated(|l| l.max_notes = 1000), Ok(()));
+        assert_eq!(
+            validated(|l| l.max_notes = 1001),
+            Err("MAX_NOTES must be at most 1000".to_owned())
+        );
+        assert_eq!(validated(|l| l.max_note_bytes = l.max_text_bytes), Ok(()));
+        assert_eq!(
+            validated(|l| l.max_note_bytes = l.max_text_bytes + 1),
+            Err("MAX_NOTE_BYTES must not exceed MAX_TEXT_BYTES".to_owned())
+        );
+    }
+
     #[test]
     fn defaults_are_valid() {
         assert_eq!(Limits::default().validate(), Ok(()));
