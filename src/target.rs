@@ -20,3 +20,15 @@ impl Target {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_client_target_names_a_client() {
+        let alice = Target::Client(ClientId::parse("alice").unwrap());
+        assert_eq!(alice.client(), Some("alice"));
+        assert_eq!(Target::Broadcast.client(), None);
+    }
+}

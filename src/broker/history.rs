@@ -197,6 +197,47 @@ mod tests {
     }
 
     #[test]
+    fn ids_are_milliseconds_now_and_count_up_within_one() {
+        let mut h = MemoryHistory::default();
+        let target = Target::Broadcast;
+        let before = now_ms();
+        let first = h.append(&target, Bytes::new(), &window(10));
+        let second = h.append(&target, Bytes::new(), &window(10));
+        let after = now_ms();
+        assert!(
+            (before..=after).contains(&first.ms),
+            "{first} is a time between {before} and {after}"
+        );
+        assert!(second > first);
+        if second.ms == first.ms {
+            assert_eq!(second.seq, first.seq + 1);
+        } else {
+            assert_eq!(second.seq, 0);
+        }
+    }
+
+    #[test]
+    fn a_stream_idle_for_its_ttl_is_gone_and_recovery_off_means_no_window() {
+        let mut h = MemoryHistory::default();
+        let target = Target::Client(ClientId::parse("c").unwrap());
+        let gone = Window {
+            ttl: Duration::ZERO,
+            ..window(10)
+        };
+        let id = h.append(&target, Bytes::from_static(b"m"), &gone);
+        let after = h.after(&target, StreamId::ZERO, &gone);
+        assert!(after.entries.is_empty(), "expired with its TTL: {after:?}");
+        assert!(
+            !h.after(&target, id, &window(10))
+                .entries
+                .iter()
+                .any(|(i, _)| *i == id)
+        );
+        assert!(window(1).enabled());
+        assert!(!window(0).enabled(), "HISTORY_LEN=0 turns recovery off");
+    }
+
+    #[test]
     fn history_after_an_id_is_what_came_later_in_order() {
         let mut h = MemoryHistory::default();
         let target = Target::Client(ClientId::parse("c").unwrap());
