@@ -571,18 +571,18 @@ mod tests {
         let faults = [
             (
                 WsError::Utf8("bad".to_owned()),
-                Some(close_code::INVALID_PAYLOAD),
+                Some((close_code::INVALID_PAYLOAD, "text is not valid UTF-8")),
             ),
             (
                 WsError::Capacity(CapacityError::MessageTooLong {
                     size: 20,
                     max_size: 10,
                 }),
-                Some(close_code::MESSAGE_TOO_BIG),
+                Some((close_code::MESSAGE_TOO_BIG, "message too big")),
             ),
             (
                 WsError::Protocol(ProtocolError::UnmaskedFrameFromClient),
-                Some(close_code::PROTOCOL_ERROR),
+                Some((close_code::PROTOCOL_ERROR, "protocol error")),
             ),
             (
                 WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake),
@@ -605,11 +605,13 @@ mod tests {
             while let Ok(message) = h.from_session.try_recv() {
                 sent.push(message);
             }
+            // The code a client branches on, and the reason a person reads.
             let closed = sent.iter().find_map(|m| match m {
-                Message::Close(Some(frame)) => Some(frame.code),
+                Message::Close(Some(frame)) => Some((frame.code, frame.reason.to_string())),
                 _ => None,
             });
-            assert_eq!(closed, code, "{what}: {sent:?}");
+            let expected = code.map(|(code, reason)| (code, reason.to_owned()));
+            assert_eq!(closed, expected, "{what}: {sent:?}");
             assert_eq!(h.registry.counts(), (0, 0), "{what}");
         }
     }
