@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Announcement, Broker};
+use crate::broker::{Announcement, Broker, Driver};
 use crate::lab::StateLab;
 use crate::metrics::Figures;
 use crate::registry::Registry;

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, Subscribed};
+use crate::broker::{Broker, Driver, Subscribed};
 use crate::frame::Outgoing;
 use crate::metrics::Metrics;
 use crate::token::ClientId;

@@ -6,7 +6,7 @@
 //! Correctness rests on ordering: the socket is subscribed before history is read, so every
 //! message newer than the replay is in the socket's queue, and everything older was replayed.
 
-use crate::broker::{Broker, BrokerError, History};
+use crate::broker::{Broker, BrokerError, Driver, History};
 use crate::cursor::{Cursor, StreamId};
 use crate::frame::{Envelope, Outgoing};
 use crate::target::Target;

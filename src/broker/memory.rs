@@ -191,14 +191,25 @@ impl Drop for Membership {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Broker;
     use super::super::suite::{self, Collected};
     use super::*;
 
-    fn pair() -> (MemoryBroker, MemoryBroker, Collected, Collected) {
+    /// Two replicas on one hub, each as the `Broker` a replica runs with, so the suite covers
+    /// the dispatch as well as the driver.
+    fn pair() -> (Broker, Broker, Collected, Collected) {
         let (seen_a, seen_b) = (Collected::default(), Collected::default());
         let a = MemoryBroker::new(seen_a.inbox(), suite::window());
         let b = a.join_same_hub(seen_b.inbox());
-        (a, b, seen_a, seen_b)
+        (Broker::Memory(a), Broker::Memory(b), seen_a, seen_b)
+    }
+
+    #[test]
+    fn it_says_what_it_is_and_lends_no_redis() {
+        let (a, _, _, _) = pair();
+        assert_eq!(a.kind(), "memory");
+        assert!(a.redis_connection().is_none());
+        assert!(a.is_ready(), "in-process: ready from the start");
     }
 
     #[tokio::test]

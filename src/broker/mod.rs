@@ -120,61 +120,60 @@ impl Broker {
             Broker::Redis(b) => Some(b.connection()),
         }
     }
+}
 
-    pub async fn publish(
-        &self,
-        target: &Target,
-        payload: Vec<u8>,
-    ) -> Result<Published, BrokerError> {
+/// The broker a replica runs with is itself a driver, so the suite below runs through it too.
+impl Driver for Broker {
+    async fn publish(&self, target: &Target, payload: Vec<u8>) -> Result<Published, BrokerError> {
         match self {
             Broker::Memory(b) => b.publish(target, payload).await,
             Broker::Redis(b) => b.publish(target, payload).await,
         }
     }
 
-    pub async fn history(&self, target: &Target, after: StreamId) -> Result<History, BrokerError> {
+    async fn history(&self, target: &Target, after: StreamId) -> Result<History, BrokerError> {
         match self {
             Broker::Memory(b) => b.history(target, after).await,
             Broker::Redis(b) => b.history(target, after).await,
         }
     }
 
-    pub async fn newest(&self, client: &ClientId) -> Result<(StreamId, StreamId), BrokerError> {
+    async fn newest(&self, client: &ClientId) -> Result<(StreamId, StreamId), BrokerError> {
         match self {
             Broker::Memory(b) => b.newest(client).await,
             Broker::Redis(b) => b.newest(client).await,
         }
     }
 
-    pub fn hold(&self, client: &ClientId) -> Subscribed {
+    fn hold(&self, client: &ClientId) -> Subscribed {
         match self {
             Broker::Memory(b) => b.hold(client),
             Broker::Redis(b) => b.hold(client),
         }
     }
 
-    pub fn release(&self, client: &ClientId) {
+    fn release(&self, client: &ClientId) {
         match self {
             Broker::Memory(b) => b.release(client),
             Broker::Redis(b) => b.release(client),
         }
     }
 
-    pub fn is_ready(&self) -> bool {
+    fn is_ready(&self) -> bool {
         match self {
             Broker::Memory(b) => b.is_ready(),
             Broker::Redis(b) => b.is_ready(),
         }
     }
 
-    pub async fn announce(&self, announcement: &Announcement) -> Result<(), BrokerError> {
+    async fn announce(&self, announcement: &Announcement) -> Result<(), BrokerError> {
         match self {
             Broker::Memory(b) => b.announce(announcement).await,
             Broker::Redis(b) => b.announce(announcement).await,
         }
     }
 
-    pub async fn replicas(&self) -> Result<Vec<Announcement>, BrokerError> {
+    async fn replicas(&self) -> Result<Vec<Announcement>, BrokerError> {
         match self {
             Broker::Memory(b) => b.replicas().await,
             Broker::Redis(b) => b.replicas().await,

@@ -588,6 +588,7 @@ mod tests {
     //! The driver suite against a real `redis-server` on a free loopback port, started by
     //! [`crate::ops::redis_server`]; where `redis-server` is missing, these tests fail saying
     //! which package to install.
+    use super::super::Broker;
     use super::super::suite::{self, Collected};
     use super::*;
     use crate::ops::redis_server::RedisServer;
@@ -607,14 +608,16 @@ mod tests {
         }
     }
 
-    async fn pair(url: &str) -> (RedisBroker, RedisBroker, Collected, Collected) {
+    /// Two replicas on one Redis, each as the `Broker` a replica runs with, so the suite covers
+    /// the dispatch as well as the driver.
+    async fn pair(url: &str) -> (Broker, Broker, Collected, Collected) {
         let (seen_a, seen_b) = (Collected::default(), Collected::default());
         let observer: LinkObserver = Arc::new(|_| {});
         let a = RedisBroker::start(url, seen_a.inbox(), observer.clone(), suite::window()).unwrap();
         let b = RedisBroker::start(url, seen_b.inbox(), observer, suite::window()).unwrap();
         for _ in 0..200 {
             if a.is_ready() && b.is_ready() {
-                return (a, b, seen_a, seen_b);
+                return (Broker::Redis(a), Broker::Redis(b), seen_a, seen_b);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -655,6 +658,11 @@ mod tests {
     async fn announced_replicas_are_listed() {
         let server = start_server();
         let (a, b, _, _) = pair(&server.redis.url()).await;
+        assert_eq!(a.kind(), "redis");
+        assert!(
+            a.redis_connection().is_some(),
+            "the state lab shares this Redis"
+        );
         suite::announced_replicas_are_listed(&a, &b).await;
     }
 

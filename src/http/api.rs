@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ClientPath, TextBody, bearer, sticky_cookie};
+use crate::broker::Driver;
 use crate::frame::Via;
 use crate::records::Event;
 use crate::target::Target;

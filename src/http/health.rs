@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::AppState;
+use crate::broker::Driver;
 
 pub(super) async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({"status": "ok", "replica": &*state.replica}))
