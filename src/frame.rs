@@ -354,6 +354,23 @@ mod tests {
             "cut at the last letter boundary within 160 bytes: {}",
             kept.len()
         );
+        // A reason of exactly 160 bytes is left whole: the field's length makes it so.
+        let reason_for = |n: usize| {
+            let raw = format!(r#"{{"{}": 1}}"#, "a".repeat(n));
+            let full = serde_json::from_str::<ClientFrame>(&raw)
+                .unwrap_err()
+                .to_string();
+            (raw, full)
+        };
+        // (The message also names the column, so its length is searched for, not computed.)
+        let (raw, full) = (1..200)
+            .map(reason_for)
+            .find(|(_, full)| full.len() == 160)
+            .expect("a field length giving a 160-byte reason");
+        assert_eq!(
+            parse_client_frame(&raw, 100),
+            Err(FrameError::BadJson(full))
+        );
         // A short reason is left whole.
         let Err(FrameError::BadJson(short)) = parse_client_frame("{", 100) else {
             panic!("a bad frame");

@@ -155,6 +155,15 @@ mod tests {
     }
 
     #[test]
+    fn the_state_ttl_is_its_seconds() {
+        let limits = Limits {
+            state_ttl_secs: 7,
+            ..Limits::default()
+        };
+        assert_eq!(limits.state_ttl(), std::time::Duration::from_secs(7));
+    }
+
+    #[test]
     fn each_cross_limit_allows_its_bound_and_refuses_one_more() {
         let mib16 = 16 * 1024 * 1024;
         assert_eq!(validated(|_| {}), Ok(()));

@@ -409,6 +409,9 @@ mod tests {
     use std::sync::Arc;
 
     struct Harness {
+        /// The session's records log, read by [`Harness::disconnects`].
+        records: Records,
+        log: tempfile::NamedTempFile,
         to_session: fmpsc::UnboundedSender<Result<Message, axum::Error>>,
         from_session: fmpsc::UnboundedReceiver<Message>,
         registry: Registry,
@@ -426,12 +429,9 @@ mod tests {
         let client = ClientId::parse("c1").unwrap();
         let registration = registry.register(&client, &broker).unwrap();
         let shutdown = CancellationToken::new();
-        let delivery = Delivery::new(
-            "app-1".into(),
-            registry.clone(),
-            Records::disabled("app-1"),
-            metrics,
-        );
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let records = Records::open("app-1", log.path()).unwrap();
+        let delivery = Delivery::new("app-1".into(), registry.clone(), records.clone(), metrics);
         let session = Session {
             client,
             registration,
@@ -447,11 +447,29 @@ mod tests {
         let sink = outgoing.sink_map_err(axum::Error::new);
         let task = tokio::spawn(session.run(Box::pin(sink), incoming));
         Harness {
+            records,
+            log,
             to_session,
             from_session,
             registry,
             shutdown,
             task,
+        }
+    }
+
+    impl Harness {
+        /// `event: detail` of every line the session wrote about how it ended.
+        fn disconnects(&self) -> Vec<String> {
+            self.records.close();
+            std::fs::read_to_string(self.log.path())
+                .unwrap()
+                .lines()
+                .filter_map(|line| {
+                    let cols: Vec<&str> = line.split(" | ").map(str::trim).collect();
+                    matches!(cols[2], "disconnect" | "slow-consumer")
+                        .then(|| format!("{}: {}", cols[2], cols[4]))
+                })
+                .collect()
         }
     }
 
@@ -561,6 +579,17 @@ mod tests {
         }
         assert!(overflowed > 0, "the queue never filled");
         assert_eq!(next_close_code(&mut h).await, close_code::TRY_AGAIN_LATER);
+        tokio::time::timeout(Duration::from_secs(2), &mut h.task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            h.disconnects(),
+            vec![
+                "disconnect: slow consumer (1013)".to_owned(),
+                "slow-consumer: queue full, closed with 1013".to_owned()
+            ]
+        );
     }
 
     // Paused time: each fault's linger passes at once.
@@ -628,5 +657,9 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(h.registry.counts(), (0, 0));
+        assert_eq!(
+            h.disconnects(),
+            vec!["disconnect: closed by client".to_owned()]
+        );
     }
 }

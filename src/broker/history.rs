@@ -200,10 +200,16 @@ mod tests {
     fn ids_are_milliseconds_now_and_count_up_within_one() {
         let mut h = MemoryHistory::default();
         let target = Target::Broadcast;
-        let before = now_ms();
+        let clock = || {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64
+        };
+        let before = clock();
         let first = h.append(&target, Bytes::new(), &window(10));
         let second = h.append(&target, Bytes::new(), &window(10));
-        let after = now_ms();
+        let after = clock();
         assert!(
             (before..=after).contains(&first.ms),
             "{first} is a time between {before} and {after}"

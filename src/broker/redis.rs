@@ -688,6 +688,11 @@ mod tests {
         );
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(!broker.is_ready());
+        let broker = Broker::Redis(broker);
+        assert!(
+            !broker.is_ready(),
+            "the replica's broker says so too (/readyz)"
+        );
         let hold = broker.hold(&ClientId::parse("c").unwrap()).await;
         assert!(matches!(hold, Err(BrokerError::Unavailable(_))));
     }
