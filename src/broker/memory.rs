@@ -240,10 +240,14 @@ mod tests {
     async fn a_dropped_replica_no_longer_receives() {
         let (a, b, _, _) = pair();
         let alice = ClientId::parse("alice").unwrap();
+        let bob = ClientId::parse("bob").unwrap();
         b.hold(&alice).await.unwrap();
+        a.hold(&bob).await.unwrap();
         drop(b);
         let to_alice = a.publish(&Target::Client(alice), b"x".to_vec()).await;
         assert_eq!(to_alice.unwrap().receivers, 0);
+        let to_bob = a.publish(&Target::Client(bob), b"x".to_vec()).await;
+        assert_eq!(to_bob.unwrap().receivers, 1, "the others' holds outlive it");
         let to_all = a.publish(&Target::Broadcast, b"x".to_vec()).await;
         assert_eq!(to_all.unwrap().receivers, 1);
     }
