@@ -63,10 +63,19 @@ impl Delivery {
     /// An envelope from this replica, stamped now: what a publish hands the broker.
     pub fn envelope<'a>(&'a self, via: Via, text: &'a str) -> Envelope<'a> {
         Envelope {
+            at: now_micros(),
+            ..self.unstamped(via, text)
+        }
+    }
+
+    /// An envelope from this replica that never crosses the broker (direct, echo): no publish
+    /// time, so it is not timed as publish-to-delivery.
+    fn unstamped<'a>(&'a self, via: Via, text: &'a str) -> Envelope<'a> {
+        Envelope {
             via,
             from: (*self.inner.replica).into(),
             text: text.into(),
-            at: now_micros(),
+            at: 0,
         }
     }
 
@@ -120,15 +129,8 @@ impl Delivery {
             records,
             metrics,
         } = &*self.inner;
-        let envelope = Envelope {
-            via: Via::Direct,
-            from: (**replica).into(),
-            text: text.into(),
-            at: 0,
-        };
-        let delivered = registry
-            .deliver(client, &envelope.frame_for(replica).into())
-            .reached;
+        let frame = self.unstamped(Via::Direct, text).frame_for(replica);
+        let delivered = registry.deliver(client, &frame.into()).reached;
         metrics.delivered(Via::Direct, delivered as u64);
         let name = Some(client.as_str());
         records.record(Event::Direct, name, format_args!("delivered={delivered}"));
@@ -157,14 +159,8 @@ impl Delivery {
             ..
         } = &*self.inner;
         records.record(Event::WsRecv, Some(client.as_str()), text);
-        let envelope = Envelope {
-            via: Via::Ws,
-            from: (**replica).into(),
-            text: text.into(),
-            at: 0,
-        };
         metrics.delivered(Via::Ws, 1);
-        envelope.frame_for(replica).into()
+        self.unstamped(Via::Ws, text).frame_for(replica).into()
     }
 }
 

@@ -145,15 +145,7 @@ async fn socket_buttons(
     rows.push(t.row("3 WebSocket only"));
 
     // 4. Publish through the broker: always arrives, delivered by the socket's replica.
-    let mut t = Tally::default();
-    for i in 0..count {
-        let text = format!("publish {i}");
-        let answer = me.call(d, "publish", None, &text).await?;
-        t.took_by(answer["replica"].as_str().unwrap_or("?"));
-        if expect_frame(socket, &text, "publish", &ws_by).await? {
-            t.delivered += 1;
-        }
-    }
+    let t = pressed_until_arrived(d, me, socket, "publish", None, "publish", count).await?;
     if t.delivered != count {
         broken.push(format!("publish: {} of {count} arrived", t.delivered));
     }
@@ -197,21 +189,38 @@ async fn direct_buttons(
     rows.push(t.row("5 Non-sticky HTTP & in-memory WS"));
 
     // 6. Direct with the cookie: always arrives.
-    let mut t = Tally::default();
-    for i in 0..count {
-        let text = format!("sticky direct {i}");
-        let answer = me.call(d, "direct", Some(&ws_by), &text).await?;
-        t.took_by(answer["replica"].as_str().unwrap_or("?"));
-        if expect_frame(socket, &text, "direct", &ws_by).await? {
-            t.delivered += 1;
-        }
-    }
+    let sticky = Some(ws_by.as_str());
+    let t = pressed_until_arrived(d, me, socket, "direct", sticky, "sticky direct", count).await?;
     if t.delivered != count {
         broken.push(format!("sticky direct: {} of {count} arrived", t.delivered));
     }
     rows.push(t.row("6 Sticky HTTP & in-memory WS"));
 
     Ok(())
+}
+
+/// `count` presses of an HTTP button whose message should reach the socket (`action` with the
+/// cookie `sticky`, texts `"<label> <i>"`): who took each, and how many arrived.
+async fn pressed_until_arrived(
+    d: &Deployment,
+    me: &Client,
+    socket: &mut Socket,
+    action: &str,
+    sticky: Option<&str>,
+    label: &str,
+    count: usize,
+) -> anyhow::Result<Tally> {
+    let ws_by = socket.replica.clone();
+    let mut t = Tally::default();
+    for i in 0..count {
+        let text = format!("{label} {i}");
+        let answer = me.call(d, action, sticky, &text).await?;
+        t.took_by(answer["replica"].as_str().unwrap_or("?"));
+        if expect_frame(socket, &text, action, &ws_by).await? {
+            t.delivered += 1;
+        }
+    }
+    Ok(t)
 }
 
 /// The state lab: notes kept in each replica's memory or in Redis, sent without the cookie,

@@ -63,6 +63,11 @@ impl Socket {
         .await
         .expect("upgrade in time")
         .expect("upgrade accepted");
+        Socket::greeted(ws, client).await
+    }
+
+    /// An upgraded socket of `client`, once its welcome frame has come and named the client.
+    async fn greeted(ws: WebSocketStream<MaybeTlsStream<TcpStream>>, client: &Client) -> Socket {
         let mut socket = Socket {
             ws,
             replica: String::new(),
@@ -95,16 +100,7 @@ impl Socket {
         .await
         .expect("upgrade in time")
         .expect("upgrade accepted");
-        let mut socket = Socket {
-            ws,
-            replica: String::new(),
-            welcome: Value::Null,
-        };
-        let welcome = socket.next_json().await;
-        assert_eq!(welcome["type"], "welcome", "{welcome}");
-        socket.replica = welcome["replica"].as_str().unwrap().to_owned();
-        socket.welcome = welcome;
-        socket
+        Socket::greeted(ws, client).await
     }
 
     /// The next text frame as JSON, within 5 s.
