@@ -1,12 +1,16 @@
 //! Positions in a history: the id every kept message carries ([`StreamId`], `<ms>-<seq>` as
-//! Redis streams write them), its string form on the wire, and which history a position belongs
-//! to ([`Cursor`]). Frames, the broker and the resume step all speak these; how a history is
-//! kept is the broker's business ([`crate::broker::history`]).
+//! Redis streams write them), the epoch of the history it was kept in ([`Epoch`]: it changes
+//! whenever that history is lost, e.g. Redis restarted empty), the two together as the opaque
+//! cursor clients hold ([`Position`], `<epoch>:<ms>-<seq>` on the wire), and which history a
+//! position belongs to ([`Cursor`]). Frames, the broker and the resume step all speak these;
+//! how a history is kept is the broker's business ([`crate::broker::history`]).
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::Serialize;
+
+use crate::channel::ChannelName;
 
 /// A message id, `<milliseconds>-<sequence>` as Redis streams write them; ordered.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -61,11 +65,115 @@ impl Serialize for StreamIdText {
     }
 }
 
+/// One life of one history: a random number drawn when the history is created, so a
+/// position from a history that was lost and started again is told apart from a position in
+/// the new one. 0 is "not known" (a cursor written before epochs, `<ms>-<seq>`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Epoch(pub u64);
+
+impl Epoch {
+    pub const UNKNOWN: Epoch = Epoch(0);
+
+    /// A fresh epoch for a new history; never 0.
+    pub fn fresh() -> Self {
+        Epoch(rand::random::<u64>().max(1))
+    }
+
+    pub fn is_known(self) -> bool {
+        self != Self::UNKNOWN
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:x}", self.0)
+    }
+}
+
+impl FromStr for Epoch {
+    type Err = BadCursor;
+
+    fn from_str(s: &str) -> Result<Self, BadCursor> {
+        if s.is_empty() || s.len() > 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(BadCursor);
+        }
+        u64::from_str_radix(s, 16).map(Epoch).map_err(|_| BadCursor)
+    }
+}
+
+/// Where a client stands in one history: the opaque cursor of the contract.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Position {
+    pub epoch: Epoch,
+    pub id: StreamId,
+}
+
+impl Position {
+    /// Before everything, in an unknown epoch: a client that has seen nothing.
+    pub const START: Position = Position {
+        epoch: Epoch::UNKNOWN,
+        id: StreamId::ZERO,
+    };
+
+    pub fn new(epoch: Epoch, id: StreamId) -> Self {
+        Self { epoch, id }
+    }
+
+    /// Whether what a history of `epoch` holds after this position can be trusted to follow
+    /// on from what the client saw: same epoch, or a client without one (older cursors).
+    pub fn continues_in(self, epoch: Epoch) -> bool {
+        !self.epoch.is_known() || self.epoch == epoch
+    }
+}
+
+/// Why a string is not a cursor.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("a cursor looks like 3f9a2c:1700000000000-0 (or an older 1700000000000-0)")]
+pub struct BadCursor;
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.epoch.is_known() {
+            write!(f, "{}:{}", self.epoch, self.id)
+        } else {
+            write!(f, "{}", self.id)
+        }
+    }
+}
+
+impl FromStr for Position {
+    type Err = BadCursor;
+
+    fn from_str(s: &str) -> Result<Self, BadCursor> {
+        let (epoch, id) = match s.split_once(':') {
+            Some((epoch, id)) => (epoch.parse()?, id),
+            None => (Epoch::UNKNOWN, s),
+        };
+        let id = id.parse().map_err(|_| BadCursor)?;
+        Ok(Position { epoch, id })
+    }
+}
+
+impl Serialize for Position {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// Which history a delivered message belongs to, and where in it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Cursor {
-    Client(StreamId),
-    Broadcast(StreamId),
+    Client(Position),
+    Broadcast(Position),
+    Channel(ChannelName, Position),
+}
+
+impl Cursor {
+    pub fn position(&self) -> Position {
+        match self {
+            Cursor::Client(p) | Cursor::Broadcast(p) | Cursor::Channel(_, p) => *p,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -98,5 +206,34 @@ mod tests {
             })
         );
         assert_eq!(format!("0{max}").parse::<StreamId>(), Err(BadStreamId));
+    }
+
+    #[test]
+    fn cursors_carry_their_epoch_and_older_ids_still_parse() {
+        let id = StreamId { ms: 17, seq: 2 };
+        let p = Position::new(Epoch(0xabc), id);
+        assert_eq!(p.to_string(), "abc:17-2");
+        assert_eq!("abc:17-2".parse(), Ok(p));
+        assert_eq!(
+            "17-2".parse(),
+            Ok(Position::new(Epoch::UNKNOWN, id)),
+            "an id from before epochs"
+        );
+        assert_eq!(Position::new(Epoch::UNKNOWN, id).to_string(), "17-2");
+        for bad in [
+            "",
+            ":1-2",
+            "x:1-2",
+            "abc:",
+            "abc:1",
+            "1:2:3-4",
+            &format!("{}:1-2", "f".repeat(17)),
+        ] {
+            assert_eq!(bad.parse::<Position>(), Err(BadCursor), "{bad:?}");
+        }
+        assert!(p.continues_in(Epoch(0xabc)));
+        assert!(!p.continues_in(Epoch(0xabd)), "another life of the history");
+        assert!(Position::new(Epoch::UNKNOWN, id).continues_in(Epoch(5)));
+        assert!(Epoch::fresh().is_known());
     }
 }

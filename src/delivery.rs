@@ -1,14 +1,14 @@
 //! Delivery: the return leg of every message, in one place. What the broker hands this replica
-//! (publish, broadcast), what an HTTP request delivers in memory (`direct`) and what a socket
-//! echoes (`ws`) all become a frame here, reach the local sockets through the [`Registry`], and
+//! (publish, broadcast, channel messages and presence notes), what an HTTP request delivers in
+//! memory (`direct`) and what a socket echoes (`ws`) all become a frame here, reach the local sockets through the [`Registry`], and
 //! are counted and written to the records log the same way. Sending to the broker is the HTTP
 //! handlers' business; which sockets exist is the registry's.
 
 use std::sync::Arc;
 
 use crate::broker::Inbox;
-use crate::cursor::StreamId;
-use crate::frame::{Envelope, Outgoing, Via, now_micros};
+use crate::cursor::Position;
+use crate::frame::{Envelope, Outgoing, PresenceNote, Via, now_micros};
 use crate::metrics::Metrics;
 use crate::records::{Event, Records};
 use crate::registry::Registry;
@@ -80,24 +80,41 @@ impl Delivery {
     }
 
     /// Delivers a message from the broker to the local sockets of its target.
-    fn deliver_brokered(&self, target: &Target, id: Option<StreamId>, payload: &[u8]) {
+    fn deliver_brokered(&self, target: &Target, position: Option<Position>, payload: &[u8]) {
         let Inner {
             replica,
             registry,
             records,
             metrics,
         } = &*self.inner;
+        if let (Target::Channel(channel), Some(note)) = (target, PresenceNote::decode(payload)) {
+            let frame = Outgoing::from(note.frame(channel.as_str()));
+            let reached = registry.deliver(target, &frame).reached;
+            metrics.presence_delivered(reached as u64);
+            let event = if note.presence == "join" {
+                Event::Join
+            } else {
+                Event::Leave
+            };
+            records.record(
+                event,
+                Some(&format!("#{channel}")),
+                format_args!(
+                    "client={} on={} sockets={reached}",
+                    note.client_id, note.replica
+                ),
+            );
+            return;
+        }
         let Ok(envelope) = Envelope::decode(payload) else {
             tracing::warn!(bytes = payload.len(), "undecodable broker message dropped");
             return;
         };
         // Serialized once here; every local socket of the target shares these bytes.
-        let frame = envelope.outgoing(replica, id, false);
-        let (client, reached) = match target {
-            Target::Client(client) => (Some(client.as_str()), registry.deliver(client, &frame)),
-            Target::Broadcast => (None, registry.broadcast(&frame)),
-        };
-        let reached = reached.reached;
+        let frame = envelope.outgoing(replica, target, position, false);
+        let reached = registry.deliver(target, &frame).reached;
+        let label = target.label();
+        let client = label.as_deref();
         metrics.delivered(envelope.via, reached as u64);
         if envelope.at > 0 && reached > 0 {
             // Wall clocks of two processes: exact on one host, as good as NTP across hosts.
@@ -109,8 +126,12 @@ impl Delivery {
             records.record(Event::NotHere, client, "no local socket for this message");
             return;
         }
+        let event = match target {
+            Target::Channel(_) => Event::ChannelDeliver,
+            Target::Client(_) | Target::Broadcast => Event::Deliver,
+        };
         records.record(
-            Event::Deliver,
+            event,
             client,
             format_args!(
                 "via={} from={} sockets={reached}",
@@ -130,7 +151,9 @@ impl Delivery {
             metrics,
         } = &*self.inner;
         let frame = self.unstamped(Via::Direct, text).frame_for(replica);
-        let delivered = registry.deliver(client, &frame.into()).reached;
+        let delivered = registry
+            .deliver(&Target::Client(client.clone()), &frame.into())
+            .reached;
         metrics.delivered(Via::Direct, delivered as u64);
         let name = Some(client.as_str());
         records.record(Event::Direct, name, format_args!("delivered={delivered}"));
@@ -169,6 +192,8 @@ mod tests {
     use super::*;
     use crate::broker::Broker;
     use crate::broker::memory::MemoryBroker;
+    use crate::channel::ChannelName;
+    use crate::cursor::{Epoch, StreamId};
     use crate::limits::Limits;
     use crate::registry::Registration;
 
@@ -189,6 +214,7 @@ mod tests {
             let metrics = Metrics::new();
             let registry = Registry::new(metrics.clone(), &Limits::default());
             let broker = Broker::Memory(MemoryBroker::new(
+                "app-1",
                 Arc::new(|_, _, _| {}),
                 Limits::default().window(),
             ));
@@ -270,9 +296,9 @@ mod tests {
         let f = Fixture::new();
         let (mut a1, mut a2, mut b) = (f.socket("a"), f.socket("a"), f.socket("b"));
         let inbox = f.delivery.inbox();
-        let id = StreamId { ms: 7, seq: 1 };
+        let at = Position::new(Epoch(0xe), StreamId { ms: 7, seq: 1 });
         let target = Target::Client(ClientId::parse("a").unwrap());
-        inbox(&target, Some(id), &published(Via::Publish, "hi \"a\""));
+        inbox(&target, Some(at), &published(Via::Publish, "hi \"a\""));
         for socket in [&mut a1, &mut a2] {
             let got = frames(socket);
             assert_eq!(got.len(), 1, "{got:?}");
@@ -281,8 +307,8 @@ mod tests {
                 (&"publish".into(), &"app-2".into(), &"app-1".into())
             );
             assert_eq!(
-                (&got[0]["text"], &got[0]["id"]),
-                (&"hi \"a\"".into(), &"7-1".into())
+                (&got[0]["text"], &got[0]["id"], &got[0]["cursor"]),
+                (&"hi \"a\"".into(), &"7-1".into(), &"e:7-1".into())
             );
         }
         assert!(frames(&mut b).is_empty(), "b is another client");
@@ -352,7 +378,7 @@ mod tests {
         let mut sockets = [f.socket("a"), f.socket("a"), f.socket("b")];
         f.delivery.inbox()(
             &Target::Broadcast,
-            Some(StreamId { ms: 9, seq: 0 }),
+            Some(Position::new(Epoch(1), StreamId { ms: 9, seq: 0 })),
             &published(Via::Broadcast, "all"),
         );
         for socket in &mut sockets {
@@ -447,5 +473,51 @@ mod tests {
         assert_eq!(envelope.via, Via::Publish);
         assert!(envelope.at >= before && envelope.at <= now_micros());
         assert_eq!(f.delivery.replica().as_ref(), "app-1");
+    }
+
+    #[tokio::test]
+    async fn a_channel_message_and_a_presence_note_reach_only_its_subscribers() {
+        let f = Fixture::new();
+        let lobby = ChannelName::parse("public:lobby").unwrap();
+        let (mut a, mut b) = (f.socket("a"), f.socket("b"));
+        a.subscribe(&lobby).unwrap();
+        let target = Target::Channel(lobby);
+        let at = Position::new(Epoch(2), StreamId { ms: 4, seq: 0 });
+        f.delivery.inbox()(&target, Some(at), &published(Via::Channel, "to the room"));
+        let got = frames(&mut a);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(
+            (
+                &got[0]["via"],
+                &got[0]["channel"],
+                &got[0]["text"],
+                &got[0]["cursor"]
+            ),
+            (
+                &"channel".into(),
+                &"public:lobby".into(),
+                &"to the room".into(),
+                &"2:4-0".into()
+            )
+        );
+        let note = crate::broker::members::note("join", &ClientId::parse("z").unwrap(), "app-3");
+        f.delivery.inbox()(&target, None, &note);
+        let got = frames(&mut a);
+        assert_eq!(
+            got,
+            vec![
+                serde_json::json!({"type": "presence", "channel": "public:lobby",
+                                    "event": "join", "client_id": "z", "replica": "app-3"})
+            ]
+        );
+        assert!(frames(&mut b).is_empty(), "b is not subscribed");
+        assert_eq!(f.delivered("channel"), 1);
+        assert_eq!(
+            f.records(),
+            vec![
+                ("channel-deliver".into(), "#public:lobby".into()),
+                ("join".into(), "#public:lobby".into())
+            ]
+        );
     }
 }

@@ -15,7 +15,8 @@
 //!   socket echo — into the registry, counted and recorded in one place.
 //! - [`broker`]: how messages reach the replicas holding a client — in-process or Redis.
 //! - [`presence`]: what a replica announces about itself, and the list of live replicas.
-//! - [`target`]: where a message goes (a client, or everyone).
+//! - [`target`]: where a message goes (a client, a channel, or everyone).
+//! - [`channel`]: channel names, who may subscribe, subscription tokens.
 //! - [`cursor`]: positions in a history (message ids), as frames and the broker write them.
 //! - [`frame`]: frames in and out, and the envelope replicas exchange through the broker.
 //! - [`lab`]: the state lab — visit counters and session state, process-local vs shared.
@@ -33,7 +34,13 @@
 //! - `stickyws:replicas` (sorted set, score = last announcement in ms) and
 //!   `stickyws:replica:<id>` (JSON, expiring) — who is alive and its key figures, for
 //!   `/api/replicas` and `/api/stats`.
-//! - `stickyws:history:<client id>`, `stickyws:history:*broadcast` — streams kept for recovery.
+//! - `stickyws:channel:<name>` — channel of one channel's messages (and presence notes),
+//!   subscribed by the replicas holding a subscriber of it.
+//! - `stickyws:history:<client id>`, `stickyws:history:#<channel>`,
+//!   `stickyws:history:*broadcast` — streams kept for recovery; `stickyws:epoch:<same>` — the
+//!   epoch of each, expiring with it (a lost history comes back with a new epoch).
+//! - `stickyws:members:<channel>` — channel presence: a field per client,
+//!   `replica=sockets@expires_ms;…`.
 //! - `stickyws:visits`, `stickyws:notes:<client id>` — the state lab's shared counter and
 //!   session state.
 //!
@@ -43,6 +50,7 @@
 
 pub mod backoff;
 pub mod broker;
+pub mod channel;
 pub mod config;
 pub mod cursor;
 pub mod delivery;

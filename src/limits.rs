@@ -48,6 +48,19 @@ pub struct Limits {
     #[arg(long, env = "PUBLISH_RATE", default_value_t = 200)]
     pub publish_rate: u32,
 
+    /// Messages kept per channel for recovery.
+    #[arg(long, env = "HISTORY_CHANNEL_LEN", default_value_t = 1000)]
+    pub history_channel_len: usize,
+
+    /// Channels one socket may subscribe to at once.
+    #[arg(long, env = "CHANNELS_PER_SOCKET", default_value_t = 64)]
+    pub channels_per_socket: usize,
+
+    /// Channel publishes one client may make per second on one replica (socket and HTTP
+    /// together); bursts of twice that pass. Over it: an error frame, or 429.
+    #[arg(long, env = "CHANNEL_PUBLISH_RATE", default_value_t = 100)]
+    pub channel_publish_rate: u32,
+
     /// Seconds a client's session state (the state lab's notes) lives after its last change,
     /// in the replica's cache and in Redis alike.
     #[arg(long, env = "STATE_TTL_SECS", default_value_t = 600)]
@@ -79,6 +92,9 @@ impl Default for Limits {
             history_broadcast_len: 10_000,
             history_ttl_secs: 300,
             publish_rate: 200,
+            history_channel_len: 1000,
+            channels_per_socket: 64,
+            channel_publish_rate: 100,
             state_ttl_secs: 600,
             state_max_entries: 10_000,
             max_notes: 20,
@@ -92,6 +108,12 @@ impl Limits {
     pub fn window(&self) -> crate::broker::Window {
         crate::broker::Window {
             per_client: self.history_len,
+            // Recovery is on or off for every history at once.
+            per_channel: if self.history_len == 0 {
+                0
+            } else {
+                self.history_channel_len
+            },
             broadcast: if self.history_len == 0 {
                 0
             } else {
@@ -112,6 +134,8 @@ impl Limits {
             ("SOCKET_QUEUE", self.socket_queue),
             ("HISTORY_TTL_SECS", self.history_ttl_secs as usize),
             ("PUBLISH_RATE", self.publish_rate as usize),
+            ("CHANNELS_PER_SOCKET", self.channels_per_socket),
+            ("CHANNEL_PUBLISH_RATE", self.channel_publish_rate as usize),
             ("STATE_TTL_SECS", self.state_ttl_secs as usize),
             ("STATE_MAX_ENTRIES", self.state_max_entries as usize),
             ("MAX_NOTES", self.max_notes),
@@ -141,6 +165,16 @@ impl Limits {
     pub fn state_ttl(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.state_ttl_secs)
     }
+}
+
+/// A token bucket per client id.
+pub type RateLimit = governor::DefaultKeyedRateLimiter<crate::token::ClientId>;
+
+/// The per-client limiter for `per_second` sends, with bursts of twice that.
+pub fn rate_limit(per_second: u32) -> RateLimit {
+    let rate = std::num::NonZeroU32::new(per_second).unwrap_or(std::num::NonZeroU32::MIN);
+    let burst = rate.saturating_mul(std::num::NonZeroU32::new(2).unwrap_or(rate));
+    governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
 }
 
 #[cfg(test)]
@@ -252,3 +286,4 @@ mod tests {
         assert!(limits.validate().is_err());
     }
 }
+

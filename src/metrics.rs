@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
 use crate::frame::Via;
-use crate::target::Target;
+use crate::target::{Kind, Target};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ViaLabel {
@@ -23,7 +23,7 @@ pub struct ViaLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PublishLabels {
-    /// `client` or `broadcast`.
+    /// `client`, `channel` or `broadcast`.
     pub target: &'static str,
     /// `ok` or `unavailable`.
     pub outcome: &'static str,
@@ -102,6 +102,9 @@ struct Inner {
     slow_consumers: Counter,
     broker_up: Gauge,
     broker_reconnects: Counter,
+    channels: Gauge,
+    subscriptions: Gauge,
+    presence_events: Counter,
     resident_memory: Gauge,
     open_fds: Gauge,
     page_visits: Counter,
@@ -117,11 +120,11 @@ struct Inner {
     // The series every message touches, found in their families once, at start-up: a family
     // lookup hashes the labels under a lock on every call.
     /// `delivered` by `Via as usize`.
-    delivered_by: [Counter; 4],
-    /// `publish_to_delivery` for `publish` and `broadcast`, the messages that cross the broker.
-    publish_to_delivery_by: [Histogram; 2],
+    delivered_by: [Counter; 5],
+    /// `publish_to_delivery` by [`Kind`]: the messages that cross the broker.
+    publish_to_delivery_by: [Histogram; 3],
     /// `publishes` by [`publish_index`].
-    publishes_by: [Counter; 4],
+    publishes_by: [Counter; 6],
 }
 
 impl Inner {
@@ -135,6 +138,9 @@ impl Inner {
             slow_consumers: Counter::default(),
             broker_up: Gauge::default(),
             broker_reconnects: Counter::default(),
+            channels: Gauge::default(),
+            subscriptions: Gauge::default(),
+            presence_events: Counter::default(),
             resident_memory: Gauge::default(),
             open_fds: Gauge::default(),
             page_visits: Counter::default(),
@@ -148,7 +154,11 @@ impl Inner {
             publish_to_delivery: Family::new_with_constructor(latency_histogram),
             request_duration: Family::new_with_constructor(latency_histogram),
             delivered_by: Default::default(),
-            publish_to_delivery_by: [latency_histogram(), latency_histogram()],
+            publish_to_delivery_by: [
+                latency_histogram(),
+                latency_histogram(),
+                latency_histogram(),
+            ],
             publishes_by: Default::default(),
             registry: Registry::default(),
         }
@@ -204,6 +214,21 @@ impl Inner {
             "broker_reconnects",
             "Times the broker subscription was re-established after a loss",
             self.broker_reconnects.clone(),
+        );
+        ours.register(
+            "channels",
+            "Channels with at least one subscriber on this replica (each one subscribed at the broker)",
+            self.channels.clone(),
+        );
+        ours.register(
+            "channel_subscriptions",
+            "Channel subscriptions (socket x channel) this replica holds",
+            self.subscriptions.clone(),
+        );
+        ours.register(
+            "presence_events",
+            "Presence join/leave frames delivered to sockets of this replica",
+            self.presence_events.clone(),
         );
         // The unit is in the name, without a `# UNIT` line: some OpenMetrics parsers refuse
         // units on histograms.
@@ -266,22 +291,23 @@ impl Inner {
     /// Creates every known series at zero, so a scrape never has to guess whether a missing
     /// series means "none yet" or "not exported"; keeps the ones every message touches.
     fn create_every_series(&mut self) {
-        for via in VIAS {
+        for via in Via::ALL {
             self.delivered_by[via as usize] = self
                 .delivered
                 .get_or_create(&ViaLabel { via: via.as_str() })
                 .clone();
         }
-        for (i, via) in [Via::Publish, Via::Broadcast].into_iter().enumerate() {
-            self.publish_to_delivery_by[i] = self
+        for kind in Kind::ALL {
+            self.publish_to_delivery_by[kind as usize] = self
                 .publish_to_delivery
-                .get_or_create(&ViaLabel { via: via.as_str() })
+                .get_or_create(&ViaLabel {
+                    via: via_of(kind).as_str(),
+                })
                 .clone();
-        }
-        for target in ["client", "broadcast"] {
             for ok in [true, false] {
                 let outcome = if ok { "ok" } else { "unavailable" };
-                self.publishes_by[publish_index(target == "broadcast", ok)] = self
+                let target = kind.as_str();
+                self.publishes_by[publish_index(kind, ok)] = self
                     .publishes
                     .get_or_create(&PublishLabels { target, outcome })
                     .clone();
@@ -344,8 +370,27 @@ impl Metrics {
     }
 
     pub fn published(&self, target: &Target, ok: bool) {
-        let broadcast = matches!(target, Target::Broadcast);
-        self.inner.publishes_by[publish_index(broadcast, ok)].inc();
+        self.inner.publishes_by[publish_index(target.kind(), ok)].inc();
+    }
+
+    /// A socket subscribed to a channel; `first`: the replica's first subscriber of it.
+    pub fn subscribed(&self, first: bool) {
+        self.inner.subscriptions.inc();
+        if first {
+            self.inner.channels.inc();
+        }
+    }
+
+    /// A socket left a channel; `last`: the replica's last subscriber of it.
+    pub fn unsubscribed(&self, last: bool) {
+        self.inner.subscriptions.dec();
+        if last {
+            self.inner.channels.dec();
+        }
+    }
+
+    pub fn presence_delivered(&self, n: u64) {
+        self.inner.presence_events.inc_by(n);
     }
 
     pub fn slow_consumer(&self) {
@@ -402,14 +447,16 @@ impl Metrics {
         self.inner.landings.get_or_create(&PageLabel { page }).inc();
     }
 
-    /// Only messages that crossed the broker (`publish`, `broadcast`) have a publish time.
+    /// Only messages that crossed the broker (`publish`, `broadcast`, `channel`) have a
+    /// publish time.
     pub fn publish_to_delivery(&self, via: Via, seconds: f64) {
-        let histogram = match via {
-            Via::Publish => &self.inner.publish_to_delivery_by[0],
-            Via::Broadcast => &self.inner.publish_to_delivery_by[1],
+        let kind = match via {
+            Via::Publish => Kind::Client,
+            Via::Channel => Kind::Channel,
+            Via::Broadcast => Kind::Broadcast,
             Via::Ws | Via::Direct => return,
         };
-        histogram.observe(seconds);
+        self.inner.publish_to_delivery_by[kind as usize].observe(seconds);
     }
 
     /// The request-duration histogram of one route pattern and status class, for the HTTP
@@ -473,12 +520,18 @@ impl Metrics {
     }
 }
 
-/// Every way a message reaches a socket, in `Via as usize` order.
-const VIAS: [Via; 4] = [Via::Ws, Via::Direct, Via::Publish, Via::Broadcast];
+/// How a message to a target of `kind` reaches a socket.
+fn via_of(kind: Kind) -> Via {
+    match kind {
+        Kind::Client => Via::Publish,
+        Kind::Channel => Via::Channel,
+        Kind::Broadcast => Via::Broadcast,
+    }
+}
 
 /// Where a publish's counter sits in `publishes_by`.
-fn publish_index(broadcast: bool, ok: bool) -> usize {
-    usize::from(broadcast) * 2 + usize::from(ok)
+fn publish_index(kind: Kind, ok: bool) -> usize {
+    kind as usize * 2 + usize::from(ok)
 }
 
 fn saturating_i64(n: u64) -> i64 {
@@ -528,7 +581,12 @@ mod tests {
             assert!(text.contains(series), "{series} missing: {text}");
         }
         // `delivered_by` is indexed by `Via as usize`.
-        assert!(VIAS.iter().enumerate().all(|(i, via)| *via as usize == i));
+        assert!(
+            Via::ALL
+                .iter()
+                .enumerate()
+                .all(|(i, via)| *via as usize == i)
+        );
         assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
     }

@@ -32,6 +32,12 @@ pub enum Event {
     WsRecv,
     Replay,
     SlowConsumer,
+    Subscribe,
+    Unsubscribe,
+    ChannelPublish,
+    ChannelDeliver,
+    Join,
+    Leave,
     CacheHit,
     CacheMiss,
     Rebuild,
@@ -56,6 +62,12 @@ impl Event {
             Event::NotHere => "not-here",
             Event::WsRecv => "ws-recv",
             Event::Replay => "replay",
+            Event::Subscribe => "subscribe",
+            Event::Unsubscribe => "unsubscribe",
+            Event::ChannelPublish => "channel-publish",
+            Event::ChannelDeliver => "channel-deliver",
+            Event::Join => "join",
+            Event::Leave => "leave",
             Event::SlowConsumer => "slow-consumer",
             Event::CacheHit => "cache-hit",
             Event::CacheMiss => "cache-miss",
@@ -175,7 +187,7 @@ pub fn format_line(
     let mut line = String::with_capacity(96 + detail.len().min(MAX_DETAIL));
     let _ = write!(
         line,
-        "{} | {} | {:<13} | {} | ",
+        "{} | {} | {:<15} | {} | ",
         humantime::format_rfc3339_millis(time),
         replica,
         event.as_str(),
@@ -208,7 +220,7 @@ mod tests {
         let line = format_line(time, "app-1", Event::Publish, Some("c1"), "receivers=1");
         assert_eq!(
             line,
-            "2023-11-14T22:13:20.123Z | app-1 | publish       | c1 | receivers=1\n"
+            "2023-11-14T22:13:20.123Z | app-1 | publish         | c1 | receivers=1\n"
         );
     }
 

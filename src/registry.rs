@@ -1,10 +1,12 @@
-//! The sockets this replica holds: client id → its sockets (tabs), each fed by a bounded queue.
+//! The sockets this replica holds: client id → its sockets (tabs), and channel → its subscribed
+//! sockets, each socket fed by one bounded queue.
 //!
-//! `deliver` hands one pre-serialized frame to every local socket of a client with `try_send`:
+//! `deliver` hands one pre-serialized frame to every local socket of a target with `try_send`:
 //! a full queue never blocks the caller (a broker task or an HTTP handler); the socket is marked
-//! a slow consumer instead and its session closes it. Registering the first socket of a client
-//! holds it at the broker, removing the last releases it, both under the registry's lock so the
-//! broker sees them in the order they happened. The broker is passed in by the caller and kept
+//! a slow consumer instead and its session closes it. Registering the first socket of a client,
+//! or subscribing the first socket to a channel, holds that target at the broker; removing the
+//! last releases it; each subscription is a presence join and each unsubscription a leave. All
+//! of it happens under the registry's lock so the broker sees it in the order it happened. The broker is passed in by the caller and kept
 //! by each registration, not owned here: the broker's inbox delivers into the registry, so a
 //! registry owning its broker would make the two a cycle.
 
@@ -15,8 +17,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, Driver, Subscribed};
+use crate::channel::ChannelName;
 use crate::frame::Outgoing;
 use crate::metrics::Metrics;
+use crate::target::Target;
 use crate::token::ClientId;
 
 /// Handle on the registry; cheap to clone.
@@ -30,6 +34,7 @@ struct Inner {
     metrics: Metrics,
     max_sockets: usize,
     max_per_client: usize,
+    max_channels: usize,
     queue: usize,
     // A std Mutex: critical sections are map lookups and `try_send`s, never an `.await`.
     state: Mutex<State>,
@@ -38,12 +43,23 @@ struct Inner {
 #[derive(Debug, Default)]
 struct State {
     clients: HashMap<ClientId, Vec<Tab>>,
+    /// Each channel with a local subscriber, and those subscribers.
+    channels: HashMap<ChannelName, Vec<Subscriber>>,
+    /// The channels of each socket that has any, so a closing socket leaves them all.
+    subscriptions: HashMap<u64, Vec<ChannelName>>,
     sockets: usize,
     next_id: u64,
 }
 
-/// One socket as the registry sees it.
+/// A socket subscribed to a channel.
 #[derive(Debug)]
+struct Subscriber {
+    client: ClientId,
+    tab: Tab,
+}
+
+/// One socket as the registry sees it.
+#[derive(Debug, Clone)]
 struct Tab {
     id: u64,
     queue: mpsc::Sender<Outgoing>,
@@ -58,6 +74,30 @@ pub enum AdmitError {
     ReplicaFull(usize),
     #[error("this client already holds its maximum of {0} sockets on this replica")]
     ClientFull(usize),
+}
+
+/// Why a socket could not subscribe or unsubscribe.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SubscribeError {
+    #[error("this socket is already subscribed to the channel")]
+    AlreadySubscribed,
+    #[error("this socket is not subscribed to the channel")]
+    NotSubscribed,
+    #[error("a socket may subscribe to at most {0} channels")]
+    TooManyChannels(usize),
+    #[error("the socket is closing")]
+    Gone,
+}
+
+impl SubscribeError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            SubscribeError::AlreadySubscribed => "already_subscribed",
+            SubscribeError::NotSubscribed => "not_subscribed",
+            SubscribeError::TooManyChannels(_) => "too_many_channels",
+            SubscribeError::Gone => "closing",
+        }
+    }
 }
 
 /// A socket's place in the registry; dropping it removes the socket.
@@ -93,6 +133,7 @@ impl Registry {
                 metrics,
                 max_sockets: limits.max_sockets,
                 max_per_client: limits.max_sockets_per_client,
+                max_channels: limits.channels_per_socket,
                 queue: limits.socket_queue,
                 state: Mutex::new(State::default()),
             }),
@@ -128,7 +169,7 @@ impl Registry {
             slow: slow.clone(),
         });
         let first = held == 0;
-        let subscribed = first.then(|| broker.hold(client));
+        let subscribed = first.then(|| broker.hold(&Target::Client(client.clone())));
         drop(state);
         self.inner.metrics.socket_opened(first);
         Ok(Registration {
@@ -156,32 +197,49 @@ impl Registry {
         let last = tabs.is_empty();
         if last {
             state.clients.remove(client);
-            broker.release(client);
+            broker.release(&Target::Client(client.clone()));
         }
         state.sockets -= 1;
+        for channel in state.subscriptions.remove(&id).unwrap_or_default() {
+            state.drop_subscriber(&channel, id, broker, &self.inner.metrics);
+        }
         drop(state);
         self.inner.metrics.socket_closed(last);
     }
 
-    /// Queues `frame` on every local socket of `client`.
-    pub fn deliver(&self, client: &ClientId, frame: &Outgoing) -> Delivery {
+    /// Queues `frame` on every local socket of `target`.
+    pub fn deliver(&self, target: &Target, frame: &Outgoing) -> Delivery {
         let state = self.lock();
-        let Some(tabs) = state.clients.get(client) else {
-            return Delivery::default();
-        };
-        offer(tabs.iter(), frame, &self.inner.metrics)
-    }
-
-    /// Queues `frame` on every socket this replica holds.
-    pub fn broadcast(&self, frame: &Outgoing) -> Delivery {
-        let state = self.lock();
-        offer(state.clients.values().flatten(), frame, &self.inner.metrics)
+        let metrics = &self.inner.metrics;
+        match target {
+            Target::Client(client) => match state.clients.get(client) {
+                Some(tabs) => offer(tabs.iter(), frame, metrics),
+                None => Delivery::default(),
+            },
+            Target::Channel(channel) => match state.channels.get(channel) {
+                Some(subscribers) => offer(subscribers.iter().map(|s| &s.tab), frame, metrics),
+                None => Delivery::default(),
+            },
+            Target::Broadcast => offer(state.clients.values().flatten(), frame, metrics),
+        }
     }
 
     /// Sockets held and distinct clients.
     pub fn counts(&self) -> (usize, usize) {
         let state = self.lock();
         (state.sockets, state.clients.len())
+    }
+
+    /// Channels with a local subscriber, and subscriptions (socket × channel) held.
+    pub fn channel_counts(&self) -> (usize, usize) {
+        let state = self.lock();
+        let subscriptions = state.channels.values().map(Vec::len).sum();
+        (state.channels.len(), subscriptions)
+    }
+
+    /// Local sockets subscribed to `channel`.
+    pub fn subscribers_of(&self, channel: &ChannelName) -> usize {
+        self.lock().channels.get(channel).map_or(0, Vec::len)
     }
 
     /// Local sockets of one client.
@@ -209,11 +267,104 @@ fn offer<'a>(tabs: impl Iterator<Item = &'a Tab>, frame: &Outgoing, metrics: &Me
     delivery
 }
 
+impl State {
+    /// Removes socket `id` from `channel`'s subscribers; the last one releases the channel.
+    fn drop_subscriber(
+        &mut self,
+        channel: &ChannelName,
+        id: u64,
+        broker: &Broker,
+        metrics: &Metrics,
+    ) {
+        let Some(subscribers) = self.channels.get_mut(channel) else {
+            return;
+        };
+        let Some(at) = subscribers.iter().position(|s| s.tab.id == id) else {
+            return;
+        };
+        let gone = subscribers.swap_remove(at);
+        broker.leave(channel, &gone.client);
+        let last = subscribers.is_empty();
+        if last {
+            self.channels.remove(channel);
+            broker.release(&Target::Channel(channel.clone()));
+        }
+        metrics.unsubscribed(last);
+    }
+}
+
 impl Registration {
     /// Leaves the registry now, before the session ends (a slow consumer being closed takes no
     /// more messages while its close frame waits to get through).
     pub fn leave(&self) {
         self.registry.remove(&self.client, self.id, &self.broker);
+    }
+
+    /// Subscribes this socket to `channel`: from now on the channel's messages are queued for
+    /// it. Returns the broker's confirmation when this is the replica's first subscriber.
+    pub fn subscribe(&self, channel: &ChannelName) -> Result<Option<Subscribed>, SubscribeError> {
+        let registry = &self.registry;
+        let mut state = registry.lock();
+        let State {
+            clients,
+            channels,
+            subscriptions,
+            ..
+        } = &mut *state;
+        let tab = clients
+            .get(&self.client)
+            .and_then(|tabs| tabs.iter().find(|t| t.id == self.id))
+            .ok_or(SubscribeError::Gone)?;
+        let mine = subscriptions.entry(self.id).or_default();
+        if mine.contains(channel) {
+            return Err(SubscribeError::AlreadySubscribed);
+        }
+        if mine.len() >= registry.inner.max_channels {
+            if mine.is_empty() {
+                subscriptions.remove(&self.id);
+            }
+            return Err(SubscribeError::TooManyChannels(registry.inner.max_channels));
+        }
+        mine.push(channel.clone());
+        let subscribers = channels.entry(channel.clone()).or_default();
+        let first = subscribers.is_empty();
+        subscribers.push(Subscriber {
+            client: self.client.clone(),
+            tab: tab.clone(),
+        });
+        let subscribed = first.then(|| self.broker.hold(&Target::Channel(channel.clone())));
+        self.broker.join(channel, &self.client);
+        drop(state);
+        registry.inner.metrics.subscribed(first);
+        Ok(subscribed)
+    }
+
+    /// Unsubscribes this socket from `channel`.
+    pub fn unsubscribe(&self, channel: &ChannelName) -> Result<(), SubscribeError> {
+        let mut state = self.registry.lock();
+        let mine = state
+            .subscriptions
+            .get_mut(&self.id)
+            .ok_or(SubscribeError::NotSubscribed)?;
+        let at = mine
+            .iter()
+            .position(|c| c == channel)
+            .ok_or(SubscribeError::NotSubscribed)?;
+        mine.swap_remove(at);
+        if mine.is_empty() {
+            state.subscriptions.remove(&self.id);
+        }
+        state.drop_subscriber(channel, self.id, &self.broker, &self.registry.inner.metrics);
+        Ok(())
+    }
+
+    /// Whether this socket is subscribed to `channel`.
+    pub fn is_subscribed(&self, channel: &ChannelName) -> bool {
+        self.registry
+            .lock()
+            .subscriptions
+            .get(&self.id)
+            .is_some_and(|mine| mine.contains(channel))
     }
 }
 
@@ -238,7 +389,6 @@ mod tests {
     use crate::broker::Driver;
     use crate::broker::memory::MemoryBroker;
     use crate::limits::Limits;
-    use crate::target::Target;
 
     /// A registry and the broker its sockets are held at.
     struct Fixture {
@@ -262,8 +412,8 @@ mod tests {
 
     /// The registry, and a probe: another replica on the same in-process hub.
     fn registry(limits: Limits) -> (Fixture, MemoryBroker) {
-        let broker = MemoryBroker::new(Arc::new(|_, _, _| {}), Limits::default().window());
-        let probe = broker.join_same_hub(Arc::new(|_, _, _| {}));
+        let broker = MemoryBroker::new("app-1", Arc::new(|_, _, _| {}), Limits::default().window());
+        let probe = broker.join_same_hub("probe", Arc::new(|_, _, _| {}));
         let registry = Registry::new(Metrics::new(), &limits);
         let broker = Broker::Memory(broker);
         (Fixture { registry, broker }, probe)
@@ -288,12 +438,17 @@ mod tests {
         let mut a2 = registry.register(&client("a")).unwrap();
         let mut b = registry.register(&client("b")).unwrap();
         let frame = Outgoing::from(axum::extract::ws::Utf8Bytes::from_static("hi"));
-        assert_eq!(registry.deliver(&client("a"), &frame).reached, 2);
+        assert_eq!(
+            registry
+                .deliver(&Target::Client(client("a")), &frame)
+                .reached,
+            2
+        );
         assert_eq!(a1.outbox.as_mut().unwrap().try_recv().unwrap(), frame);
         assert_eq!(a2.outbox.as_mut().unwrap().try_recv().unwrap(), frame);
         assert!(b.outbox.as_mut().unwrap().try_recv().is_err());
         assert_eq!(
-            registry.deliver(&client("nobody"), &frame),
+            registry.deliver(&Target::Client(client("nobody")), &frame),
             Delivery::default()
         );
     }
@@ -318,7 +473,10 @@ mod tests {
         a2.leave();
         assert_eq!((registry.counts(), registry.sockets_of(&a)), ((2, 2), 1));
         let frame = Outgoing::from(axum::extract::ws::Utf8Bytes::from_static("x"));
-        assert_eq!(registry.deliver(&a, &frame).reached, 1);
+        assert_eq!(
+            registry.deliver(&Target::Client(a.clone()), &frame).reached,
+            1
+        );
         assert_eq!(a1.outbox.as_mut().unwrap().try_recv().unwrap(), frame);
         // Dropping it after leaving changes nothing more.
         drop(a2);
@@ -362,9 +520,14 @@ mod tests {
         let mut fast = registry.register(&client("f")).unwrap();
         let frame = Outgoing::from(axum::extract::ws::Utf8Bytes::from_static("x"));
         for _ in 0..2 {
-            assert_eq!(registry.deliver(&client("s"), &frame).reached, 1);
+            assert_eq!(
+                registry
+                    .deliver(&Target::Client(client("s")), &frame)
+                    .reached,
+                1
+            );
         }
-        let third = registry.deliver(&client("s"), &frame);
+        let third = registry.deliver(&Target::Client(client("s")), &frame);
         assert_eq!(
             third,
             Delivery {
@@ -374,7 +537,7 @@ mod tests {
         );
         assert!(slow.slow.is_cancelled());
         assert_eq!(
-            registry.broadcast(&frame),
+            registry.deliver(&Target::Broadcast, &frame),
             Delivery {
                 reached: 1,
                 overflowed: 1
@@ -390,11 +553,16 @@ mod tests {
         let stuck = registry.register(&client("s")).unwrap();
         let frame = Outgoing::from(axum::extract::ws::Utf8Bytes::from_static("x"));
         for n in 0..256 {
-            let delivery = registry.deliver(&client("s"), &frame);
+            let delivery = registry.deliver(&Target::Client(client("s")), &frame);
             assert_eq!(delivery.reached, 1, "frame {n} queued");
         }
         assert!(!stuck.slow.is_cancelled());
-        assert_eq!(registry.deliver(&client("s"), &frame).overflowed, 1);
+        assert_eq!(
+            registry
+                .deliver(&Target::Client(client("s")), &frame)
+                .overflowed,
+            1
+        );
         assert!(stuck.slow.is_cancelled());
     }
 
@@ -419,5 +587,105 @@ mod tests {
         );
         drop(b1);
         assert!(registry.register(&client("c")).is_ok());
+    }
+
+    fn channel(s: &str) -> ChannelName {
+        ChannelName::parse(s).unwrap()
+    }
+
+    async fn channel_receivers(probe: &MemoryBroker, c: &ChannelName) -> u64 {
+        probe
+            .publish(&Target::Channel(c.clone()), b"{}".to_vec())
+            .await
+            .unwrap()
+            .receivers
+    }
+
+    #[tokio::test]
+    async fn a_channel_is_held_from_its_first_local_subscriber_to_its_last() {
+        let (registry, probe) = registry(Limits::default());
+        let lobby = channel("public:lobby");
+        let mut a = registry.register(&client("a")).unwrap();
+        let mut b = registry.register(&client("b")).unwrap();
+        let _c = registry.register(&client("c")).unwrap();
+        assert!(
+            a.subscribe(&lobby).unwrap().is_some(),
+            "the first subscribes"
+        );
+        assert!(
+            b.subscribe(&lobby).unwrap().is_none(),
+            "the second does not"
+        );
+        assert_eq!(channel_receivers(&probe, &lobby).await, 1);
+        let frame = Outgoing::from(axum::extract::ws::Utf8Bytes::from_static("x"));
+        assert_eq!(
+            registry
+                .deliver(&Target::Channel(lobby.clone()), &frame)
+                .reached,
+            2,
+            "both subscribers, not c"
+        );
+        assert_eq!(a.outbox.as_mut().unwrap().try_recv().unwrap(), frame);
+        assert_eq!(b.outbox.as_mut().unwrap().try_recv().unwrap(), frame);
+        assert_eq!(registry.channel_counts(), (1, 2));
+        a.unsubscribe(&lobby).unwrap();
+        assert_eq!(channel_receivers(&probe, &lobby).await, 1, "b still there");
+        assert_eq!(a.unsubscribe(&lobby), Err(SubscribeError::NotSubscribed));
+        // Closing the last subscriber's socket releases the channel.
+        drop(b);
+        assert_eq!(channel_receivers(&probe, &lobby).await, 0);
+        assert_eq!(registry.channel_counts(), (0, 0));
+        assert_eq!(registry.subscribers_of(&lobby), 0);
+        assert!(
+            probe.members(&lobby).await.unwrap().is_empty(),
+            "their presence left with them"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_socket_subscribes_once_per_channel_and_to_at_most_its_limit() {
+        let (registry, _) = registry(Limits {
+            channels_per_socket: 2,
+            ..Limits::default()
+        });
+        let a = registry.register(&client("a")).unwrap();
+        a.subscribe(&channel("x")).unwrap();
+        assert_eq!(
+            a.subscribe(&channel("x")).err().unwrap(),
+            SubscribeError::AlreadySubscribed
+        );
+        a.subscribe(&channel("y")).unwrap();
+        assert_eq!(
+            a.subscribe(&channel("z")).err().unwrap(),
+            SubscribeError::TooManyChannels(2)
+        );
+        a.unsubscribe(&channel("x")).unwrap();
+        assert!(
+            a.subscribe(&channel("z")).is_ok(),
+            "room again after leaving one"
+        );
+        assert!(a.is_subscribed(&channel("z")) && !a.is_subscribed(&channel("x")));
+        a.leave();
+        assert_eq!(
+            a.subscribe(&channel("w")).err().unwrap(),
+            SubscribeError::Gone,
+            "a socket that left subscribes to nothing"
+        );
+        assert_eq!(registry.channel_counts(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn each_subscription_is_one_presence_socket() {
+        let (registry, probe) = registry(Limits::default());
+        let lobby = channel("public:lobby");
+        let a1 = registry.register(&client("a")).unwrap();
+        let a2 = registry.register(&client("a")).unwrap();
+        a1.subscribe(&lobby).unwrap();
+        a2.subscribe(&lobby).unwrap();
+        let listed = probe.members(&lobby).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].client_id.as_str(), listed[0].sockets), ("a", 2));
+        drop(a1);
+        assert_eq!(probe.members(&lobby).await.unwrap()[0].sockets, 1);
     }
 }

@@ -1,34 +1,45 @@
 //! Where a socket's message stream starts: for a new client, at the newest message (nothing to
 //! replay); for a reconnecting one, right after the last message it saw — the missed messages
 //! are replayed in order before anything new, and live messages it was already replayed are
-//! dropped, so each arrives exactly once.
+//! dropped, so each arrives exactly once. The same for a channel subscribed with `since`.
 //!
 //! Correctness rests on ordering: the socket is subscribed before history is read, so every
 //! message newer than the replay is in the socket's queue, and everything older was replayed.
+//! A position from another life of a history (another epoch) is never answered with a silent
+//! partial replay: the history is reported lost, and what the new life holds is replayed.
+
+use axum::extract::ws::Utf8Bytes;
 
 use crate::broker::{Broker, BrokerError, Driver, History};
-use crate::cursor::{Cursor, StreamId};
-use crate::frame::{Envelope, Outgoing};
+use crate::channel::ChannelName;
+use crate::cursor::{Cursor, Position};
+use crate::frame::{Envelope, Outgoing, ServerFrame};
 use crate::target::Target;
 use crate::token::ClientId;
 
 /// What a reconnecting client says it has seen (`?last_id=…&last_broadcast_id=…`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Seen {
-    pub client: StreamId,
-    pub broadcast: StreamId,
+    pub client: Position,
+    pub broadcast: Position,
 }
 
 /// Drops queued frames at or below what was replayed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Skip(Seen);
 
+/// Whether a message at `at` is already covered by `seen`: the same life of its history
+/// (or a position without one) and not after it.
+pub fn covered(seen: Position, at: Position) -> bool {
+    seen.continues_in(at.epoch) && at.id <= seen.id
+}
+
 impl Skip {
     pub fn keeps(&self, frame: &Outgoing) -> bool {
-        match frame.cursor {
-            Some(Cursor::Client(id)) => id > self.0.client,
-            Some(Cursor::Broadcast(id)) => id > self.0.broadcast,
-            None => true,
+        match &frame.cursor {
+            Some(Cursor::Client(at)) => !covered(self.0.client, *at),
+            Some(Cursor::Broadcast(at)) => !covered(self.0.broadcast, *at),
+            Some(Cursor::Channel(..)) | None => true,
         }
     }
 }
@@ -47,9 +58,13 @@ pub struct Start {
 
 /// Works out the start; a broker that cannot answer means history is unknown, said as lost.
 pub async fn start(broker: &Broker, client: &ClientId, replica: &str, seen: Option<Seen>) -> Start {
+    let own_target = Target::Client(client.clone());
     let Some(seen) = seen else {
-        let welcome = match broker.newest(client).await {
-            Ok((client, broadcast)) => Seen { client, broadcast },
+        let welcome = match broker.newest(&[own_target, Target::Broadcast]).await {
+            Ok(newest) => Seen {
+                client: newest.first().copied().unwrap_or_default(),
+                broadcast: newest.get(1).copied().unwrap_or_default(),
+            },
             Err(_) => Seen::default(),
         };
         return Start {
@@ -57,9 +72,7 @@ pub async fn start(broker: &Broker, client: &ClientId, replica: &str, seen: Opti
             ..Start::default()
         };
     };
-    let own = broker
-        .history(&Target::Client(client.clone()), seen.client)
-        .await;
+    let own = broker.history(&own_target, seen.client).await;
     let all = broker.history(&Target::Broadcast, seen.broadcast).await;
     let mut start = Start {
         welcome: seen,
@@ -69,31 +82,115 @@ pub async fn start(broker: &Broker, client: &ClientId, replica: &str, seen: Opti
     let mut entries = Vec::new();
     for (name, history) in [("client", own), ("broadcast", all)] {
         match history {
-            Ok(History { entries: got, gap }) => {
+            Ok(History {
+                entries: got,
+                gap,
+                epoch,
+            }) => {
                 if gap {
                     start.lost.push(name);
                 }
-                entries.extend(got.into_iter().map(|(id, payload)| (id, name, payload)));
+                entries.extend(
+                    got.into_iter()
+                        .map(|(id, payload)| (Position::new(epoch, id), name, payload)),
+                );
             }
             Err(BrokerError::Unavailable(_)) => start.lost.push(name),
         }
     }
     // Both histories share Redis's clock; merging by id replays them in publish order.
-    entries.sort_by_key(|(id, _, _)| *id);
-    for (id, name, payload) in entries {
+    entries.sort_by_key(|(at, _, _)| at.id);
+    for (at, name, payload) in entries {
         let Ok(envelope) = Envelope::decode(&payload) else {
             continue;
         };
-        if name == "client" {
-            start.skip.0.client = start.skip.0.client.max(id);
+        let (target, upto) = if name == "client" {
+            (&own_target, &mut start.skip.0.client)
         } else {
-            start.skip.0.broadcast = start.skip.0.broadcast.max(id);
-        }
+            (&Target::Broadcast, &mut start.skip.0.broadcast)
+        };
+        *upto = at;
         start
             .replay
-            .push(envelope.outgoing(replica, Some(id), true));
+            .push(envelope.outgoing(replica, target, Some(at), true));
     }
     start
+}
+
+/// How a channel subscription starts: the `subscribed` frame, then what a subscriber with
+/// `since` missed (each frame `replayed`), and the position after which live messages pass.
+#[derive(Debug)]
+pub struct ChannelStart {
+    pub frames: Vec<Utf8Bytes>,
+    pub upto: Position,
+    /// Answered to a `since`: whether everything missed was replayed (no gap, same epoch).
+    pub recovered: Option<bool>,
+    pub replayed: usize,
+}
+
+/// Works out a channel's start for a socket just subscribed to it.
+pub async fn channel(
+    broker: &Broker,
+    channel: &ChannelName,
+    replica: &str,
+    since: Option<Position>,
+) -> ChannelStart {
+    let target = Target::Channel(channel.clone());
+    let Some(since) = since else {
+        let now = broker
+            .newest(std::slice::from_ref(&target))
+            .await
+            .ok()
+            .and_then(|n| n.first().copied())
+            .unwrap_or_default();
+        return ChannelStart {
+            frames: vec![subscribed(channel, now, None)],
+            upto: now,
+            recovered: None,
+            replayed: 0,
+        };
+    };
+    let (history, ok) = match broker.history(&target, since).await {
+        Ok(history) => (history, true),
+        Err(BrokerError::Unavailable(_)) => (History::default(), false),
+    };
+    let recovered = ok && !history.gap;
+    let mut upto = since;
+    let mut replay = Vec::with_capacity(history.entries.len());
+    for (id, payload) in &history.entries {
+        let Ok(envelope) = Envelope::decode(payload) else {
+            continue;
+        };
+        upto = Position::new(history.epoch, *id);
+        let frame = envelope.outgoing(replica, &target, Some(upto), true);
+        replay.push(frame.bytes.clone());
+    }
+    if !ok {
+        // Nothing could be read: live messages pass from here, and the client was told.
+        upto = Position::START;
+    } else if replay.is_empty() && history.epoch.is_known() && !since.continues_in(history.epoch) {
+        // A new life of the history with nothing in it yet: everything it will hold is new.
+        upto = Position::new(history.epoch, crate::cursor::StreamId::ZERO);
+    }
+    let mut frames = Vec::with_capacity(replay.len() + 1);
+    frames.push(subscribed(channel, upto, Some(recovered)));
+    let replayed = replay.len();
+    frames.extend(replay);
+    ChannelStart {
+        frames,
+        upto,
+        recovered: Some(recovered),
+        replayed,
+    }
+}
+
+fn subscribed(channel: &ChannelName, cursor: Position, recovered: Option<bool>) -> Utf8Bytes {
+    ServerFrame::Subscribed {
+        channel: channel.as_str(),
+        cursor,
+        recovered,
+    }
+    .to_bytes()
 }
 
 #[cfg(test)]
@@ -102,22 +199,24 @@ mod tests {
 
     use super::*;
     use crate::broker::memory::MemoryBroker;
+    use crate::cursor::{Epoch, StreamId};
     use crate::frame::Via;
     use crate::limits::Limits;
     use axum::extract::ws::Utf8Bytes;
 
     fn broker() -> Broker {
         Broker::Memory(MemoryBroker::new(
+            "app-1",
             Arc::new(|_, _, _| {}),
             Limits::default().window(),
         ))
     }
 
-    async fn publish(broker: &Broker, target: Target, text: &str) -> StreamId {
-        let via = if target == Target::Broadcast {
-            Via::Broadcast
-        } else {
-            Via::Publish
+    async fn publish(broker: &Broker, target: Target, text: &str) -> Position {
+        let via = match target {
+            Target::Broadcast => Via::Broadcast,
+            Target::Channel(_) => Via::Channel,
+            Target::Client(_) => Via::Publish,
         };
         let envelope = Envelope {
             via,
@@ -129,7 +228,7 @@ mod tests {
             .publish(&target, envelope.encode())
             .await
             .unwrap()
-            .id
+            .position
             .unwrap()
     }
 
@@ -148,7 +247,7 @@ mod tests {
 
     #[test]
     fn the_skip_drops_exactly_what_was_replayed_in_each_history() {
-        let id = |ms| StreamId { ms, seq: 0 };
+        let id = |ms| Position::new(Epoch(1), StreamId { ms, seq: 0 });
         let skip = Skip(Seen {
             client: id(5),
             broadcast: id(9),
@@ -165,7 +264,7 @@ mod tests {
             (Cursor::Broadcast(id(9)), false),
             (Cursor::Broadcast(id(10)), true),
         ] {
-            assert_eq!(skip.keeps(&frame(Some(cursor))), kept, "{cursor:?}");
+            assert_eq!(skip.keeps(&frame(Some(cursor.clone()))), kept, "{cursor:?}");
         }
         assert!(
             skip.keeps(&frame(None)),
@@ -209,18 +308,24 @@ mod tests {
             text: "m2".into(),
             at: 0,
         };
+        let own = Target::Client(c.clone());
         assert!(
-            !start.skip.keeps(&live.outgoing("app-2", Some(last), false)),
+            !start
+                .skip
+                .keeps(&live.outgoing("app-2", &own, Some(last), false)),
             "already replayed"
         );
-        let newer = StreamId {
-            ms: last.ms + 1,
-            seq: 0,
-        };
+        let newer = Position::new(
+            last.epoch,
+            StreamId {
+                ms: last.id.ms + 1,
+                seq: 0,
+            },
+        );
         assert!(
             start
                 .skip
-                .keeps(&live.outgoing("app-2", Some(newer), false))
+                .keeps(&live.outgoing("app-2", &own, Some(newer), false))
         );
     }
 
@@ -231,7 +336,7 @@ mod tests {
         let seen_own = publish(&broker, Target::Client(c.clone()), "seen").await;
         let seen = Seen {
             client: seen_own,
-            broadcast: StreamId::ZERO,
+            broadcast: Position::START,
         };
         let start = start(&broker, &c, "app-2", Some(seen)).await;
         assert!(start.replay.is_empty() && start.lost.is_empty());
@@ -248,10 +353,68 @@ mod tests {
         let broker = broker();
         let c = ClientId::parse("c").unwrap();
         let seen = Seen {
-            client: StreamId { ms: 1, seq: 0 },
-            broadcast: StreamId::ZERO,
+            client: Position::new(Epoch::UNKNOWN, StreamId { ms: 1, seq: 0 }),
+            broadcast: Position::START,
         };
         let start = start(&broker, &c, "app-1", Some(seen)).await;
         assert_eq!(start.lost, ["client"]);
+    }
+
+    #[tokio::test]
+    async fn a_client_whose_history_came_back_in_another_epoch_is_told() {
+        let broker = broker();
+        let c = ClientId::parse("c").unwrap();
+        let seen = publish(&broker, Target::Client(c.clone()), "seen").await;
+        let other_life = Seen {
+            client: Position::new(Epoch(seen.epoch.0 ^ 1), seen.id),
+            broadcast: Position::START,
+        };
+        let start = start(&broker, &c, "app-1", Some(other_life)).await;
+        assert_eq!(start.lost, ["client"]);
+        assert_eq!(
+            texts(&start),
+            ["seen"],
+            "what this life holds, said as lost"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_channel_subscriber_gets_what_it_missed_after_its_cursor() {
+        let broker = broker();
+        let lobby = ChannelName::parse("public:lobby").unwrap();
+        let target = Target::Channel(lobby.clone());
+        let fresh = channel(&broker, &lobby, "app-1", None).await;
+        assert_eq!((fresh.frames.len(), fresh.recovered), (1, None));
+        let seen = publish(&broker, target.clone(), "seen").await;
+        publish(&broker, target.clone(), "m1").await;
+        let last = publish(&broker, target.clone(), "m2").await;
+        let start = channel(&broker, &lobby, "app-1", Some(seen)).await;
+        let frames: Vec<serde_json::Value> = start
+            .frames
+            .iter()
+            .map(|b| serde_json::from_str(b).unwrap())
+            .collect();
+        assert_eq!(frames[0]["type"], "subscribed");
+        assert_eq!(frames[0]["recovered"], true);
+        assert_eq!(frames[0]["cursor"], last.to_string());
+        let replayed: Vec<_> = frames[1..]
+            .iter()
+            .map(|f| {
+                (
+                    f["text"].as_str().unwrap(),
+                    f["replayed"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(replayed, [("m1", true), ("m2", true)]);
+        assert_eq!(start.upto, last);
+        let lost = Position::new(Epoch(seen.epoch.0 ^ 1), seen.id);
+        let start = channel(&broker, &lobby, "app-1", Some(lost)).await;
+        assert_eq!(
+            start.recovered,
+            Some(false),
+            "another epoch is never recovered"
+        );
+        assert_eq!(start.replayed, 3, "but what this life holds is sent");
     }
 }

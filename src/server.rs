@@ -94,6 +94,7 @@ impl Replica {
             broker.clone(),
         );
         let config_rate = config.limits.publish_rate;
+        let channel_rate = config.limits.channel_publish_rate;
         let state = AppState::new(Shared {
             signer: Signer::new(&config.secret),
             config: Arc::new(config),
@@ -108,6 +109,7 @@ impl Replica {
             shutdown: Shutdown::new(shutdown),
             draining: Arc::new(AtomicBool::new(false)),
             rate: Arc::new(crate::http::rate_limit(config_rate)),
+            channel_rate: Arc::new(crate::http::rate_limit(channel_rate)),
         });
         Ok(Self { state, listener })
     }
@@ -196,7 +198,13 @@ fn start_broker(
     Ok(match &config.redis_url {
         Some(url) => {
             let observer = link_observer(records.clone(), metrics.clone());
-            Broker::Redis(RedisBroker::start(url, inbox, observer, window)?)
+            Broker::Redis(RedisBroker::start(
+                url,
+                &config.app_id,
+                inbox,
+                observer,
+                window,
+            )?)
         }
         None => {
             records.record(
@@ -204,7 +212,7 @@ fn start_broker(
                 None,
                 "in-process broker (one replica only)",
             );
-            Broker::Memory(MemoryBroker::new(inbox, window))
+            Broker::Memory(MemoryBroker::new(&config.app_id, inbox, window))
         }
     })
 }
@@ -248,7 +256,10 @@ async fn forget_quiet_clients(state: AppState, token: CancellationToken) {
     let mut tick = tokio::time::interval(RATE_HOUSEKEEPING_EVERY);
     loop {
         tokio::select! {
-            _ = tick.tick() => state.rate.retain_recent(),
+            _ = tick.tick() => {
+                state.rate.retain_recent();
+                state.channel_rate.retain_recent();
+            }
             () = token.cancelled() => return,
         }
     }

@@ -73,6 +73,9 @@ impl fmt::Debug for Signer {
 /// Bound to the purpose, so a MAC computed here is useless anywhere else the secret is used.
 const DOMAIN: &[u8] = b"stickyws client token v1\0";
 
+/// Subscription tokens use their own domain: a client token never passes for one.
+const SUBSCRIPTION_DOMAIN: &[u8] = b"stickyws subscription token v1\0";
+
 /// A token is 32 bytes of MAC, base64url: 43 characters. Longer input is refused unread.
 const TOKEN_LEN: usize = 43;
 
@@ -99,14 +102,43 @@ impl Signer {
 
     /// True when `token` was minted for `client` under this secret.
     pub fn verify(&self, client: &ClientId, token: &str) -> bool {
-        if token.len() != TOKEN_LEN {
-            return false;
-        }
-        let Ok(raw) = URL_SAFE_NO_PAD.decode(token) else {
-            return false;
-        };
-        self.mac_for(client).verify_slice(&raw).is_ok()
+        check(self.mac_for(client), token)
     }
+
+    /// MAC of (client, channel); the client id's alphabet has no NUL, so the pair is unambiguous.
+    fn subscription_mac(&self, client: &ClientId, channel: &str) -> Hmac<Sha256> {
+        let mut mac = self.mac.clone();
+        mac.update(SUBSCRIPTION_DOMAIN);
+        mac.update(client.as_str().as_bytes());
+        mac.update(b"\0");
+        mac.update(channel.as_bytes());
+        mac
+    }
+
+    /// A token granting `client` the channel `channel` (`POST /api/channels/{c}/tokens`).
+    pub fn mint_subscription(&self, client: &ClientId, channel: &str) -> String {
+        URL_SAFE_NO_PAD.encode(
+            self.subscription_mac(client, channel)
+                .finalize()
+                .into_bytes(),
+        )
+    }
+
+    /// True when `token` was minted for exactly this client and channel under this secret.
+    pub fn verify_subscription(&self, client: &ClientId, channel: &str, token: &str) -> bool {
+        check(self.subscription_mac(client, channel), token)
+    }
+}
+
+/// Constant-time check of a base64url token against `mac`; a wrong length is refused unread.
+fn check(mac: Hmac<Sha256>, token: &str) -> bool {
+    if token.len() != TOKEN_LEN {
+        return false;
+    }
+    let Ok(raw) = URL_SAFE_NO_PAD.decode(token) else {
+        return false;
+    };
+    mac.verify_slice(&raw).is_ok()
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@
 use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use stickyws::cursor::StreamId;
-use stickyws::frame::{FrameError, parse_client_frame};
+use stickyws::frame::{ClientFrame, FrameError, parse_client_frame};
 use stickyws::http::{ApiError, bearer, sticky_cookie};
 use stickyws::token::{ClientId, Signer};
 
@@ -66,12 +66,23 @@ pub fn check(data: &[u8]) {
 fn frame(raw: &str) {
     for limit in [MAX_TEXT_BYTES, TINY_TEXT_BYTES] {
         match parse_client_frame(raw, limit) {
-            Ok(frame) => {
-                assert!(frame.text.len() <= limit, "text over the limit accepted");
-                let again = serde_json::json!({ "text": frame.text }).to_string();
-                let reparsed = parse_client_frame(&again, limit).map(|f| f.text);
-                assert_eq!(reparsed, Ok(frame.text), "the text does not round-trip");
+            Ok(ClientFrame::Echo { text }) => {
+                assert!(text.len() <= limit, "text over the limit accepted");
+                let again = serde_json::json!({ "text": text }).to_string();
+                let reparsed = parse_client_frame(&again, limit);
+                assert_eq!(
+                    reparsed,
+                    Ok(ClientFrame::Echo { text }),
+                    "the text does not round-trip"
+                );
             }
+            Ok(ClientFrame::Publish { text, .. }) => {
+                assert!(text.len() <= limit, "text over the limit accepted");
+            }
+            Ok(ClientFrame::Subscribe { token, .. }) => {
+                assert!(token.is_none_or(|t| t.len() <= 128), "a token at length");
+            }
+            Ok(ClientFrame::Unsubscribe { .. }) => {}
             Err(err) => refusal(raw, limit, err),
         }
     }
@@ -94,6 +105,13 @@ fn refusal(raw: &str, limit: usize, err: FrameError) {
             );
         }
         FrameError::Binary => unreachable!("text is never binary"),
+        // The rest name what is wrong without quoting the frame at length.
+        FrameError::UnknownType(kind) => assert!(kind.len() <= 40),
+        FrameError::MissingField { .. }
+        | FrameError::UnexpectedField { .. }
+        | FrameError::BadChannel(_)
+        | FrameError::BadCursor
+        | FrameError::TokenTooLong => assert!(message.len() <= MAX_REASON_BYTES),
     }
     let reason = match &err {
         FrameError::BadJson(reason) => Some(reason.clone()),

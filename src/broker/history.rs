@@ -1,15 +1,17 @@
 //! The recovery window: every published message gets an id ([`StreamId`], from
-//! [`crate::cursor`]), increasing per stream (a client's own stream, or the broadcast stream),
-//! and stays retrievable for a bounded time and count, so a client that reconnects — to any
-//! replica — can ask for what it missed. The in-process history lives here; Redis keeps its
-//! own in streams.
+//! [`crate::cursor`]), increasing per stream (a client's own stream, a channel's, or the
+//! broadcast stream), and stays retrievable for a bounded time and count, so a client that
+//! reconnects — to any replica — can ask for what it missed. Each stream has an [`Epoch`],
+//! drawn when it is created: a position from an earlier life of a stream (expired, or lost
+//! with its broker) is told apart from one in the current life. The in-process history lives
+//! here; Redis keeps its own in streams.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::cursor::StreamId;
+use crate::cursor::{Epoch, Position, StreamId};
 use crate::target::Target;
 
 /// How much history is kept.
@@ -17,6 +19,8 @@ use crate::target::Target;
 pub struct Window {
     /// Messages kept per client stream; 0 turns recovery off.
     pub per_client: usize,
+    /// Messages kept per channel stream.
+    pub per_channel: usize,
     /// Messages kept in the broadcast stream.
     pub broadcast: usize,
     /// How long a stream is kept after its last message.
@@ -31,25 +35,59 @@ impl Window {
     pub fn cap(&self, target: &Target) -> usize {
         match target {
             Target::Client(_) => self.per_client,
+            Target::Channel(_) => self.per_channel,
             Target::Broadcast => self.broadcast,
         }
     }
 }
 
-/// What a stream holds after a given id.
+/// What a stream holds after a given position.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct History {
-    /// Messages after the id, oldest first.
+    /// Messages after the position, oldest first.
     pub entries: Vec<(StreamId, Vec<u8>)>,
-    /// Some messages after the id are no longer kept (or cannot be proven to be).
+    /// Some messages after the position are no longer kept (or cannot be proven to be): the
+    /// stream was trimmed past it, expired, or is another life of it (another epoch).
     pub gap: bool,
+    /// The stream's current epoch (unknown when there is no stream).
+    pub epoch: Epoch,
+}
+
+impl History {
+    /// No stream at all: nothing to miss for a client that saw nothing in no known epoch;
+    /// for any other, continuity cannot be shown.
+    pub fn missing(after: Position) -> Self {
+        Self {
+            entries: Vec::new(),
+            gap: after != Position::START,
+            epoch: Epoch::UNKNOWN,
+        }
+    }
+
+    /// What a live stream of `epoch` answers: `entries` are those after `after.id` when the
+    /// client's position is in this epoch, else the whole stream (and a gap).
+    pub fn of(
+        after: Position,
+        epoch: Epoch,
+        entries: Vec<(StreamId, Vec<u8>)>,
+        trimmed: StreamId,
+    ) -> Self {
+        let continues = after.continues_in(epoch);
+        Self {
+            entries: entries
+                .into_iter()
+                .filter(|(id, _)| !continues || *id > after.id)
+                .collect(),
+            gap: !continues || trimmed > after.id,
+            epoch,
+        }
+    }
 }
 
 /// In-process history for the memory broker, with the same semantics as the Redis streams.
 #[derive(Debug, Default)]
 pub struct MemoryHistory {
-    clients: HashMap<String, Stream>,
-    broadcast: Option<Stream>,
+    streams: HashMap<Target, Stream>,
     last: StreamId,
     /// When idle streams were last swept out of memory.
     swept: Option<Instant>,
@@ -62,6 +100,7 @@ struct Stream {
     /// The newest id ever trimmed away: anything after a client's id up to this one is lost.
     max_deleted: StreamId,
     last_write: Instant,
+    epoch: Epoch,
 }
 
 impl Stream {
@@ -70,6 +109,7 @@ impl Stream {
             entries: BTreeMap::new(),
             max_deleted: StreamId::ZERO,
             last_write: now,
+            epoch: Epoch::fresh(),
         }
     }
 
@@ -106,20 +146,10 @@ impl MemoryHistory {
         self.last
     }
 
-    pub fn append(&mut self, target: &Target, payload: Bytes, window: &Window) -> StreamId {
+    pub fn append(&mut self, target: &Target, payload: Bytes, window: &Window) -> Position {
         let now = Instant::now();
-        self.sweep(now, window);
         let id = self.next_id();
-        let stream = match target {
-            Target::Client(client) => self
-                .clients
-                .entry(client.as_str().to_owned())
-                .or_insert_with(|| Stream::new(now)),
-            Target::Broadcast => self.broadcast.get_or_insert_with(|| Stream::new(now)),
-        };
-        if !stream.live(now, window) {
-            *stream = Stream::new(now);
-        }
+        let stream = self.stream(target, now, window);
         stream.entries.insert(id, payload);
         stream.last_write = now;
         while stream.entries.len() > window.cap(target) {
@@ -127,41 +157,57 @@ impl MemoryHistory {
                 stream.max_deleted = old;
             }
         }
-        id
+        Position::new(stream.epoch, id)
     }
 
-    pub fn after(&mut self, target: &Target, after: StreamId, window: &Window) -> History {
+    pub fn after(&mut self, target: &Target, after: Position, window: &Window) -> History {
         match self.live(target, window) {
-            None => History {
-                entries: Vec::new(),
-                gap: after != StreamId::ZERO,
-            },
-            Some(stream) => History {
-                entries: stream
+            None => History::missing(after),
+            Some(stream) => {
+                let start = if after.continues_in(stream.epoch) {
+                    std::ops::Bound::Excluded(after.id)
+                } else {
+                    std::ops::Bound::Unbounded
+                };
+                let entries = stream
                     .entries
-                    .range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+                    .range((start, std::ops::Bound::Unbounded))
                     .map(|(id, p)| (*id, p.to_vec()))
-                    .collect(),
-                gap: stream.max_deleted > after,
-            },
+                    .collect();
+                History::of(after, stream.epoch, entries, stream.max_deleted)
+            }
         }
     }
 
-    pub fn newest(&mut self, target: &Target, window: &Window) -> StreamId {
-        self.live(target, window)
-            .and_then(|s| s.entries.last_key_value())
-            .map_or(StreamId::ZERO, |(id, _)| *id)
+    /// Where the target's stream stands; a stream is started (its epoch drawn) if there is
+    /// none, so a client that counts from here will notice if it is lost before it reconnects.
+    pub fn newest(&mut self, target: &Target, window: &Window) -> Position {
+        let stream = self.stream(target, Instant::now(), window);
+        let id = stream
+            .entries
+            .last_key_value()
+            .map_or(StreamId::ZERO, |(id, _)| *id);
+        Position::new(stream.epoch, id)
+    }
+
+    /// The target's live stream, started anew if it has none or it expired.
+    fn stream(&mut self, target: &Target, now: Instant, window: &Window) -> &mut Stream {
+        self.sweep(now, window);
+        let stream = self
+            .streams
+            .entry(target.clone())
+            .or_insert_with(|| Stream::new(now));
+        if !stream.live(now, window) {
+            *stream = Stream::new(now);
+        }
+        stream
     }
 
     /// The target's stream, unless it has expired.
     fn live(&mut self, target: &Target, window: &Window) -> Option<&Stream> {
         let now = Instant::now();
         self.sweep(now, window);
-        let stream = match target {
-            Target::Client(client) => self.clients.get(client.as_str()),
-            Target::Broadcast => self.broadcast.as_ref(),
-        };
-        stream.filter(|s| s.live(now, window))
+        self.streams.get(target).filter(|s| s.live(now, window))
     }
 
     fn sweep(&mut self, now: Instant, window: &Window) {
@@ -172,14 +218,7 @@ impl MemoryHistory {
             return;
         }
         self.swept = Some(now);
-        self.clients.retain(|_, stream| stream.live(now, window));
-        if self
-            .broadcast
-            .as_ref()
-            .is_some_and(|s| !s.live(now, window))
-        {
-            self.broadcast = None;
-        }
+        self.streams.retain(|_, stream| stream.live(now, window));
     }
 }
 
@@ -191,6 +230,7 @@ mod tests {
     fn window(cap: usize) -> Window {
         Window {
             per_client: cap,
+            per_channel: cap,
             broadcast: cap,
             ttl: Duration::from_secs(60),
         }
@@ -207,8 +247,8 @@ mod tests {
                 .as_millis() as u64
         };
         let before = clock();
-        let first = h.append(&target, Bytes::new(), &window(10));
-        let second = h.append(&target, Bytes::new(), &window(10));
+        let first = h.append(&target, Bytes::new(), &window(10)).id;
+        let second = h.append(&target, Bytes::new(), &window(10)).id;
         let after = clock();
         assert!(
             (before..=after).contains(&first.ms),
@@ -223,58 +263,58 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_idle_for_its_ttl_is_gone_and_recovery_off_means_no_window() {
+    fn a_stream_idle_for_its_ttl_is_gone_and_comes_back_in_a_new_epoch() {
         let mut h = MemoryHistory::default();
         let target = Target::Client(ClientId::parse("c").unwrap());
         let gone = Window {
             ttl: Duration::ZERO,
             ..window(10)
         };
-        let id = h.append(&target, Bytes::from_static(b"m"), &gone);
-        let after = h.after(&target, StreamId::ZERO, &gone);
+        let at = h.append(&target, Bytes::from_static(b"m"), &gone);
+        let after = h.after(&target, Position::START, &gone);
         assert!(after.entries.is_empty(), "expired with its TTL: {after:?}");
-        assert!(
-            !h.after(&target, id, &window(10))
-                .entries
-                .iter()
-                .any(|(i, _)| *i == id)
-        );
+        assert!(h.after(&target, at, &gone).gap, "the client saw something");
+        let again = h.append(&target, Bytes::from_static(b"n"), &gone);
+        assert_ne!(again.epoch, at.epoch, "a new life of the stream");
+        let resumed = h.after(&target, at, &window(10));
+        assert!(resumed.gap, "{resumed:?}");
+        assert_eq!(resumed.entries.len(), 1, "all of the new life");
         assert!(window(1).enabled());
         assert!(!window(0).enabled(), "HISTORY_LEN=0 turns recovery off");
     }
 
     #[test]
-    fn history_after_an_id_is_what_came_later_in_order() {
+    fn history_after_a_position_is_what_came_later_in_order() {
         let mut h = MemoryHistory::default();
         let target = Target::Client(ClientId::parse("c").unwrap());
         let w = window(10);
-        let ids: Vec<_> = (0..5)
+        let at: Vec<_> = (0..5)
             .map(|i| h.append(&target, Bytes::from(vec![i]), &w))
             .collect();
-        assert!(ids.windows(2).all(|p| p[0] < p[1]));
-        let got = h.after(&target, ids[1], &w);
+        assert!(at.windows(2).all(|p| p[0].id < p[1].id));
+        let got = h.after(&target, at[1], &w);
         assert_eq!(
             got.entries.iter().map(|(_, p)| p[0]).collect::<Vec<_>>(),
             vec![2, 3, 4]
         );
         assert!(!got.gap);
-        assert_eq!(h.newest(&target, &w), ids[4]);
+        assert_eq!(h.newest(&target, &w), at[4]);
     }
 
     #[test]
-    fn trimming_past_a_clients_id_is_reported_as_a_gap() {
+    fn trimming_past_a_clients_position_is_reported_as_a_gap() {
         let mut h = MemoryHistory::default();
         let target = Target::Broadcast;
         let w = window(3);
-        let ids: Vec<_> = (0..6)
+        let at: Vec<_> = (0..6)
             .map(|i| h.append(&target, Bytes::from(vec![i]), &w))
             .collect();
-        let behind = h.after(&target, ids[0], &w);
+        let behind = h.after(&target, at[0], &w);
         assert!(behind.gap, "ids 1 and 2 were trimmed");
         assert_eq!(behind.entries.len(), 3);
         assert!(
-            !h.after(&target, ids[2], &w).gap,
-            "nothing after ids[2] was trimmed"
+            !h.after(&target, at[2], &w).gap,
+            "nothing after at[2] was trimmed"
         );
     }
 
@@ -282,7 +322,19 @@ mod tests {
     fn an_unknown_stream_is_a_gap_only_for_a_client_that_saw_something() {
         let mut h = MemoryHistory::default();
         let target = Target::Client(ClientId::parse("new").unwrap());
-        assert!(!h.after(&target, StreamId::ZERO, &window(3)).gap);
-        assert!(h.after(&target, StreamId { ms: 5, seq: 0 }, &window(3)).gap);
+        assert!(!h.after(&target, Position::START, &window(3)).gap);
+        let seen = Position::new(Epoch::UNKNOWN, StreamId { ms: 5, seq: 0 });
+        assert!(h.after(&target, seen, &window(3)).gap);
+        let counted = Position::new(Epoch(9), StreamId::ZERO);
+        assert!(
+            h.after(&target, counted, &window(3)).gap,
+            "a client counting from an epoch that is gone"
+        );
+        let started = h.newest(&target, &window(3));
+        assert!(started.epoch.is_known());
+        assert!(
+            !h.after(&target, started, &window(3)).gap,
+            "newest started the stream: nothing missed in it"
+        );
     }
 }

@@ -7,10 +7,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::history::MemoryHistory;
+use super::members::{self, Change, Member};
 use super::{
     Announcement, BrokerError, ClientId, Driver, History, Inbox, Published, Subscribed, Window,
 };
-use crate::cursor::StreamId;
+use crate::channel::ChannelName;
+use crate::cursor::Position;
 use crate::target::Target;
 
 /// A replica that has not announced itself for this long is no longer listed.
@@ -46,9 +48,13 @@ struct Hub {
 #[derive(Default)]
 struct HubState {
     next_member: u64,
+    /// Each replica on the hub: its inbox and the name it announced itself with.
     members: HashMap<u64, Inbox>,
-    holders: HashMap<ClientId, HashSet<u64>>,
+    names: HashMap<u64, String>,
+    holders: HashMap<Target, HashSet<u64>>,
     presence: BTreeMap<String, (Announcement, Instant)>,
+    /// channel → client → replica on the hub → sockets.
+    subscribers: HashMap<ChannelName, HashMap<ClientId, HashMap<u64, u32>>>,
     history: MemoryHistory,
 }
 
@@ -60,25 +66,26 @@ impl Hub {
 }
 
 impl MemoryBroker {
-    /// A broker with a hub of its own, keeping `window` of history.
-    pub fn new(inbox: Inbox, window: Window) -> Self {
+    /// A broker with a hub of its own, keeping `window` of history, for the replica `replica`.
+    pub fn new(replica: &str, inbox: Inbox, window: Window) -> Self {
         let hub = Hub {
             state: Mutex::default(),
             window,
         };
-        Self::join(&Arc::new(hub), inbox)
+        Self::enter(&Arc::new(hub), replica, inbox)
     }
 
-    /// Another replica on the same hub as `self`.
-    pub fn join_same_hub(&self, inbox: Inbox) -> Self {
-        Self::join(&self.hub, inbox)
+    /// Another replica, `replica`, on the same hub as `self`.
+    pub fn join_same_hub(&self, replica: &str, inbox: Inbox) -> Self {
+        Self::enter(&self.hub, replica, inbox)
     }
 
-    fn join(hub: &Arc<Hub>, inbox: Inbox) -> Self {
+    fn enter(hub: &Arc<Hub>, replica: &str, inbox: Inbox) -> Self {
         let mut state = hub.lock();
         let member = state.next_member;
         state.next_member += 1;
         state.members.insert(member, inbox);
+        state.names.insert(member, replica.to_owned());
         drop(state);
         Self {
             hub: hub.clone(),
@@ -95,66 +102,93 @@ impl Driver for MemoryBroker {
         let payload = bytes::Bytes::from(payload);
         // Collect the inboxes first and call them outside the hub's lock: an inbox takes the
         // registry's lock, and the registry calls hold/release (which take ours) under it.
-        let (id, inboxes): (Option<StreamId>, Vec<Inbox>) = {
+        let (position, inboxes) = {
             let mut state = self.hub.lock();
             let window = self.hub.window;
-            let id = window
+            let position = window
                 .enabled()
                 .then(|| state.history.append(target, payload.clone(), &window));
-            let inboxes = match target {
-                Target::Broadcast => state.members.values().cloned().collect(),
-                Target::Client(client) => state
-                    .holders
-                    .get(client)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|m| state.members.get(m).cloned())
-                    .collect(),
-            };
-            (id, inboxes)
+            (position, state.inboxes(target))
         };
         for inbox in &inboxes {
-            inbox(target, id, &payload);
+            inbox(target, position, &payload);
         }
         Ok(Published {
             receivers: inboxes.len() as u64,
-            id,
+            position,
         })
     }
 
-    async fn history(&self, target: &Target, after: StreamId) -> Result<History, BrokerError> {
+    async fn notify(&self, target: &Target, payload: Vec<u8>) -> Result<u64, BrokerError> {
+        let inboxes = self.hub.lock().inboxes(target);
+        for inbox in &inboxes {
+            inbox(target, None, &payload);
+        }
+        Ok(inboxes.len() as u64)
+    }
+
+    async fn history(&self, target: &Target, after: Position) -> Result<History, BrokerError> {
         let window = self.hub.window;
         Ok(self.hub.lock().history.after(target, after, &window))
     }
 
-    async fn newest(&self, client: &ClientId) -> Result<(StreamId, StreamId), BrokerError> {
+    async fn newest(&self, targets: &[Target]) -> Result<Vec<Position>, BrokerError> {
         let window = self.hub.window;
         let mut state = self.hub.lock();
-        let own = state
-            .history
-            .newest(&Target::Client(client.clone()), &window);
-        let broadcast = state.history.newest(&Target::Broadcast, &window);
-        Ok((own, broadcast))
+        if !window.enabled() {
+            return Ok(vec![Position::START; targets.len()]);
+        }
+        Ok(targets
+            .iter()
+            .map(|t| state.history.newest(t, &window))
+            .collect())
     }
 
-    fn hold(&self, client: &ClientId) -> Subscribed {
+    fn hold(&self, target: &Target) -> Subscribed {
         self.hub
             .lock()
             .holders
-            .entry(client.clone())
+            .entry(target.clone())
             .or_default()
             .insert(self.member.id);
         Box::pin(async { Ok(()) })
     }
 
-    fn release(&self, client: &ClientId) {
+    fn release(&self, target: &Target) {
         let mut state = self.hub.lock();
-        if let Some(set) = state.holders.get_mut(client) {
+        if let Some(set) = state.holders.get_mut(target) {
             set.remove(&self.member.id);
             if set.is_empty() {
-                state.holders.remove(client);
+                state.holders.remove(target);
             }
         }
+    }
+
+    fn join(&self, channel: &ChannelName, client: &ClientId) {
+        self.change(channel, client, Change::Join);
+    }
+
+    fn leave(&self, channel: &ChannelName, client: &ClientId) {
+        self.change(channel, client, Change::Leave);
+    }
+
+    async fn members(&self, channel: &ChannelName) -> Result<Vec<Member>, BrokerError> {
+        let state = self.hub.lock();
+        let mut list: Vec<Member> = state
+            .subscribers
+            .get(channel)
+            .into_iter()
+            .flatten()
+            .flat_map(|(client, on)| {
+                on.iter().map(|(member, sockets)| Member {
+                    client_id: client.to_string(),
+                    replica: state.names.get(member).cloned().unwrap_or_default(),
+                    sockets: *sockets,
+                })
+            })
+            .collect();
+        list.sort();
+        Ok(list)
     }
 
     fn is_ready(&self) -> bool {
@@ -178,14 +212,87 @@ impl Driver for MemoryBroker {
     }
 }
 
+impl HubState {
+    /// The inboxes of the replicas a message for `target` goes to.
+    fn inboxes(&self, target: &Target) -> Vec<Inbox> {
+        match target {
+            Target::Broadcast => self.members.values().cloned().collect(),
+            Target::Client(_) | Target::Channel(_) => self
+                .holders
+                .get(target)
+                .into_iter()
+                .flatten()
+                .filter_map(|m| self.members.get(m).cloned())
+                .collect(),
+        }
+    }
+}
+
+impl MemoryBroker {
+    /// Records one socket more or less of `client` on `channel` here, and tells the channel's
+    /// subscribers when that makes the client's first or last socket anywhere.
+    fn change(&self, channel: &ChannelName, client: &ClientId, change: Change) {
+        let mut state = self.hub.lock();
+        let me = self.member.id;
+        let clients = state.subscribers.entry(channel.clone()).or_default();
+        let on = clients.entry(client.clone()).or_default();
+        let before = !on.is_empty();
+        match change {
+            Change::Join => *on.entry(me).or_default() += 1,
+            Change::Leave => {
+                if let Some(n) = on.get_mut(&me) {
+                    *n -= 1;
+                    if *n == 0 {
+                        on.remove(&me);
+                    }
+                }
+            }
+        }
+        let after = !on.is_empty();
+        if !after {
+            clients.remove(client);
+        }
+        if clients.is_empty() {
+            state.subscribers.remove(channel);
+        }
+        let event = match (before, after) {
+            (false, true) => "join",
+            (true, false) => "leave",
+            _ => return,
+        };
+        let name = state.names.get(&me).cloned().unwrap_or_default();
+        let target = Target::Channel(channel.clone());
+        let inboxes = state.inboxes(&target);
+        drop(state);
+        let note = members::note(event, client, &name);
+        // Called under the registry's lock, and an inbox takes that lock: the note goes out
+        // from a task of its own (none outside a runtime: nobody would be there to hear it).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                for inbox in &inboxes {
+                    inbox(&target, None, &note);
+                }
+            });
+        }
+    }
+}
+
 impl Drop for Membership {
     fn drop(&mut self) {
         let mut state = self.hub.lock();
         state.members.remove(&self.id);
+        state.names.remove(&self.id);
         for set in state.holders.values_mut() {
             set.remove(&self.id);
         }
         state.holders.retain(|_, set| !set.is_empty());
+        for clients in state.subscribers.values_mut() {
+            for on in clients.values_mut() {
+                on.remove(&self.id);
+            }
+            clients.retain(|_, on| !on.is_empty());
+        }
+        state.subscribers.retain(|_, clients| !clients.is_empty());
     }
 }
 
@@ -199,8 +306,8 @@ mod tests {
     /// the dispatch as well as the driver.
     fn pair() -> (Broker, Broker, Collected, Collected) {
         let (seen_a, seen_b) = (Collected::default(), Collected::default());
-        let a = MemoryBroker::new(seen_a.inbox(), suite::window());
-        let b = a.join_same_hub(seen_b.inbox());
+        let a = MemoryBroker::new("ra", seen_a.inbox(), suite::window());
+        let b = a.join_same_hub("rb", seen_b.inbox());
         (Broker::Memory(a), Broker::Memory(b), seen_a, seen_b)
     }
 
@@ -225,9 +332,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn history_returns_what_came_after_an_id() {
+    async fn history_returns_what_came_after_a_position() {
         let (a, _, _, _) = pair();
-        suite::history_returns_what_came_after_an_id(&a).await;
+        suite::history_returns_what_came_after_a_position(&a).await;
+    }
+
+    #[tokio::test]
+    async fn channel_messages_and_presence_reach_only_subscribers() {
+        let (a, b, seen_a, seen_b) = pair();
+        suite::channel_messages_and_presence_reach_only_subscribers(&a, &b, &seen_a, &seen_b).await;
     }
 
     #[tokio::test]
@@ -241,9 +354,15 @@ mod tests {
         let (a, b, _, _) = pair();
         let alice = ClientId::parse("alice").unwrap();
         let bob = ClientId::parse("bob").unwrap();
-        b.hold(&alice).await.unwrap();
-        a.hold(&bob).await.unwrap();
+        b.hold(&Target::Client(alice.clone())).await.unwrap();
+        a.hold(&Target::Client(bob.clone())).await.unwrap();
+        let lobby = ChannelName::parse("public:lobby").unwrap();
+        b.join(&lobby, &alice);
         drop(b);
+        assert!(
+            a.members(&lobby).await.unwrap().is_empty(),
+            "its presence went with it"
+        );
         let to_alice = a.publish(&Target::Client(alice), b"x".to_vec()).await;
         assert_eq!(to_alice.unwrap().receivers, 0);
         let to_bob = a.publish(&Target::Client(bob), b"x".to_vec()).await;

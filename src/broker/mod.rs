@@ -1,24 +1,31 @@
-//! The broker: how a message for a client reaches the replicas that hold its sockets.
+//! The broker: how a message for a target (a client, a channel, everyone) reaches the replicas
+//! that hold its sockets, the histories kept for recovery, and who is subscribed to a channel
+//! across replicas.
 //!
 //! One trait, [`Driver`], with two implementations: [`memory::MemoryBroker`] (in-process, the
 //! default for a single replica) and [`redis::RedisBroker`]. [`Broker`] picks one at start-up.
 //!
 //! Subscriptions follow sockets: the registry calls [`Driver::hold`] when a replica gains its
-//! first socket of a client and [`Driver::release`] when the last one goes, so a message costs
-//! work only on the replicas that hold a recipient. Both calls are made under the registry's lock
-//! and only enqueue, which keeps hold/release of one client in the order the registry decided.
+//! first socket of a client or subscriber of a channel and [`Driver::release`] when the last
+//! one goes, so a message costs work only on the replicas that hold a recipient. Those calls,
+//! and [`Driver::join`]/[`Driver::leave`] (presence), are made under the registry's lock and
+//! only enqueue, which keeps them in the order the registry decided.
 
 pub mod history;
+pub mod members;
 pub mod memory;
 pub mod redis;
+mod redis_members;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
 pub use history::{History, Window};
+pub use members::Member;
 
-use crate::cursor::StreamId;
+use crate::channel::ChannelName;
+use crate::cursor::Position;
 use crate::target::Target;
 use crate::token::ClientId;
 
@@ -30,17 +37,18 @@ pub enum BrokerError {
     Unavailable(String),
 }
 
-/// Called by the broker for every message that reaches this replica, with the message's id when
-/// history is kept. Runs on the broker's task: it must not block (the registry only `try_send`s).
-pub type Inbox = Arc<dyn Fn(&Target, Option<StreamId>, &[u8]) + Send + Sync>;
+/// Called by the broker for every message that reaches this replica, with the message's
+/// position when history is kept. Runs on the broker's task: it must not block (the registry
+/// only `try_send`s).
+pub type Inbox = Arc<dyn Fn(&Target, Option<Position>, &[u8]) + Send + Sync>;
 
 /// The outcome of a publish.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Published {
     /// Replicas that received the message.
     pub receivers: u64,
-    /// Its id in the target's history (None when history is off).
-    pub id: Option<StreamId>,
+    /// Its position in the target's history (None when history is off).
+    pub position: Option<Position>,
 }
 
 /// Resolves once the broker has confirmed a subscription.
@@ -64,25 +72,49 @@ pub trait Driver: Send + Sync + 'static {
         payload: Vec<u8>,
     ) -> impl Future<Output = Result<Published, BrokerError>> + Send;
 
+    /// Sends `payload` to every replica subscribed to `target` without keeping it (presence
+    /// events); returns how many received it.
+    fn notify(
+        &self,
+        target: &Target,
+        payload: Vec<u8>,
+    ) -> impl Future<Output = Result<u64, BrokerError>> + Send;
+
     /// What the target's history holds after `after` (for a reconnecting client).
     fn history(
         &self,
         target: &Target,
-        after: StreamId,
+        after: Position,
     ) -> impl Future<Output = Result<History, BrokerError>> + Send;
 
-    /// The newest id in the client's history and in the broadcast history: where a new client
-    /// starts counting from.
+    /// Where each target's history stands now: where a new subscriber starts counting from.
+    /// A target without a history gets one started (its epoch drawn), so a subscriber that
+    /// counts from it will be told if it is lost before the subscriber comes back.
     fn newest(
         &self,
-        client: &ClientId,
-    ) -> impl Future<Output = Result<(StreamId, StreamId), BrokerError>> + Send;
+        targets: &[Target],
+    ) -> impl Future<Output = Result<Vec<Position>, BrokerError>> + Send;
 
-    /// Starts receiving messages for `client`. Enqueues at once; the future confirms.
-    fn hold(&self, client: &ClientId) -> Subscribed;
+    /// Starts receiving messages for `target` (a client or a channel; every replica always
+    /// receives broadcasts). Enqueues at once; the future confirms.
+    fn hold(&self, target: &Target) -> Subscribed;
 
-    /// Stops receiving messages for `client`. Enqueues at once.
-    fn release(&self, client: &ClientId);
+    /// Stops receiving messages for `target`. Enqueues at once.
+    fn release(&self, target: &Target);
+
+    /// One more local socket of `client` subscribes to `channel` (presence). Enqueues at once;
+    /// the first socket of a client anywhere makes every subscriber hear a `join`.
+    fn join(&self, channel: &ChannelName, client: &ClientId);
+
+    /// One local socket of `client` left `channel`; its last one anywhere makes a `leave`.
+    fn leave(&self, channel: &ChannelName, client: &ClientId);
+
+    /// Who is subscribed to `channel`, on which replica, with how many sockets; entries of a
+    /// replica that stopped refreshing them are gone within [`members::ENTRY_TTL`].
+    fn members(
+        &self,
+        channel: &ChannelName,
+    ) -> impl Future<Output = Result<Vec<Member>, BrokerError>> + Send;
 
     /// True while connected and subscribed to the broadcast channel.
     fn is_ready(&self) -> bool;
@@ -131,31 +163,59 @@ impl Driver for Broker {
         }
     }
 
-    async fn history(&self, target: &Target, after: StreamId) -> Result<History, BrokerError> {
+    async fn notify(&self, target: &Target, payload: Vec<u8>) -> Result<u64, BrokerError> {
+        match self {
+            Broker::Memory(b) => b.notify(target, payload).await,
+            Broker::Redis(b) => b.notify(target, payload).await,
+        }
+    }
+
+    async fn history(&self, target: &Target, after: Position) -> Result<History, BrokerError> {
         match self {
             Broker::Memory(b) => b.history(target, after).await,
             Broker::Redis(b) => b.history(target, after).await,
         }
     }
 
-    async fn newest(&self, client: &ClientId) -> Result<(StreamId, StreamId), BrokerError> {
+    async fn newest(&self, targets: &[Target]) -> Result<Vec<Position>, BrokerError> {
         match self {
-            Broker::Memory(b) => b.newest(client).await,
-            Broker::Redis(b) => b.newest(client).await,
+            Broker::Memory(b) => b.newest(targets).await,
+            Broker::Redis(b) => b.newest(targets).await,
         }
     }
 
-    fn hold(&self, client: &ClientId) -> Subscribed {
+    fn hold(&self, target: &Target) -> Subscribed {
         match self {
-            Broker::Memory(b) => b.hold(client),
-            Broker::Redis(b) => b.hold(client),
+            Broker::Memory(b) => b.hold(target),
+            Broker::Redis(b) => b.hold(target),
         }
     }
 
-    fn release(&self, client: &ClientId) {
+    fn release(&self, target: &Target) {
         match self {
-            Broker::Memory(b) => b.release(client),
-            Broker::Redis(b) => b.release(client),
+            Broker::Memory(b) => b.release(target),
+            Broker::Redis(b) => b.release(target),
+        }
+    }
+
+    fn join(&self, channel: &ChannelName, client: &ClientId) {
+        match self {
+            Broker::Memory(b) => b.join(channel, client),
+            Broker::Redis(b) => b.join(channel, client),
+        }
+    }
+
+    fn leave(&self, channel: &ChannelName, client: &ClientId) {
+        match self {
+            Broker::Memory(b) => b.leave(channel, client),
+            Broker::Redis(b) => b.leave(channel, client),
+        }
+    }
+
+    async fn members(&self, channel: &ChannelName) -> Result<Vec<Member>, BrokerError> {
+        match self {
+            Broker::Memory(b) => b.members(channel).await,
+            Broker::Redis(b) => b.members(channel).await,
         }
     }
 
@@ -188,12 +248,13 @@ pub(crate) mod suite {
     use std::time::Duration;
 
     use super::*;
+    use crate::cursor::{Epoch, StreamId};
 
     /// Records what an inbox received.
     #[derive(Clone, Default)]
     pub(crate) struct Collected(Arc<Mutex<Vec<Received>>>);
 
-    type Received = (Target, Option<StreamId>, Vec<u8>);
+    type Received = (Target, Option<Position>, Vec<u8>);
 
     impl Collected {
         pub(crate) fn inbox(&self) -> Inbox {
@@ -227,6 +288,7 @@ pub(crate) mod suite {
     pub(crate) fn window() -> Window {
         Window {
             per_client: 5,
+            per_channel: 5,
             broadcast: 5,
             ttl: Duration::from_secs(60),
         }
@@ -248,10 +310,10 @@ pub(crate) mod suite {
         seen_b: &Collected,
     ) {
         let alice = Target::Client(client("alice"));
-        a.hold(&client("alice")).await.unwrap();
+        a.hold(&alice).await.unwrap();
         // b holds only a marker client, to observe absence: a replica receives its messages in
         // the order they were published, so whatever b would get of m1 or m2 comes before it.
-        b.hold(&client("b-marker")).await.unwrap();
+        b.hold(&Target::Client(client("b-marker"))).await.unwrap();
         assert_eq!(receivers(a, &alice, b"m1").await, 1);
         assert_eq!(
             receivers(b, &Target::Client(client("nobody")), b"m2").await,
@@ -272,11 +334,11 @@ pub(crate) mod suite {
             "b holds neither alice nor nobody, so it receives only its marker"
         );
 
-        b.hold(&client("alice")).await.unwrap();
+        b.hold(&alice).await.unwrap();
         assert_eq!(receivers(a, &alice, b"m3").await, 2);
-        a.release(&client("alice"));
+        a.release(&alice);
         // release only enqueues; a hold of another client confirms the queue has moved past it
-        a.hold(&client("other")).await.unwrap();
+        a.hold(&Target::Client(client("other"))).await.unwrap();
         assert_eq!(receivers(a, &alice, b"m4").await, 1);
         assert_eq!(
             seen_b.payloads(3).await,
@@ -300,42 +362,163 @@ pub(crate) mod suite {
         }
     }
 
-    pub(crate) async fn history_returns_what_came_after_an_id<D: Driver>(a: &D) {
-        let carol = client("carol");
-        let target = Target::Client(carol.clone());
-        let (start, _) = a.newest(&carol).await.unwrap();
-        assert_eq!(start, StreamId::ZERO, "a new client has no history");
-        let mut ids = Vec::new();
-        for i in 0..4u8 {
-            ids.push(a.publish(&target, vec![i]).await.unwrap().id.unwrap());
+    /// Every kind of history keeps its window the same way, with its own epoch.
+    pub(crate) async fn history_returns_what_came_after_a_position<D: Driver>(a: &D) {
+        let targets = [
+            Target::Client(client("carol")),
+            Target::Channel(crate::channel::ChannelName::parse("room:h").unwrap()),
+        ];
+        for target in targets {
+            let start = a.newest(std::slice::from_ref(&target)).await.unwrap()[0];
+            assert_eq!(start.id, StreamId::ZERO, "a new {target:?} has no history");
+            assert!(start.epoch.is_known(), "counting starts in a known epoch");
+            let mut at = Vec::new();
+            for i in 0..4u8 {
+                at.push(a.publish(&target, vec![i]).await.unwrap().position.unwrap());
+            }
+            assert!(at.windows(2).all(|w| w[0].id < w[1].id), "{at:?}");
+            assert!(
+                at.iter().all(|p| p.epoch == start.epoch),
+                "one life: {at:?}"
+            );
+            assert_eq!(
+                a.newest(std::slice::from_ref(&target)).await.unwrap()[0],
+                at[3]
+            );
+            let after = a.history(&target, at[0]).await.unwrap();
+            assert!(!after.gap);
+            assert_eq!(after.epoch, start.epoch);
+            assert_eq!(
+                after.entries,
+                vec![
+                    (at[1].id, vec![1]),
+                    (at[2].id, vec![2]),
+                    (at[3].id, vec![3])
+                ]
+            );
+            let all = a.history(&target, start).await.unwrap();
+            assert_eq!(all.entries.len(), 4);
+            assert!(!all.gap);
+            // An older cursor without an epoch still resumes.
+            let old = a
+                .history(&target, Position::new(Epoch::UNKNOWN, at[1].id))
+                .await
+                .unwrap();
+            assert_eq!((old.entries.len(), old.gap), (2, false));
+            // A cursor of another life of this history is never given a partial replay: all
+            // of this life, and a gap.
+            let other = a
+                .history(&target, Position::new(Epoch(start.epoch.0 ^ 1), at[2].id))
+                .await
+                .unwrap();
+            assert!(other.gap, "another epoch is lost history");
+            assert_eq!(other.entries.len(), 4);
+            // The window keeps 5: three more push the first two out, and a client behind
+            // them hears so.
+            for i in 4..7u8 {
+                a.publish(&target, vec![i]).await.unwrap();
+            }
+            let behind = a.history(&target, at[0]).await.unwrap();
+            assert!(behind.gap, "message 1 was trimmed");
+            assert_eq!(behind.entries.len(), 5);
+            assert!(!a.history(&target, at[1]).await.unwrap().gap);
         }
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
-        assert_eq!(a.newest(&carol).await.unwrap().0, ids[3]);
-        let after = a.history(&target, ids[0]).await.unwrap();
-        assert!(!after.gap);
-        assert_eq!(
-            after.entries,
-            vec![(ids[1], vec![1]), (ids[2], vec![2]), (ids[3], vec![3])]
-        );
-        let all = a.history(&target, StreamId::ZERO).await.unwrap();
-        assert_eq!(all.entries.len(), 4);
-        assert!(!all.gap);
-        // The window keeps 5: three more push the first two out, and a client behind them hears so.
-        for i in 4..7u8 {
-            a.publish(&target, vec![i]).await.unwrap();
-        }
-        let behind = a.history(&target, ids[0]).await.unwrap();
-        assert!(behind.gap, "message 1 was trimmed");
-        assert_eq!(behind.entries.len(), 5);
-        assert!(!a.history(&target, ids[1]).await.unwrap().gap);
         let unknown = a
-            .history(&Target::Client(client("dave")), ids[0])
+            .history(
+                &Target::Client(client("dave")),
+                Position::new(Epoch(5), StreamId { ms: 1, seq: 0 }),
+            )
             .await
             .unwrap();
         assert!(
             unknown.gap && unknown.entries.is_empty(),
             "no history to prove continuity"
         );
+        let never = a
+            .history(&Target::Client(client("erin")), Position::START)
+            .await
+            .unwrap();
+        assert!(!never.gap, "nothing to miss for a client that saw nothing");
+    }
+
+    /// A channel's messages reach the replicas holding a subscriber, and only those; a
+    /// presence change of a client's first and last socket anywhere reaches every subscriber.
+    pub(crate) async fn channel_messages_and_presence_reach_only_subscribers<D: Driver>(
+        a: &D,
+        b: &D,
+        seen_a: &Collected,
+        seen_b: &Collected,
+    ) {
+        let lobby = crate::channel::ChannelName::parse("public:lobby").unwrap();
+        let target = Target::Channel(lobby.clone());
+        let marker = Target::Client(client("b-marker"));
+        a.hold(&target).await.unwrap();
+        b.hold(&marker).await.unwrap();
+        assert_eq!(receivers(a, &target, b"c1").await, 1);
+        assert_eq!(receivers(a, &marker, b"marker").await, 1);
+        assert_eq!(seen_a.payloads(1).await, vec![b"c1".to_vec()]);
+        assert_eq!(
+            seen_b.payloads(1).await,
+            vec![b"marker".to_vec()],
+            "b holds no subscriber of the channel"
+        );
+        b.hold(&target).await.unwrap();
+        assert_eq!(receivers(b, &target, b"c2").await, 2);
+        // Presence: alice's first socket (on a) joins; her second (on b) does not join again;
+        // her last leaving makes the one leave.
+        let alice = client("alice");
+        a.join(&lobby, &alice);
+        b.join(&lobby, &alice);
+        let listed = wait_members(a, &lobby, 2).await;
+        assert_eq!(
+            listed
+                .iter()
+                .map(|m| (m.client_id.as_str(), m.sockets))
+                .collect::<Vec<_>>(),
+            vec![("alice", 1), ("alice", 1)],
+            "one entry per replica holding her"
+        );
+        b.leave(&lobby, &alice);
+        a.leave(&lobby, &alice);
+        assert!(wait_members(a, &lobby, 0).await.is_empty());
+        let notes = |seen: &Collected| {
+            seen.0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|(_, _, p)| crate::frame::PresenceNote::decode(p))
+                .map(|n| format!("{} {}", n.presence, n.client_id))
+                .collect::<Vec<_>>()
+        };
+        for _ in 0..200 {
+            if notes(seen_a).len() >= 2 && notes(seen_b).len() >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for seen in [seen_a, seen_b] {
+            assert_eq!(notes(seen), ["join alice", "leave alice"]);
+        }
+        a.release(&target);
+        b.release(&target);
+        b.hold(&marker).await.unwrap();
+        assert_eq!(receivers(a, &target, b"nobody").await, 0);
+    }
+
+    async fn wait_members<D: Driver>(
+        d: &D,
+        channel: &crate::channel::ChannelName,
+        n: usize,
+    ) -> Vec<Member> {
+        let mut listed = Vec::new();
+        for _ in 0..200 {
+            listed = d.members(channel).await.unwrap();
+            if listed.len() == n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        listed
     }
 
     pub(crate) async fn announced_replicas_are_listed<D: Driver>(a: &D, b: &D) {

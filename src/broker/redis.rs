@@ -1,5 +1,6 @@
-//! The Redis broker: a channel per client, subscribed only by the replicas that hold one of its
-//! sockets, so a targeted message costs work only where it is delivered.
+//! The Redis broker: a pub/sub channel per client and per channel, subscribed only by the
+//! replicas that hold one of its sockets, so a message costs work only where it is delivered.
+//! Channel presence is kept by [`super::redis_members`].
 //!
 //! Two connections per replica: one subscriber, multiplexing every channel this replica holds
 //! (plus the broadcast channel), driven by one task; and one for commands (PUBLISH, presence),
@@ -19,21 +20,29 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubS
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::members::{Change, Member};
+use super::redis_members;
 use super::{
     Announcement, BrokerError, ClientId, Driver, History, Inbox, Published, Subscribed, Window,
 };
 use crate::backoff::Backoff;
-use crate::cursor::StreamId;
+use crate::channel::ChannelName;
+use crate::cursor::{Epoch, Position, StreamId};
 use crate::target::Target;
 
 /// Channel of one client's messages: `stickyws:client:<client id>`.
 pub const CLIENT_CHANNEL_PREFIX: &str = "stickyws:client:";
+/// Pub/sub channel of one channel's messages: `stickyws:channel:<name>`.
+pub const CHANNEL_CHANNEL_PREFIX: &str = "stickyws:channel:";
 /// Channel every replica subscribes to for `/api/broadcast`.
 pub const BROADCAST_CHANNEL: &str = "stickyws:broadcast";
-/// Stream of one client's recent messages (`<prefix><client id>`), for recovery.
+/// Stream of one client's recent messages (`<prefix><client id>`), for recovery; a channel's
+/// is `<prefix>#<name>` (`#` is in no client id).
 pub const CLIENT_STREAM_PREFIX: &str = "stickyws:history:";
 /// Stream of recent broadcasts, for recovery.
 pub const BROADCAST_STREAM: &str = "stickyws:history:*broadcast";
+/// The epoch of each history: `<prefix><what follows the stream prefix>`, expiring with it.
+pub const EPOCH_PREFIX: &str = "stickyws:epoch:";
 /// Sorted set of replica ids scored by when they last announced themselves (ms since epoch).
 pub const REPLICAS_KEY: &str = "stickyws:replicas";
 /// `stickyws:replica:<id>`: the replica's last announcement, JSON, expiring.
@@ -49,18 +58,39 @@ pub fn client_channel(client: &ClientId) -> String {
     format!("{CLIENT_CHANNEL_PREFIX}{client}")
 }
 
-fn channel_and_stream(target: &Target) -> (String, String) {
+/// The pub/sub channel of a target.
+pub fn pubsub_channel(target: &Target) -> String {
     match target {
-        Target::Client(client) => (
-            client_channel(client),
-            format!("{CLIENT_STREAM_PREFIX}{client}"),
-        ),
-        Target::Broadcast => (BROADCAST_CHANNEL.to_owned(), BROADCAST_STREAM.to_owned()),
+        Target::Client(client) => client_channel(client),
+        Target::Channel(channel) => format!("{CHANNEL_CHANNEL_PREFIX}{channel}"),
+        Target::Broadcast => BROADCAST_CHANNEL.to_owned(),
+    }
+}
+
+/// A target's keys: its pub/sub channel, its history stream and its epoch.
+struct Keys {
+    channel: String,
+    stream: String,
+    epoch: String,
+}
+
+fn keys(target: &Target) -> Keys {
+    let suffix = match target {
+        Target::Client(client) => client.to_string(),
+        Target::Channel(channel) => format!("#{channel}"),
+        Target::Broadcast => "*broadcast".to_owned(),
+    };
+    Keys {
+        channel: pubsub_channel(target),
+        stream: format!("{CLIENT_STREAM_PREFIX}{suffix}"),
+        epoch: format!("{EPOCH_PREFIX}{suffix}"),
     }
 }
 
 /// Appends to the target's history and publishes, atomically and in one round trip, so the
-/// order of the history is the order of delivery. The published payload is `<id>\n<message>`.
+/// order of the history is the order of delivery. The history's epoch is kept beside it with
+/// the same expiry; a history without one (new, expired, or lost with a restart) starts a new
+/// epoch, the one the caller drew. The published payload is `<epoch>:<id>\n<message>`.
 const PUBLISH_SCRIPT: &str = r"
 local over = redis.call('XLEN', KEYS[1]) - tonumber(ARGV[2]) + 1
 if over > 0 then
@@ -69,28 +99,48 @@ if over > 0 then
   local old = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', over)
   for i = 1, #old do redis.call('XDEL', KEYS[1], old[i][1]) end
 end
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then epoch = ARGV[4] end
+redis.call('SET', KEYS[3], epoch, 'PX', ARGV[3])
 local id = redis.call('XADD', KEYS[1], '*', 'm', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {id, redis.call('PUBLISH', KEYS[2], id .. '\n' .. ARGV[1])}
+return {epoch, id, redis.call('PUBLISH', KEYS[2], epoch .. ':' .. id .. '\n' .. ARGV[1])}
 ";
 
-/// What a stream holds after an id, and the newest id it ever trimmed (Redis 7's
-/// `max-deleted-entry-id`), which tells whether anything after the id was lost.
+/// What a stream holds after an id (all of it when the client's epoch, ARGV[3], is another
+/// life of the stream), the newest id it ever trimmed (Redis 7's `max-deleted-entry-id`, which
+/// tells whether anything after the id was lost), and its epoch (empty when there is none).
 const HISTORY_SCRIPT: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return {0, '0-0', {}} end
+local epoch = redis.call('GET', KEYS[2]) or ''
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, '0-0', {}, epoch} end
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
 local trimmed = '0-0'
 for i = 1, #info, 2 do
   if info[i] == 'max-deleted-entry-id' then trimmed = info[i + 1] end
 end
-return {1, trimmed, redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])}
+local from = '(' .. ARGV[1]
+if ARGV[3] ~= '' and ARGV[3] ~= epoch then from = '-' end
+return {1, trimmed, redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', ARGV[2]), epoch}
+";
+
+/// Where a history stands: its epoch (started with the caller's if it has none, expiring as
+/// a publish would set it) and its newest id.
+const NEWEST_SCRIPT: &str = r"
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[2], epoch, 'PX', ARGV[2])
+end
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #last == 0 then return {epoch, '0-0'} end
+return {epoch, last[1][1]}
 ";
 
 /// Stream entries as Redis returns them: `[id, [field, value, …]]`.
 type Entries = Vec<(String, Vec<(String, Vec<u8>)>)>;
 
-/// Splits a pub/sub payload into its history id (if any) and the message.
-fn split_payload(payload: &[u8]) -> (Option<StreamId>, &[u8]) {
+/// Splits a pub/sub payload into its history position (if any) and the message.
+fn split_payload(payload: &[u8]) -> (Option<Position>, &[u8]) {
     if payload.first() == Some(&b'{') {
         return (None, payload);
     }
@@ -107,8 +157,8 @@ fn split_payload(payload: &[u8]) -> (Option<StreamId>, &[u8]) {
 
 /// What the subscriber task is asked to do, in the order the registry decided it.
 enum Command {
-    Hold(ClientId, oneshot::Sender<Result<(), BrokerError>>),
-    Release(ClientId),
+    Hold(Target, oneshot::Sender<Result<(), BrokerError>>),
+    Release(Target),
 }
 
 /// Subscriber-side events the replica reports (records log, metrics).
@@ -131,11 +181,14 @@ pub struct RedisBroker {
 
 struct Inner {
     commands: mpsc::UnboundedSender<Command>,
+    /// Presence changes, in the order the registry made them, for the members task.
+    members: mpsc::UnboundedSender<(ChannelName, ClientId, Change)>,
     ready: Arc<AtomicBool>,
     conn: ConnectionManager,
     window: Window,
     publish_script: redis::Script,
     history_script: redis::Script,
+    newest_script: redis::Script,
     /// Ends the subscriber task when the last handle goes.
     _stop: DropGuard,
 }
@@ -157,6 +210,7 @@ impl RedisBroker {
     /// like any other (not ready until it comes back), not a reason to exit.
     pub fn start(
         url: &str,
+        replica: &str,
         inbox: Inbox,
         observer: LinkObserver,
         window: Window,
@@ -181,14 +235,17 @@ impl RedisBroker {
             held: HashSet::new(),
         };
         tokio::spawn(task.run(stop.clone()));
+        let members = redis_members::start(conn.clone(), replica, stop.clone());
         Ok(Self {
             inner: Arc::new(Inner {
                 commands,
+                members,
                 ready,
                 conn,
                 window,
                 publish_script: redis::Script::new(PUBLISH_SCRIPT),
                 history_script: redis::Script::new(HISTORY_SCRIPT),
+                newest_script: redis::Script::new(NEWEST_SCRIPT),
                 _stop: stop.drop_guard(),
             }),
         })
@@ -205,55 +262,75 @@ impl RedisBroker {
 
 impl Driver for RedisBroker {
     async fn publish(&self, target: &Target, payload: Vec<u8>) -> Result<Published, BrokerError> {
-        let (channel, stream) = channel_and_stream(target);
+        let keys = keys(target);
         let mut conn = self.inner.conn.clone();
         let window = &self.inner.window;
         // PUBLISH answers with the number of subscribers that received the message: with one
         // subscriber connection per replica, that is the number of receiving replicas.
         if !window.enabled() {
-            let receivers = conn.publish(channel, payload).await.map_err(unavailable)?;
+            let receivers = conn
+                .publish(keys.channel, payload)
+                .await
+                .map_err(unavailable)?;
             return Ok(Published {
                 receivers,
-                id: None,
+                position: None,
             });
         }
-        let (id, receivers): (String, u64) = self
+        let (epoch, id, receivers): (String, String, u64) = self
             .inner
             .publish_script
-            .key(stream)
-            .key(channel)
+            .key(keys.stream)
+            .key(keys.channel)
+            .key(keys.epoch)
             .arg(payload)
             .arg(window.cap(target))
             .arg(window.ttl.as_millis() as u64)
+            .arg(Epoch::fresh().to_string())
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        let id = id.parse().map_err(unavailable)?;
+        let position = Position::new(
+            epoch.parse().map_err(unavailable)?,
+            id.parse().map_err(unavailable)?,
+        );
         Ok(Published {
             receivers,
-            id: Some(id),
+            position: Some(position),
         })
     }
 
-    async fn history(&self, target: &Target, after: StreamId) -> Result<History, BrokerError> {
-        let (_, stream) = channel_and_stream(target);
+    async fn notify(&self, target: &Target, payload: Vec<u8>) -> Result<u64, BrokerError> {
         let mut conn = self.inner.conn.clone();
-        let (exists, trimmed, entries): (u8, String, Entries) = self
+        conn.publish(pubsub_channel(target), payload)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn history(&self, target: &Target, after: Position) -> Result<History, BrokerError> {
+        let keys = keys(target);
+        let mut conn = self.inner.conn.clone();
+        let epoch = if after.epoch.is_known() {
+            after.epoch.to_string()
+        } else {
+            String::new()
+        };
+        let (exists, trimmed, entries, epoch): (u8, String, Entries, String) = self
             .inner
             .history_script
-            .key(stream)
-            .arg(after.to_string())
+            .key(keys.stream)
+            .key(keys.epoch)
+            .arg(after.id.to_string())
             .arg(self.inner.window.cap(target).max(1))
+            .arg(epoch)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        if exists == 0 {
+        let epoch: Epoch = epoch.parse().unwrap_or_default();
+        if exists == 0 && !epoch.is_known() {
             // Expired or never written: continuity cannot be shown for a client that saw
             // something, and there is nothing to miss for one that saw nothing.
-            return Ok(History {
-                entries: Vec::new(),
-                gap: after != StreamId::ZERO,
-            });
+            return Ok(History::missing(after));
         }
         let trimmed: StreamId = trimmed.parse().unwrap_or_default();
         let entries = entries
@@ -264,55 +341,75 @@ impl Driver for RedisBroker {
                 Some((id, message))
             })
             .collect();
-        Ok(History {
-            entries,
-            gap: trimmed > after,
-        })
+        Ok(History::of(after, epoch, entries, trimmed))
     }
 
-    async fn newest(&self, client: &ClientId) -> Result<(StreamId, StreamId), BrokerError> {
+    async fn newest(&self, targets: &[Target]) -> Result<Vec<Position>, BrokerError> {
         if !self.inner.window.enabled() {
-            return Ok((StreamId::ZERO, StreamId::ZERO));
+            return Ok(vec![Position::START; targets.len()]);
         }
-        let (_, own) = channel_and_stream(&Target::Client(client.clone()));
         let mut conn = self.inner.conn.clone();
-        let (own, broadcast): (Entries, Entries) = redis::pipe()
-            .cmd("XREVRANGE")
-            .arg(own)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .cmd("XREVRANGE")
-            .arg(BROADCAST_STREAM)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        let newest = |last: Entries| {
-            last.into_iter()
-                .next()
-                .and_then(|(id, _)| id.parse().ok())
-                .unwrap_or_default()
-        };
-        Ok((newest(own), newest(broadcast)))
+        let ttl = self.inner.window.ttl.as_millis() as u64;
+        let mut pipe = redis::pipe();
+        for target in targets {
+            let keys = keys(target);
+            pipe.invoke_script(
+                self.inner
+                    .newest_script
+                    .key(keys.stream)
+                    .key(keys.epoch)
+                    .arg(Epoch::fresh().to_string())
+                    .arg(ttl),
+            );
+        }
+        let answers: Vec<(String, String)> =
+            redis_members::query_scripted(&mut conn, &[&self.inner.newest_script], &pipe)
+                .await
+                .map_err(unavailable)?;
+        Ok(answers
+            .into_iter()
+            .map(|(epoch, id)| {
+                Position::new(
+                    epoch.parse().unwrap_or_default(),
+                    id.parse().unwrap_or_default(),
+                )
+            })
+            .collect())
     }
 
-    fn hold(&self, client: &ClientId) -> Subscribed {
+    fn hold(&self, target: &Target) -> Subscribed {
         let (tx, rx) = oneshot::channel();
-        let sent = self.inner.commands.send(Command::Hold(client.clone(), tx));
+        let sent = self.inner.commands.send(Command::Hold(target.clone(), tx));
         Box::pin(async move {
             sent.map_err(|_| unavailable("broker stopped"))?;
             rx.await.map_err(|_| unavailable("broker stopped"))?
         })
     }
 
-    fn release(&self, client: &ClientId) {
+    fn release(&self, target: &Target) {
         // A stopped subscriber task holds nothing, so there is nothing to release.
-        let _ = self.inner.commands.send(Command::Release(client.clone()));
+        let _ = self.inner.commands.send(Command::Release(target.clone()));
+    }
+
+    fn join(&self, channel: &ChannelName, client: &ClientId) {
+        // A stopped members task keeps no presence, so there is nothing to tell it.
+        let _ = self
+            .inner
+            .members
+            .send((channel.clone(), client.clone(), Change::Join));
+    }
+
+    fn leave(&self, channel: &ChannelName, client: &ClientId) {
+        let _ = self
+            .inner
+            .members
+            .send((channel.clone(), client.clone(), Change::Leave));
+    }
+
+    async fn members(&self, channel: &ChannelName) -> Result<Vec<Member>, BrokerError> {
+        redis_members::list(self.inner.conn.clone(), channel)
+            .await
+            .map_err(unavailable)
     }
 
     fn is_ready(&self) -> bool {
@@ -380,6 +477,18 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The target a pub/sub channel carries messages for.
+fn target_of(channel: &str) -> Option<Target> {
+    if channel == BROADCAST_CHANNEL {
+        return Some(Target::Broadcast);
+    }
+    if let Some(id) = channel.strip_prefix(CLIENT_CHANNEL_PREFIX) {
+        return ClientId::parse(id).ok().map(Target::Client);
+    }
+    let name = channel.strip_prefix(CHANNEL_CHANNEL_PREFIX)?;
+    ChannelName::parse(name).ok().map(Target::Channel)
+}
+
 /// Most subscription changes sent to Redis in one command.
 const MAX_BATCH: usize = 512;
 
@@ -390,8 +499,9 @@ struct Subscriber {
     inbox: Inbox,
     observer: LinkObserver,
     ready: Arc<AtomicBool>,
-    /// Every client this replica holds a socket of: what to resubscribe after a reconnect.
-    held: HashSet<ClientId>,
+    /// Every client and channel this replica holds a socket of: what to resubscribe after a
+    /// reconnect.
+    held: HashSet<Target>,
 }
 
 /// Why the connected loop ended.
@@ -442,7 +552,7 @@ impl Subscriber {
             let pubsub = self.client.get_async_pubsub().await?;
             let (mut sink, stream) = pubsub.split();
             sink.subscribe(BROADCAST_CHANNEL).await?;
-            let channels: Vec<String> = self.held.iter().map(client_channel).collect();
+            let channels: Vec<String> = self.held.iter().map(pubsub_channel).collect();
             for chunk in channels.chunks(512) {
                 sink.subscribe(chunk).await?;
             }
@@ -483,15 +593,8 @@ impl Subscriber {
                     let Some(message) = message else {
                         return Ended::Lost("connection closed".to_owned());
                     };
-                    let target = match message.get_channel_name() {
-                        BROADCAST_CHANNEL => Target::Broadcast,
-                        channel => match channel
-                            .strip_prefix(CLIENT_CHANNEL_PREFIX)
-                            .and_then(|id| ClientId::parse(id).ok())
-                        {
-                            Some(client) => Target::Client(client),
-                            None => continue,
-                        },
+                    let Some(target) = target_of(message.get_channel_name()) else {
+                        continue;
                     };
                     let (id, payload) = split_payload(message.get_payload_bytes());
                     (self.inbox)(&target, id, payload);
@@ -516,14 +619,14 @@ impl Subscriber {
             let mut waiting = Vec::new();
             for command in run {
                 match command {
-                    Command::Hold(client, done) => {
-                        channels.push(client_channel(&client));
-                        self.held.insert(client);
+                    Command::Hold(target, done) => {
+                        channels.push(pubsub_channel(&target));
+                        self.held.insert(target);
                         waiting.push(done);
                     }
-                    Command::Release(client) => {
-                        channels.push(client_channel(&client));
-                        self.held.remove(&client);
+                    Command::Release(target) => {
+                        channels.push(pubsub_channel(&target));
+                        self.held.remove(&target);
                     }
                 }
             }
@@ -555,12 +658,12 @@ impl Subscriber {
     /// current, and a hold is answered at once.
     fn note_disconnected(&mut self, command: Command) {
         match command {
-            Command::Hold(client, done) => {
-                self.held.insert(client);
+            Command::Hold(target, done) => {
+                self.held.insert(target);
                 let _ = done.send(Err(unavailable("redis is not connected")));
             }
-            Command::Release(client) => {
-                self.held.remove(&client);
+            Command::Release(target) => {
+                self.held.remove(&target);
             }
         }
     }
@@ -613,8 +716,9 @@ mod tests {
     async fn pair(url: &str) -> (Broker, Broker, Collected, Collected) {
         let (seen_a, seen_b) = (Collected::default(), Collected::default());
         let observer: LinkObserver = Arc::new(|_| {});
-        let a = RedisBroker::start(url, seen_a.inbox(), observer.clone(), suite::window()).unwrap();
-        let b = RedisBroker::start(url, seen_b.inbox(), observer, suite::window()).unwrap();
+        let a = RedisBroker::start(url, "ra", seen_a.inbox(), observer.clone(), suite::window())
+            .unwrap();
+        let b = RedisBroker::start(url, "rb", seen_b.inbox(), observer, suite::window()).unwrap();
         for _ in 0..200 {
             if a.is_ready() && b.is_ready() {
                 return (Broker::Redis(a), Broker::Redis(b), seen_a, seen_b);
@@ -639,18 +743,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn history_returns_what_came_after_an_id() {
+    async fn history_returns_what_came_after_a_position() {
         let server = start_server();
         let (a, _, _, _) = pair(&server.redis.url()).await;
-        suite::history_returns_what_came_after_an_id(&a).await;
+        suite::history_returns_what_came_after_a_position(&a).await;
+    }
+
+    #[tokio::test]
+    async fn channel_messages_and_presence_reach_only_subscribers() {
+        let server = start_server();
+        let (a, b, seen_a, seen_b) = pair(&server.redis.url()).await;
+        suite::channel_messages_and_presence_reach_only_subscribers(&a, &b, &seen_a, &seen_b).await;
     }
 
     #[test]
     fn payloads_carry_their_id_before_a_newline() {
         assert_eq!(
-            split_payload(b"1-2\n{\"a\":1}"),
-            (Some(StreamId { ms: 1, seq: 2 }), &b"{\"a\":1}"[..])
+            split_payload(b"ab:1-2\n{\"a\":1}"),
+            (
+                Some(Position::new(Epoch(0xab), StreamId { ms: 1, seq: 2 })),
+                &b"{\"a\":1}"[..]
+            )
         );
+        assert_eq!(
+            target_of("stickyws:channel:public:lobby"),
+            Some(Target::Channel(ChannelName::parse("public:lobby").unwrap()))
+        );
+        assert_eq!(target_of("stickyws:channel:a b"), None);
+        assert_eq!(target_of(BROADCAST_CHANNEL), Some(Target::Broadcast));
         assert_eq!(split_payload(b"{\"a\":1}"), (None, &b"{\"a\":1}"[..]));
     }
 
@@ -675,6 +795,7 @@ mod tests {
             .port();
         let broker = RedisBroker::start(
             &format!("redis://127.0.0.1:{port}"),
+            "r",
             Arc::new(|_, _, _| {}),
             Arc::new(|_| {}),
             suite::window(),
@@ -693,7 +814,9 @@ mod tests {
             !broker.is_ready(),
             "the replica's broker says so too (/readyz)"
         );
-        let hold = broker.hold(&ClientId::parse("c").unwrap()).await;
+        let hold = broker
+            .hold(&Target::Client(ClientId::parse("c").unwrap()))
+            .await;
         assert!(matches!(hold, Err(BrokerError::Unavailable(_))));
     }
 }

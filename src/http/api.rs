@@ -83,7 +83,7 @@ pub(super) fn authorize(
     })
 }
 
-fn is_api_key(state: &AppState, credential: &str) -> bool {
+pub(super) fn is_api_key(state: &AppState, credential: &str) -> bool {
     use sha2::{Digest, Sha256};
     use subtle::ConstantTimeEq;
     let Some(key) = state.config.api_key.as_deref() else {

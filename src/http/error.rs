@@ -68,13 +68,23 @@ impl From<FrameError> for ApiError {
     fn from(err: FrameError) -> Self {
         let status = match err {
             FrameError::TextTooLong { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            FrameError::Binary | FrameError::BadJson(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::BAD_REQUEST,
         };
         let (code, message) = match &err {
             // The reason may quote the client's JSON: it is passed on as it is.
             FrameError::BadJson(reason) => (
                 "bad_body",
                 format!("body is not valid JSON of the form {{\"text\": \"...\"}}: {reason}"),
+            ),
+            // A body with a `type` or channel fields is not a text body at all.
+            FrameError::UnknownType(_)
+            | FrameError::MissingField { .. }
+            | FrameError::UnexpectedField { .. }
+            | FrameError::BadChannel(_)
+            | FrameError::BadCursor
+            | FrameError::TokenTooLong => (
+                "bad_body",
+                "the body is {\"text\": \"...\"} and nothing else".to_owned(),
             ),
             _ => (err.code(), err.to_string()),
         };

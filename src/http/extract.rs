@@ -13,7 +13,8 @@ use futures_util::StreamExt;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::frame::parse_client_frame;
+use crate::channel::ChannelName;
+use crate::frame::{ClientFrame, parse_client_frame};
 use crate::token::ClientId;
 
 /// `{client_id}` from the path, validated.
@@ -39,39 +40,84 @@ impl FromRequest<AppState> for TextBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        if !is_json(req.headers()) {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send Content-Type: application/json",
-            ));
+        let raw = json_body(req, state).await?;
+        match parse_client_frame(&raw, state.config.limits.max_text_bytes)? {
+            ClientFrame::Echo { text } => Ok(Self(text)),
+            _ => Err(ApiError::bad_request(
+                "bad_body",
+                "the body is {\"text\": \"...\"} and nothing else",
+            )),
         }
-        let limits = &state.config.limits;
-        let announced = req
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let bytes = read_body(req.into_body(), announced, limits.max_body_bytes)
-            .await
-            .map_err(|err| match err {
-                BodyError::TooLarge => ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    format!("request body is limited to {} bytes", limits.max_body_bytes),
-                ),
-                BodyError::Broken(reason) => ApiError::bad_request("bad_body", reason),
-            })?;
-        let raw = std::str::from_utf8(&bytes)
-            .map_err(|_| ApiError::bad_request("bad_body", "body is not valid UTF-8"))?;
-        let frame = parse_client_frame(raw, limits.max_text_bytes)?;
-        Ok(Self(frame.text))
     }
 }
 
-/// A body over the limit is still read, up to this much in all, before the 413 goes out:
-/// answering while the body is arriving and then closing makes the kernel reset the connection,
-/// and a proxy still sending the body (nginx) reports 502 instead of passing the 413 on.
+/// `{"client_id"}`: whom a subscription token is for.
+#[derive(Debug)]
+pub(super) struct ClientIdBody(pub ClientId);
+
+impl FromRequest<AppState> for ClientIdBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Body {
+            client_id: String,
+        }
+        let raw = json_body(req, state).await?;
+        let body: Body = serde_json::from_str(&raw).map_err(|_| {
+            ApiError::bad_request("bad_body", "the body is {\"client_id\": \"...\"}")
+        })?;
+        Ok(Self(ClientId::parse(&body.client_id)?))
+    }
+}
+
+/// `{channel}` in the path.
+#[derive(Debug)]
+pub(super) struct ChannelPath(pub ChannelName);
+
+impl<S: Send + Sync> FromRequestParts<S> for ChannelPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| ApiError::bad_request("bad_channel", rejection.body_text()))?;
+        ChannelName::parse(&raw)
+            .map(Self)
+            .map_err(|err| ApiError::bad_request("bad_channel", err.to_string()))
+    }
+}
+
+/// A JSON body within `MAX_BODY_BYTES`, as text.
+async fn json_body(req: Request, state: &AppState) -> Result<String, ApiError> {
+    if !is_json(req.headers()) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send Content-Type: application/json",
+        ));
+    }
+    let limits = &state.config.limits;
+    let announced = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let bytes = read_body(req.into_body(), announced, limits.max_body_bytes)
+        .await
+        .map_err(|err| match err {
+            BodyError::TooLarge => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request body is limited to {} bytes", limits.max_body_bytes),
+            ),
+            BodyError::Broken(reason) => ApiError::bad_request("bad_body", reason),
+        })?;
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| ApiError::bad_request("bad_body", "body is not valid UTF-8"))
+}
+
 const DRAIN_MAX_BYTES: u64 = 1024 * 1024;
 /// ... and for at most this long.
 const DRAIN_MAX_TIME: Duration = Duration::from_secs(2);

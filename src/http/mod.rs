@@ -2,6 +2,7 @@
 //! state is in [`state`], the per-route timing layer in [`timing`].
 
 mod api;
+mod channels;
 mod error;
 mod extract;
 mod health;
@@ -33,6 +34,18 @@ pub fn router(state: AppState) -> Router {
         .route("/api/direct/{client_id}", post(timed(m, api::direct)))
         .route("/api/publish/{client_id}", post(timed(m, api::publish)))
         .route("/api/broadcast", post(timed(m, api::broadcast)))
+        .route(
+            "/api/channels/{channel}/publish",
+            post(timed(m, channels::publish)),
+        )
+        .route(
+            "/api/channels/{channel}/tokens",
+            post(timed(m, channels::mint_token)),
+        )
+        .route(
+            "/api/channels/{channel}/presence",
+            get(timed(m, channels::presence)),
+        )
         .route("/api/replicas", get(timed(m, api::replicas)))
         .route("/api/stats", get(timed(m, lab::stats)))
         .route("/api/notes/{client_id}", get(timed(m, lab::read)))

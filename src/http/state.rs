@@ -45,6 +45,9 @@ pub struct Shared {
     pub draining: Arc<AtomicBool>,
     /// Sends per client per second on this replica (`PUBLISH_RATE`).
     pub rate: Arc<RateLimit>,
+    /// Channel publishes per client per second on this replica (`CHANNEL_PUBLISH_RATE`),
+    /// over HTTP and sockets alike.
+    pub channel_rate: Arc<RateLimit>,
 }
 
 impl std::ops::Deref for AppState {
@@ -55,15 +58,7 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// A token bucket per client id.
-pub type RateLimit = governor::DefaultKeyedRateLimiter<crate::token::ClientId>;
-
-/// The per-client limiter for `per_second` sends, with bursts of twice that.
-pub fn rate_limit(per_second: u32) -> RateLimit {
-    let rate = std::num::NonZeroU32::new(per_second).unwrap_or(std::num::NonZeroU32::MIN);
-    let burst = rate.saturating_mul(std::num::NonZeroU32::new(2).unwrap_or(rate));
-    governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
-}
+pub use crate::limits::{RateLimit, rate_limit};
 
 impl AppState {
     pub fn new(shared: Shared) -> Self {

@@ -16,7 +16,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::ClientPath;
 use crate::config::is_valid_app_id;
-use crate::cursor::{BadStreamId, StreamId};
+use crate::cursor::{BadCursor, Position};
 use crate::records::Event;
 use crate::registry::AdmitError;
 use crate::resume::Seen;
@@ -105,6 +105,9 @@ pub(super) async fn upgrade(
         broker: state.broker.clone(),
         resume,
         landing,
+        signer: state.signer.clone(),
+        channel_rate: state.channel_rate.clone(),
+        queue_len: limits.socket_queue,
     };
     let tracker = state.shutdown.tracker.clone();
     Ok(upgrade
@@ -127,11 +130,11 @@ pub(super) async fn upgrade(
 /// `last_id` and `last_broadcast_id`: present on a reconnect (either one suffices; the other
 /// then counts from the start of its history).
 fn resume_point(query: &HashMap<String, String>) -> Result<Option<Seen>, ApiError> {
-    let parse = |name: &str| -> Result<Option<StreamId>, ApiError> {
+    let parse = |name: &str| -> Result<Option<Position>, ApiError> {
         query
             .get(name)
             .map(|raw| {
-                raw.parse().map_err(|err: BadStreamId| {
+                raw.parse().map_err(|err: BadCursor| {
                     ApiError::bad_request("bad_last_id", format!("{name}: {err}"))
                 })
             })

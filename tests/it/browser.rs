@@ -152,7 +152,7 @@ async fn who_serves_the_page(cluster: &TestCluster, page: &Browser) -> Shown {
     assert_eq!(page.attr("ws-state", "data-state").await, "open");
     let records = cluster.records();
     for (replica, event) in [(page_by, "page"), (ws_by, "connect")] {
-        let line = format!("| {replica} | {event:<13} | {client_id} |");
+        let line = format!("| {replica} | {event:<15} | {client_id} |");
         assert!(records.contains(&line), "no `{line}` in\n{records}");
     }
     shown
@@ -651,7 +651,7 @@ async fn forgetting_the_cookie_splits_page_and_socket(cluster: &TestCluster, pag
         format!("Socket on {socket_by} — page came from {page_by}: split")
     );
     let connect = format!(
-        "| {socket_by} | {:<13} | {client_id} | tabs=1 page={page_by} (split",
+        "| {socket_by} | {:<15} | {client_id} | tabs=1 page={page_by} (split",
         "connect"
     );
     let records = cluster.records();

@@ -2,7 +2,11 @@
 //! socket's queue and pings; both watch shutdown, and when either side ends the other does too.
 //!
 //! Written over `Sink<Message>` + `Stream<Item = Result<Message, _>>`, so tests can drive it
-//! with channels instead of a network socket.
+//! with channels instead of a network socket. Channel frames are [`channels`]'; what the
+//! writer writes around a subscription is [`gate`]'s.
+
+mod channels;
+mod gate;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -12,15 +16,18 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+
+use self::gate::Gate;
 use crate::broker::Broker;
-use crate::cursor::StreamIdText;
 use crate::delivery::Delivery;
-use crate::frame::{FrameError, Outgoing, ServerFrame, parse_client_frame};
+use crate::frame::{ClientFrame, FrameError, Outgoing, ServerFrame, parse_client_frame};
 use crate::lab::Landing;
+use crate::limits::RateLimit;
 use crate::records::Event;
 use crate::registry::Registration;
-use crate::resume::{self, Seen, Skip};
-use crate::token::ClientId;
+use crate::resume::{self, Seen};
+use crate::token::{ClientId, Signer};
 
 /// How often an idle socket is pinged; below every proxy's idle timeout (nginx: 60 s default).
 pub const PING_EVERY: Duration = Duration::from_secs(25);
@@ -57,6 +64,13 @@ pub struct Session {
     pub resume: Option<Seen>,
     /// Where the socket landed relative to its page, told in the welcome.
     pub landing: Landing,
+    /// Checks subscription tokens.
+    pub signer: Signer,
+    /// Channel publishes per client (`CHANNEL_PUBLISH_RATE`), shared with HTTP.
+    pub channel_rate: Arc<RateLimit>,
+    /// The socket's queue size (`SOCKET_QUEUE`): also the most messages held back while a
+    /// channel subscription is set up.
+    pub queue_len: usize,
 }
 
 /// Why a session ended, for the records log.
@@ -95,14 +109,14 @@ impl Session {
         // The opening and the closing are boxed: this future lives as long as the socket, and
         // inline their states (broker look-ups, timers) would make every idle socket carry
         // them for its whole life.
-        let Some((outbox, skip)) = Box::pin(self.open(&mut sink)).await else {
+        let Some((outbox, gate)) = Box::pin(self.open(&mut sink)).await else {
             return;
         };
         // Set by the reader whenever anything arrives; the writer closes a socket whose peer
         // stayed silent for two ping periods.
         let heard = AtomicBool::new(true);
         let end = tokio::select! {
-            end = self.write(&mut sink, outbox, skip, &heard) => end,
+            end = self.write(&mut sink, outbox, gate, &heard) => end,
             end = self.read(&mut stream, &heard) => end,
         };
         Box::pin(self.close_with(end, &mut sink)).await;
@@ -110,7 +124,7 @@ impl Session {
 
     /// Waits for the broker's subscription, works out where the stream starts and greets the
     /// client; None when the socket is already gone.
-    async fn open<S>(&mut self, sink: &mut S) -> Option<(mpsc::Receiver<Outgoing>, Skip)>
+    async fn open<S>(&mut self, sink: &mut S) -> Option<(mpsc::Receiver<Outgoing>, Gate)>
     where
         S: Sink<Message, Error = axum::Error> + Unpin,
     {
@@ -135,7 +149,7 @@ impl Session {
         .await;
         self.greet(sink, &start).await.ok()?;
         let outbox = self.registration.outbox.take()?;
-        Some((outbox, start.skip))
+        Some((outbox, Gate::new(start.skip, self.queue_len)))
     }
 
     /// Ends the socket as `end` requires, and records it.
@@ -197,8 +211,8 @@ impl Session {
         let welcome = ServerFrame::Welcome {
             replica: self.delivery.replica(),
             client_id: client,
-            last_id: StreamIdText(start.welcome.client),
-            last_broadcast_id: StreamIdText(start.welcome.broadcast),
+            last_id: start.welcome.client,
+            last_broadcast_id: start.welcome.broadcast,
             page_replica: self.landing.page_replica.as_deref(),
             same_replica: self.landing.same_replica,
             state: if self.landing.state_hit {
@@ -235,7 +249,7 @@ impl Session {
         &self,
         sink: &mut S,
         mut outbox: mpsc::Receiver<Outgoing>,
-        skip: Skip,
+        mut gate: Gate,
         heard: &AtomicBool,
     ) -> End
     where
@@ -256,8 +270,13 @@ impl Session {
                     // A peer that stopped reading blocks the send; the overflow signal must
                     // still get through, so race them.
                     tokio::select! {
-                        sent = send_batch(sink, frame, &mut outbox, skip) => if sent.is_err() {
-                            return End::SendFailed;
+                        sent = send_batch(sink, frame, &mut outbox, &mut gate) => match sent {
+                            Ok(()) => {}
+                            Err(Sent::Failed) => return End::SendFailed,
+                            Err(Sent::Overflow) => {
+                                self.delivery.metrics().slow_consumer();
+                                return End::SlowConsumer;
+                            }
                         },
                         () = slow.cancelled() => return End::SlowConsumer,
                     }
@@ -291,24 +310,31 @@ impl Session {
                 Err(err) => return fault_code(&err).map_or(End::ClientClosed, End::Fault),
             };
             heard.store(true, Ordering::Relaxed);
-            let reply = match message {
-                Message::Text(text) => self.on_text(&text),
-                Message::Binary(_) => Some(error_frame(&FrameError::Binary).into()),
+            match message {
+                Message::Text(text) => self.on_text(&text).await,
+                Message::Binary(_) => self.send_own(error_frame(&FrameError::Binary).into()),
                 Message::Close(_) => return End::ClientClosed,
-                Message::Ping(_) | Message::Pong(_) => None,
-            };
-            if let Some(reply) = reply {
-                self.send_own(reply);
+                Message::Ping(_) | Message::Pong(_) => {}
             }
         }
         End::ClientClosed
     }
 
-    /// Handles one text frame; returns the frame to send back.
-    fn on_text(&self, raw: &str) -> Option<Outgoing> {
+    /// Handles one text frame, in the order the client sent them: a subscription is set up
+    /// before the next frame is read.
+    async fn on_text(&self, raw: &str) {
         match parse_client_frame(raw, self.max_text_bytes) {
-            Ok(frame) => Some(self.delivery.echo(&self.client, &frame.text)),
-            Err(err) => Some(error_frame(&err).into()),
+            Ok(ClientFrame::Echo { text }) => {
+                self.send_own(self.delivery.echo(&self.client, &text))
+            }
+            Ok(ClientFrame::Subscribe {
+                channel,
+                token,
+                since,
+            }) => self.subscribe(channel, token, since).await,
+            Ok(ClientFrame::Unsubscribe { channel }) => self.unsubscribe(channel),
+            Ok(ClientFrame::Publish { channel, text }) => self.publish(channel, text).await,
+            Err(err) => self.send_own(error_frame(&err).into()),
         }
     }
 
@@ -323,28 +349,39 @@ impl Session {
     }
 }
 
-/// Writes `first` and whatever else is already queued, then flushes once: one write system
-/// call for a burst instead of one per frame.
+/// Why a batch was not written.
+enum Sent {
+    Failed,
+    /// A channel being subscribed held back more messages than the socket's queue holds.
+    Overflow,
+}
+
+/// Writes `first` and whatever else is already queued (as far as the gate lets it through),
+/// then flushes once: one write system call for a burst instead of one per frame.
 async fn send_batch<S>(
     sink: &mut S,
     first: Outgoing,
     outbox: &mut mpsc::Receiver<Outgoing>,
-    skip: Skip,
-) -> Result<(), axum::Error>
+    gate: &mut Gate,
+) -> Result<(), Sent>
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
 {
     const MAX_BATCH: usize = 64;
     let mut next = Some(first);
+    let mut out = Vec::new();
     for _ in 0..MAX_BATCH {
         let Some(frame) = next.take().or_else(|| outbox.try_recv().ok()) else {
             break;
         };
-        if skip.keeps(&frame) {
-            sink.feed(Message::Text(frame.bytes.clone())).await?;
+        gate.admit(frame, &mut out).map_err(|_| Sent::Overflow)?;
+        for bytes in out.drain(..) {
+            sink.feed(Message::Text(bytes))
+                .await
+                .map_err(|_| Sent::Failed)?;
         }
     }
-    sink.flush().await
+    sink.flush().await.map_err(|_| Sent::Failed)
 }
 
 /// The close code for a read error that is the client's fault; None when the peer is simply
@@ -374,6 +411,7 @@ fn error_frame(err: &FrameError) -> Utf8Bytes {
     ServerFrame::Error {
         code: err.code(),
         message: &err.to_string(),
+        channel: None,
     }
     .to_bytes()
 }
@@ -421,6 +459,7 @@ mod tests {
 
     fn start(limits: Limits) -> Harness {
         let broker = Broker::Memory(MemoryBroker::new(
+            "app-1",
             Arc::new(|_, _, _| {}),
             Limits::default().window(),
         ));
@@ -441,6 +480,9 @@ mod tests {
             broker,
             resume: None,
             landing: Landing::default(),
+            signer: crate::token::Signer::new(b"test secret"),
+            channel_rate: Arc::new(crate::limits::rate_limit(limits.channel_publish_rate)),
+            queue_len: limits.socket_queue,
         };
         let (to_session, incoming) = fmpsc::unbounded();
         let (outgoing, from_session) = fmpsc::unbounded::<Message>();
@@ -499,10 +541,21 @@ mod tests {
     #[tokio::test]
     async fn welcome_comes_first_then_text_is_echoed_via_ws() {
         let mut h = start(Limits::default());
+        let mut welcome = next_json(&mut h).await;
+        // Each history's cursor starts at 0-0 in an epoch of its own.
+        for cursor in ["last_id", "last_broadcast_id"] {
+            let text = welcome[cursor].take();
+            let (epoch, id) = text.as_str().unwrap().split_once(':').unwrap();
+            assert!(
+                u64::from_str_radix(epoch, 16).is_ok_and(|e| e > 0),
+                "{text}"
+            );
+            assert_eq!(id, "0-0");
+        }
         assert_eq!(
-            next_json(&mut h).await,
+            welcome,
             serde_json::json!({"type": "welcome", "replica": "app-1", "client_id": "c1",
-                               "last_id": "0-0", "last_broadcast_id": "0-0",
+                               "last_id": null, "last_broadcast_id": null,
                                "state": "rebuilt"})
         );
         h.to_session
@@ -572,7 +625,10 @@ mod tests {
         // unbounded, so fill the queue faster than the session can forward it.
         let mut overflowed = 0;
         for _ in 0..10_000 {
-            overflowed += h.registry.deliver(&client, &frame).overflowed;
+            overflowed += h
+                .registry
+                .deliver(&crate::target::Target::Client(client.clone()), &frame)
+                .overflowed;
             if overflowed > 0 {
                 break;
             }

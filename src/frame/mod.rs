@@ -1,5 +1,9 @@
-//! WebSocket frames in and out, and the envelope replicas pass through the broker; parsed and
-//! limited in this one place.
+//! WebSocket frames the server sends, the envelope replicas pass through the broker, and what a
+//! socket's queue carries. What clients send is parsed and limited in [`client`].
+
+mod client;
+
+pub use client::{ClientFrame, FrameError, check_text, parse_client_frame};
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -7,7 +11,8 @@ use std::sync::Arc;
 use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::cursor::{Cursor, StreamId, StreamIdText};
+use crate::cursor::{Cursor, Position};
+use crate::target::Target;
 
 /// How a message reached the socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,15 +22,26 @@ pub enum Via {
     Direct,
     Publish,
     Broadcast,
+    Channel,
 }
 
 impl Via {
+    /// Every way, in `Via as usize` order (the metrics' tables).
+    pub const ALL: [Via; 5] = [
+        Via::Ws,
+        Via::Direct,
+        Via::Publish,
+        Via::Broadcast,
+        Via::Channel,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Via::Ws => "ws",
             Via::Direct => "direct",
             Via::Publish => "publish",
             Via::Broadcast => "broadcast",
+            Via::Channel => "channel",
         }
     }
 }
@@ -38,9 +54,9 @@ pub enum ServerFrame<'a> {
         replica: &'a str,
         client_id: &'a str,
         /// Where this client's message history stands: pass it back as `last_id` to resume.
-        last_id: StreamIdText,
+        last_id: Position,
         /// The same for broadcasts (`last_broadcast_id`).
-        last_broadcast_id: StreamIdText,
+        last_broadcast_id: Position,
         /// The replica that rendered the client's page, when the page said (`?page=`).
         #[serde(skip_serializing_if = "Option::is_none")]
         page_replica: Option<&'a str>,
@@ -52,15 +68,40 @@ pub enum ServerFrame<'a> {
     },
     Message {
         via: Via,
+        /// The channel, for a channel message.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<&'a str>,
         from: &'a str,
         replica: &'a str,
         text: &'a str,
-        /// The message's id in its history (publish and broadcast only).
+        /// The message's id in its history, `<ms>-<seq>` (kept for clients of older versions;
+        /// `cursor` is the same position with its history's epoch).
         #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<StreamIdText>,
+        id: Option<crate::cursor::StreamIdText>,
+        /// Where the message stands in its history: pass it back to resume from it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cursor: Option<Position>,
         /// Sent again after a reconnect because the client had missed it.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         replayed: bool,
+    },
+    /// The socket is subscribed; `cursor` is where the channel's history stands now.
+    /// `recovered` answers a `since`: whether every missed message came first.
+    Subscribed {
+        channel: &'a str,
+        cursor: Position,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+    },
+    Unsubscribed {
+        channel: &'a str,
+    },
+    /// A client joined or left a channel (its first socket subscribed, its last one left).
+    Presence {
+        channel: &'a str,
+        event: &'a str,
+        client_id: &'a str,
+        replica: &'a str,
     },
     /// Messages after the client's last id may have been lost (the recovery window was exceeded).
     #[serde(rename = "history_lost")]
@@ -71,6 +112,9 @@ pub enum ServerFrame<'a> {
     Error {
         code: &'a str,
         message: &'a str,
+        /// The channel a refused subscription or publish named.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<&'a str>,
     },
 }
 
@@ -96,13 +140,32 @@ pub enum ReceivedFrame {
     },
     Message {
         via: Via,
+        #[serde(default)]
+        channel: Option<String>,
         from: String,
         replica: String,
         text: String,
         #[serde(default)]
         id: Option<String>,
         #[serde(default)]
+        cursor: Option<String>,
+        #[serde(default)]
         replayed: bool,
+    },
+    Subscribed {
+        channel: String,
+        cursor: String,
+        #[serde(default)]
+        recovered: Option<bool>,
+    },
+    Unsubscribed {
+        channel: String,
+    },
+    Presence {
+        channel: String,
+        event: String,
+        client_id: String,
+        replica: String,
     },
     #[serde(rename = "history_lost")]
     HistoryLost {
@@ -112,6 +175,8 @@ pub enum ReceivedFrame {
     Error {
         code: String,
         message: String,
+        #[serde(default)]
+        channel: Option<String>,
     },
     #[serde(other)]
     Other,
@@ -126,16 +191,51 @@ pub enum ReceivedFrame {
 pub struct Outgoing(Arc<Serialized>);
 
 /// A serialized frame and its history position, so a resuming session can drop what it
-/// already replayed.
+/// already replayed; or a mark the socket's reader leaves for its writer in the same queue.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Serialized {
     pub bytes: Utf8Bytes,
     pub cursor: Option<Cursor>,
+    pub mark: Option<Mark>,
+}
+
+/// What a socket's reader tells its writer about a subscription, in queue order: the writer
+/// holds back the channel's live messages from `Pending` until `Ready`, writes `Ready`'s
+/// frames (the `subscribed` answer and the replay), then the held messages it did not replay.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Mark {
+    /// The channel is about to be subscribed: hold its messages back.
+    Pending(crate::channel::ChannelName),
+    /// Written first; then messages of the channel after `upto` pass.
+    Ready {
+        channel: crate::channel::ChannelName,
+        frames: Vec<Utf8Bytes>,
+        upto: Position,
+    },
+    /// The channel is no longer subscribed (or its subscription was refused): forget it, and
+    /// write `frame` (the answer) if there is one.
+    Left {
+        channel: crate::channel::ChannelName,
+        frame: Option<Utf8Bytes>,
+    },
 }
 
 impl Outgoing {
     pub fn new(bytes: Utf8Bytes, cursor: Option<Cursor>) -> Self {
-        Self(Arc::new(Serialized { bytes, cursor }))
+        Self(Arc::new(Serialized {
+            bytes,
+            cursor,
+            mark: None,
+        }))
+    }
+
+    /// A mark for this socket's writer (it writes no bytes of its own).
+    pub fn mark(mark: Mark) -> Self {
+        Self(Arc::new(Serialized {
+            bytes: Utf8Bytes::from_static(""),
+            cursor: None,
+            mark: Some(mark),
+        }))
     }
 }
 
@@ -200,97 +300,99 @@ impl<'a> Envelope<'a> {
         serde_json::from_slice(raw)
     }
 
-    /// The frame a replica sends for this envelope (no history id).
+    /// The frame a replica sends for this envelope (no history position).
     pub fn frame_for(&self, replica: &str) -> Utf8Bytes {
-        self.message(replica, None, false)
+        self.message(replica, None, None, false)
     }
 
-    /// The frame a replica sends for this envelope, carrying its history id when it has one.
-    pub fn outgoing(&self, replica: &str, id: Option<StreamId>, replayed: bool) -> Outgoing {
-        let cursor = id.map(|id| match self.via {
-            Via::Broadcast => Cursor::Broadcast(id),
-            _ => Cursor::Client(id),
+    /// The frame a replica sends for this envelope kept in `target`'s history, carrying its
+    /// position there when it has one.
+    pub fn outgoing(
+        &self,
+        replica: &str,
+        target: &Target,
+        position: Option<Position>,
+        replayed: bool,
+    ) -> Outgoing {
+        let channel = match target {
+            Target::Channel(channel) => Some(channel),
+            Target::Client(_) | Target::Broadcast => None,
+        };
+        let cursor = position.map(|p| match target {
+            Target::Client(_) => Cursor::Client(p),
+            Target::Broadcast => Cursor::Broadcast(p),
+            Target::Channel(channel) => Cursor::Channel(channel.clone(), p),
         });
-        Outgoing::new(self.message(replica, id, replayed), cursor)
+        let bytes = self.message(replica, channel.map(|c| c.as_str()), position, replayed);
+        Outgoing::new(bytes, cursor)
     }
 
-    fn message(&self, replica: &str, id: Option<StreamId>, replayed: bool) -> Utf8Bytes {
+    fn message(
+        &self,
+        replica: &str,
+        channel: Option<&str>,
+        position: Option<Position>,
+        replayed: bool,
+    ) -> Utf8Bytes {
         ServerFrame::Message {
             via: self.via,
+            channel,
             from: &self.from,
             replica,
             text: &self.text,
-            id: id.map(StreamIdText),
+            id: position.map(|p| crate::cursor::StreamIdText(p.id)),
+            cursor: position,
             replayed,
         }
         .to_bytes()
     }
 }
 
-/// The one frame a client sends: `{"text": "..."}`.
-#[derive(Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct ClientFrame {
-    pub text: String,
+/// A presence event as it crosses the broker: `{"presence": "join"|"leave", "client_id",
+/// "replica"}`. It starts with the key `presence`, which no [`Envelope`] does (they start with
+/// `via`), so a receiving replica tells the two apart by the first bytes.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PresenceNote<'a> {
+    #[serde(borrow)]
+    pub presence: Cow<'a, str>,
+    #[serde(borrow)]
+    pub client_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub replica: Cow<'a, str>,
 }
 
-/// Why a client frame was refused; `code` goes into the error frame.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum FrameError {
-    #[error("binary frames are not accepted; send JSON text like {{\"text\": \"hi\"}}")]
-    Binary,
-    #[error("frame is not valid JSON of the form {{\"text\": \"...\"}}: {0}")]
-    BadJson(String),
-    #[error("text is {len} bytes; the limit is {max}")]
-    TextTooLong { len: usize, max: usize },
-}
+impl<'a> PresenceNote<'a> {
+    pub const PREFIX: &'static [u8] = b"{\"presence\":";
 
-impl FrameError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            FrameError::Binary => "binary_frame",
-            FrameError::BadJson(_) => "bad_frame",
-            FrameError::TextTooLong { .. } => "text_too_long",
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The note, when `raw` is one.
+    pub fn decode(raw: &'a [u8]) -> Option<Self> {
+        if !raw.starts_with(Self::PREFIX) {
+            return None;
         }
+        serde_json::from_slice(raw).ok()
     }
-}
 
-/// Parses and limits one text frame from a client.
-pub fn parse_client_frame(raw: &str, max_text_bytes: usize) -> Result<ClientFrame, FrameError> {
-    let frame: ClientFrame =
-        serde_json::from_str(raw).map_err(|err| FrameError::BadJson(short_reason(&err)))?;
-    check_text(&frame.text, max_text_bytes)?;
-    Ok(frame)
-}
-
-/// The text limit shared by frames and HTTP bodies.
-pub fn check_text(text: &str, max_text_bytes: usize) -> Result<(), FrameError> {
-    if text.len() > max_text_bytes {
-        return Err(FrameError::TextTooLong {
-            len: text.len(),
-            max: max_text_bytes,
-        });
-    }
-    Ok(())
-}
-
-/// serde_json's message without echoing back arbitrary client input at length.
-fn short_reason(err: &serde_json::Error) -> String {
-    let mut reason = err.to_string();
-    if reason.len() > 160 {
-        let mut cut = 160;
-        while !reason.is_char_boundary(cut) {
-            cut -= 1;
+    /// The frame every subscriber of `channel` gets.
+    pub fn frame(&self, channel: &str) -> Utf8Bytes {
+        ServerFrame::Presence {
+            channel,
+            event: &self.presence,
+            client_id: &self.client_id,
+            replica: &self.replica,
         }
-        reason.truncate(cut);
-        reason.push('…');
+        .to_bytes()
     }
-    reason
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cursor::{Epoch, StreamId, StreamIdText};
+    use crate::token::ClientId;
 
     #[test]
     fn an_envelope_carries_its_publish_time_only_when_it_has_one() {
@@ -311,111 +413,35 @@ mod tests {
 
     #[test]
     fn a_frames_cursor_names_the_history_its_message_is_kept_in() {
-        let id = StreamId { ms: 3, seq: 1 };
+        let id = Position::new(Epoch(3), StreamId { ms: 3, seq: 1 });
+        let client = Target::Client(ClientId::parse("c").unwrap());
+        let lobby = crate::channel::ChannelName::parse("public:lobby").unwrap();
         let envelope = |via| Envelope {
             via,
             from: "app-1".into(),
             text: "t".into(),
             at: 0,
         };
-        let cursor = |via| envelope(via).outgoing("app-2", Some(id), false).cursor;
-        assert_eq!(cursor(Via::Broadcast), Some(Cursor::Broadcast(id)));
-        assert_eq!(cursor(Via::Publish), Some(Cursor::Client(id)));
+        let cursor = |via, target: &Target| {
+            envelope(via)
+                .outgoing("app-2", target, Some(id), false)
+                .cursor
+                .clone()
+        };
         assert_eq!(
-            envelope(Via::Publish).outgoing("app-2", None, false).cursor,
+            cursor(Via::Broadcast, &Target::Broadcast),
+            Some(Cursor::Broadcast(id))
+        );
+        assert_eq!(cursor(Via::Publish, &client), Some(Cursor::Client(id)));
+        assert_eq!(
+            cursor(Via::Channel, &Target::Channel(lobby.clone())),
+            Some(Cursor::Channel(lobby, id))
+        );
+        assert_eq!(
+            envelope(Via::Publish)
+                .outgoing("app-2", &client, None, false)
+                .cursor,
             None
-        );
-    }
-
-    #[test]
-    fn text_of_exactly_the_limit_passes_and_one_byte_more_is_refused() {
-        assert_eq!(check_text("ééé", 6), Ok(()));
-        assert_eq!(
-            check_text("éééa", 6),
-            Err(FrameError::TextTooLong { len: 7, max: 6 })
-        );
-    }
-
-    #[test]
-    fn a_bad_frame_is_explained_without_echoing_it_at_length() {
-        // serde names the unknown field; 200 two-byte letters put byte 160 inside a letter.
-        let field = "é".repeat(200);
-        let raw = format!(r#"{{"{field}": 1}}"#);
-        let full = serde_json::from_str::<ClientFrame>(&raw)
-            .unwrap_err()
-            .to_string();
-        let Err(FrameError::BadJson(reason)) = parse_client_frame(&raw, 100) else {
-            panic!("a bad frame");
-        };
-        let kept = reason.strip_suffix('…').expect("cut, and marked as cut");
-        assert!(full.starts_with(kept), "{kept:?} is the start of {full:?}");
-        assert!(
-            (157..=160).contains(&kept.len()),
-            "cut at the last letter boundary within 160 bytes: {}",
-            kept.len()
-        );
-        // A reason of exactly 160 bytes is left whole: the field's length makes it so.
-        let reason_for = |n: usize| {
-            let raw = format!(r#"{{"{}": 1}}"#, "a".repeat(n));
-            let full = serde_json::from_str::<ClientFrame>(&raw)
-                .unwrap_err()
-                .to_string();
-            (raw, full)
-        };
-        // (The message also names the column, so its length is searched for, not computed.)
-        let (raw, full) = (1..200)
-            .map(reason_for)
-            .find(|(_, full)| full.len() == 160)
-            .expect("a field length giving a 160-byte reason");
-        assert_eq!(
-            parse_client_frame(&raw, 100),
-            Err(FrameError::BadJson(full))
-        );
-        // A short reason is left whole.
-        let Err(FrameError::BadJson(short)) = parse_client_frame("{", 100) else {
-            panic!("a bad frame");
-        };
-        assert!(!short.is_empty() && !short.ends_with('…'), "{short:?}");
-        assert_eq!(
-            short,
-            serde_json::from_str::<ClientFrame>("{")
-                .unwrap_err()
-                .to_string()
-        );
-    }
-
-    #[test]
-    fn a_text_frame_parses() {
-        assert_eq!(
-            parse_client_frame(r#"{"text":"héllo <b>"}"#, 100),
-            Ok(ClientFrame {
-                text: "héllo <b>".into()
-            })
-        );
-    }
-
-    #[test]
-    fn unknown_fields_missing_text_and_broken_json_are_bad_frames() {
-        for raw in [
-            r#"{"text":"a","x":1}"#,
-            r#"{}"#,
-            r#"{"text":1}"#,
-            "{",
-            "null",
-            "[]",
-            "",
-        ] {
-            let err = parse_client_frame(raw, 100).unwrap_err();
-            assert_eq!(err.code(), "bad_frame", "{raw:?}");
-        }
-    }
-
-    #[test]
-    fn text_over_the_limit_is_refused_with_its_length() {
-        let raw = format!(r#"{{"text":"{}"}}"#, "a".repeat(11));
-        assert_eq!(
-            parse_client_frame(&raw, 10),
-            Err(FrameError::TextTooLong { len: 11, max: 10 })
         );
     }
 
@@ -424,8 +450,8 @@ mod tests {
         let welcome = ServerFrame::Welcome {
             replica: "app-1",
             client_id: "c1",
-            last_id: StreamIdText(StreamId { ms: 5, seq: 1 }),
-            last_broadcast_id: StreamIdText(StreamId::ZERO),
+            last_id: Position::new(Epoch(0xa), StreamId { ms: 5, seq: 1 }),
+            last_broadcast_id: Position::START,
             page_replica: Some("app-2"),
             same_replica: Some(false),
             state: "rebuilt",
@@ -434,7 +460,7 @@ mod tests {
         assert_eq!(
             value,
             serde_json::json!({"type": "welcome", "replica": "app-1", "client_id": "c1",
-                               "last_id": "5-1", "last_broadcast_id": "0-0",
+                               "last_id": "a:5-1", "last_broadcast_id": "0-0",
                                "page_replica": "app-2", "same_replica": false,
                                "state": "rebuilt"})
         );
@@ -460,13 +486,18 @@ mod tests {
             text: "t".into(),
             at: 0,
         };
-        let id = StreamId { ms: 9, seq: 0 };
-        let out = envelope.outgoing("app-1", Some(id), true);
+        let id = Position::new(Epoch(0xf), StreamId { ms: 9, seq: 0 });
+        let client = Target::Client(ClientId::parse("c").unwrap());
+        let out = envelope.outgoing("app-1", &client, Some(id), true);
         assert_eq!(out.cursor, Some(Cursor::Client(id)));
         let value: serde_json::Value = serde_json::from_str(&out.bytes).unwrap();
         assert_eq!(
-            (value["id"].as_str(), value["replayed"].as_bool()),
-            (Some("9-0"), Some(true))
+            (
+                value["id"].as_str(),
+                value["cursor"].as_str(),
+                value["replayed"].as_bool()
+            ),
+            (Some("9-0"), Some("f:9-0"), Some(true))
         );
         let plain: serde_json::Value = serde_json::from_str(&envelope.frame_for("app-1")).unwrap();
         assert!(
@@ -483,8 +514,8 @@ mod tests {
         let welcome = ServerFrame::Welcome {
             replica: "app-1",
             client_id: "c1",
-            last_id: StreamIdText(StreamId { ms: 5, seq: 1 }),
-            last_broadcast_id: StreamIdText(StreamId::ZERO),
+            last_id: Position::new(Epoch::UNKNOWN, StreamId { ms: 5, seq: 1 }),
+            last_broadcast_id: Position::START,
             page_replica: None,
             same_replica: Some(true),
             state: "hit",
@@ -502,21 +533,25 @@ mod tests {
             }
         );
         let message = ServerFrame::Message {
-            via: Via::Publish,
+            via: Via::Channel,
+            channel: Some("public:lobby"),
             from: "app-2",
             replica: "app-3",
             text: "\"quoted\" \u{1F600}",
             id: Some(StreamIdText(StreamId { ms: 9, seq: 0 })),
+            cursor: Some(Position::new(Epoch(1), StreamId { ms: 9, seq: 0 })),
             replayed: true,
         };
         assert_eq!(
             read(message),
             ReceivedFrame::Message {
-                via: Via::Publish,
+                via: Via::Channel,
+                channel: Some("public:lobby".into()),
                 from: "app-2".into(),
                 replica: "app-3".into(),
                 text: "\"quoted\" \u{1F600}".into(),
                 id: Some("9-0".into()),
+                cursor: Some("1:9-0".into()),
                 replayed: true,
             }
         );
@@ -532,17 +567,53 @@ mod tests {
             }
         );
         let error = ServerFrame::Error {
-            code: "bad_frame",
+            code: "bad_channel",
             message: "no",
+            channel: Some("x"),
         };
         assert_eq!(
             read(error),
             ReceivedFrame::Error {
-                code: "bad_frame".into(),
-                message: "no".into()
+                code: "bad_channel".into(),
+                message: "no".into(),
+                channel: Some("x".into()),
             }
         );
-        let newer: ReceivedFrame = serde_json::from_str(r#"{"type": "presence"}"#).unwrap();
+        let subscribed = ServerFrame::Subscribed {
+            channel: "x",
+            cursor: Position::new(Epoch(2), StreamId::ZERO),
+            recovered: Some(false),
+        };
+        assert_eq!(
+            read(subscribed),
+            ReceivedFrame::Subscribed {
+                channel: "x".into(),
+                cursor: "2:0-0".into(),
+                recovered: Some(false)
+            }
+        );
+        let presence = ServerFrame::Presence {
+            channel: "x",
+            event: "leave",
+            client_id: "c",
+            replica: "app-1",
+        };
+        assert_eq!(
+            read(presence),
+            ReceivedFrame::Presence {
+                channel: "x".into(),
+                event: "leave".into(),
+                client_id: "c".into(),
+                replica: "app-1".into()
+            }
+        );
+        assert_eq!(
+            read(ServerFrame::Unsubscribed { channel: "x" }),
+            ReceivedFrame::Unsubscribed {
+                channel: "x".into()
+            }
+        );
+        let newer: ReceivedFrame = serde_json::from_str(r#"{"type": "gossip"}"#).unwrap();
         assert_eq!(newer, ReceivedFrame::Other);
     }
 
@@ -558,11 +629,24 @@ mod tests {
     }
 
     #[test]
-    fn long_parse_errors_are_cut_on_a_char_boundary() {
-        let raw = format!("{{\"text\": \"{}", "é".repeat(500));
-        let FrameError::BadJson(reason) = parse_client_frame(&raw, 10_000).unwrap_err() else {
-            panic!("expected bad json");
-        };
-        assert!(reason.len() <= 164);
+    fn presence_notes_are_told_apart_from_envelopes_by_their_first_bytes() {
+        let note = crate::broker::members::note("join", &ClientId::parse("c").unwrap(), "app-2");
+        let read = PresenceNote::decode(&note).unwrap();
+        assert_eq!(
+            (&*read.presence, &*read.client_id, &*read.replica),
+            ("join", "c", "app-2")
+        );
+        let envelope = Envelope {
+            via: Via::Channel,
+            from: "app-1".into(),
+            text: "{\"presence\":1}".into(),
+            at: 0,
+        }
+        .encode();
+        assert!(
+            PresenceNote::decode(&envelope).is_none(),
+            "a message is never a note"
+        );
+        assert!(Envelope::decode(&envelope).is_ok());
     }
 }
