@@ -9,6 +9,7 @@
 //! and only enqueue, which keeps hold/release of one client in the order the registry decided.
 
 pub mod history;
+pub mod link;
 pub mod memory;
 pub mod redis;
 
@@ -114,7 +115,7 @@ impl Broker {
 
     /// The Redis command connection when the broker is Redis, for what else lives in the same
     /// Redis (the state lab's shared state); multiplexed, so sharing it costs no connection.
-    pub fn redis_connection(&self) -> Option<::redis::aio::ConnectionManager> {
+    pub fn redis_connection(&self) -> Option<link::CommandLink> {
         match self {
             Broker::Memory(_) => None,
             Broker::Redis(b) => Some(b.connection()),
