@@ -12,13 +12,22 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// How much of the replies to discard.
+#[derive(Clone, Copy, Debug)]
+pub enum Discard {
+    /// Raw bytes, wherever they fall: usually a reply cut in two.
+    Bytes(usize),
+    /// Whole RESP replies: the stream stays well-formed, only shifted.
+    Replies(usize),
+}
+
 #[derive(Default)]
 struct Faults {
     /// While set, nothing is forwarded either way (bytes stay in the kernel's buffers).
     black_hole: AtomicBool,
-    /// A marker and a byte count: the next request containing the marker has this many bytes
-    /// of the replies on its connection discarded.
-    discard: Mutex<Option<(Vec<u8>, usize)>>,
+    /// A marker and what to discard: the next request containing the marker has that much of
+    /// the replies on its connection discarded.
+    discard: Mutex<Option<(Vec<u8>, Discard)>>,
     accepted: AtomicUsize,
 }
 
@@ -65,8 +74,8 @@ impl Proxy {
 
     /// Arms one discard: the next request containing `marker` loses `bytes` bytes of the
     /// replies that follow on its connection.
-    pub fn discard_after(&self, marker: &[u8], bytes: usize) {
-        *self.faults.discard.lock().unwrap() = Some((marker.to_vec(), bytes));
+    pub fn discard_after(&self, marker: &[u8], discard: Discard) {
+        *self.faults.discard.lock().unwrap() = Some((marker.to_vec(), discard));
     }
 
     pub fn armed(&self) -> bool {
@@ -81,8 +90,8 @@ impl Proxy {
 async fn pump_pair(client: TcpStream, server: TcpStream, faults: Arc<Faults>) {
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
-    // Bytes of replies still to discard on this connection.
-    let to_discard = Arc::new(AtomicUsize::new(0));
+    // What of the replies is still to discard on this connection.
+    let to_discard = Arc::new(Mutex::new(None::<Discard>));
     let upstream = {
         let faults = faults.clone();
         let to_discard = to_discard.clone();
@@ -97,12 +106,12 @@ async fn pump_pair(client: TcpStream, server: TcpStream, faults: Arc<Faults>) {
                 wait_while_black_holed(&faults).await;
                 {
                     let mut armed = faults.discard.lock().unwrap();
-                    if let Some((marker, bytes)) = armed.as_ref()
+                    if let Some((marker, discard)) = armed.as_ref()
                         && buf[..n]
                             .windows(marker.len())
                             .any(|w| w == marker.as_slice())
                     {
-                        to_discard.store(*bytes, Ordering::SeqCst);
+                        *to_discard.lock().unwrap() = Some(*discard);
                         *armed = None;
                     }
                 }
@@ -121,8 +130,30 @@ async fn pump_pair(client: TcpStream, server: TcpStream, faults: Arc<Faults>) {
                 Ok(n) => n,
             };
             wait_while_black_holed(&faults).await;
-            let skip = to_discard.load(Ordering::SeqCst).min(n);
-            to_discard.fetch_sub(skip, Ordering::SeqCst);
+            let skip = {
+                let mut pending = to_discard.lock().unwrap();
+                let (skip, left) = match *pending {
+                    None => (0, None),
+                    Some(Discard::Bytes(bytes)) => {
+                        let skip = bytes.min(n);
+                        (skip, Some(Discard::Bytes(bytes - skip)))
+                    }
+                    Some(Discard::Replies(replies)) => {
+                        let mut at = 0;
+                        let mut left = replies;
+                        while left > 0 && at < n {
+                            at = reply_end(&buf[..n], at).unwrap_or(n);
+                            left -= 1;
+                        }
+                        (at, Some(Discard::Replies(left)))
+                    }
+                };
+                *pending = match left {
+                    Some(Discard::Bytes(0) | Discard::Replies(0)) | None => None,
+                    other => other,
+                };
+                skip
+            };
             if client_write.write_all(&buf[skip..n]).await.is_err() {
                 return;
             }
@@ -137,5 +168,26 @@ async fn pump_pair(client: TcpStream, server: TcpStream, faults: Arc<Faults>) {
 async fn wait_while_black_holed(faults: &Faults) {
     while faults.black_hole.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Where the RESP reply starting at `at` ends, if it ends within `buf`.
+fn reply_end(buf: &[u8], at: usize) -> Option<usize> {
+    let line_end = at + buf.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
+    let header = std::str::from_utf8(&buf[at + 1..line_end]).ok()?;
+    let next = line_end + 2;
+    match buf[at] {
+        b'$' => match header.parse::<i64>().ok()? {
+            len if len < 0 => Some(next),
+            len => Some(next + len as usize + 2).filter(|end| *end <= buf.len()),
+        },
+        b'*' | b'>' | b'~' => {
+            let mut end = next;
+            for _ in 0..header.parse::<i64>().ok()?.max(0) {
+                end = reply_end(buf, end)?;
+            }
+            Some(end)
+        }
+        _ => Some(next),
     }
 }
