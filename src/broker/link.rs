@@ -279,9 +279,7 @@ impl CommandLink {
     }
 
     pub async fn ping(&self, deadline: Duration) -> RedisResult<()> {
-        let value = self
-            .send(&redis::pipe().cmd("PING"), 0, 1, deadline)
-            .await?;
+        let value = self.send(redis::pipe().cmd("PING"), 0, 1, deadline).await?;
         match value.as_slice() {
             [Value::SimpleString(pong)] if pong == "PONG" => Ok(()),
             other => Err(out_of_step(&format!("PING answered with {other:?}"))),
@@ -362,5 +360,53 @@ impl ConnectionLike for CommandLink {
 
     fn get_db(&self) -> i64 {
         self.current().1.get_db()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collecting() -> (Health, Arc<Mutex<Vec<LinkEvent>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let health = Health::new(Arc::new(move |event| sink.lock().unwrap().push(event)));
+        (health, seen)
+    }
+
+    fn subscribed(reconnect: bool) -> LinkEvent {
+        LinkEvent::Subscribed {
+            channels: 1,
+            reconnect,
+        }
+    }
+
+    #[test]
+    fn ready_only_while_both_connections_answer_and_each_outage_is_said_once() {
+        let (health, seen) = collecting();
+        health.subscribed(subscribed(false));
+        assert!(!health.is_ready(), "commands not proven yet");
+        health.up(Connection::Commands);
+        assert!(health.is_ready());
+        assert_eq!(seen.lock().unwrap().len(), 1, "start-up is not a loss");
+
+        // Commands fail first, then the subscriber: one loss, naming the first.
+        health.down(Connection::Commands, "no answer");
+        health.down(Connection::Subscriber, "no pong");
+        health.down(Connection::Commands, "no answer");
+        assert!(!health.is_ready());
+        // Commands back alone: still not ready, nothing said.
+        health.up(Connection::Commands);
+        assert!(!health.is_ready());
+        health.subscribed(subscribed(true));
+        assert!(health.is_ready());
+        let seen = seen.lock().unwrap();
+        assert!(
+            matches!(&seen[1], LinkEvent::Lost { reason } if reason == "commands: no answer"),
+            "{seen:?}"
+        );
+        assert_eq!(seen[2], subscribed(true));
+        assert!(matches!(seen[3], LinkEvent::Back { .. }), "{seen:?}");
+        assert_eq!(seen.len(), 4, "{seen:?}");
     }
 }
