@@ -410,3 +410,94 @@ mod tests {
         assert_eq!(seen.len(), 4, "{seen:?}");
     }
 }
+
+/// Against a real `redis-server` frozen with SIGSTOP: each connection's watcher on its own.
+#[cfg(test)]
+mod frozen {
+    use std::time::Instant;
+
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    use super::*;
+    use crate::broker::redis::RedisBroker;
+    use crate::broker::suite::{self, Collected};
+    use crate::broker::{Driver, Target};
+    use crate::ops::redis_server::RedisServer;
+    use crate::token::ClientId;
+
+    const DETECT_WITHIN: Duration = Duration::from_millis(3500);
+
+    async fn until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+        let started = Instant::now();
+        while !done() {
+            assert!(started.elapsed() < limit, "{what} not within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        started.elapsed()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_frozen_redis_is_noticed_on_both_connections_within_3s_and_left_behind_by_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = RedisServer::start(dir.path(), &[]).unwrap_or_else(|err| panic!("{err}"));
+        let pid = Pid::from_raw(server.pid().unwrap() as i32);
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let observer: LinkObserver = Arc::new(move |event| sink.lock().unwrap().push(event));
+        let seen = Collected::default();
+        let broker =
+            RedisBroker::start(&server.url(), seen.inbox(), observer, suite::window()).unwrap();
+        until("ready", Duration::from_secs(5), || broker.is_ready()).await;
+        let client = ClientId::parse("frozen").unwrap();
+        broker.hold(&client).await.unwrap();
+        let health = broker.health();
+        let generation = broker.connection().generation();
+
+        kill(pid, Signal::SIGSTOP).unwrap();
+        let frozen = Instant::now();
+        let mut noticed = [None, None];
+        while noticed.contains(&None) {
+            for (at, which) in [Connection::Subscriber, Connection::Commands]
+                .into_iter()
+                .enumerate()
+            {
+                if noticed[at].is_none() && !health.is_up(which) {
+                    noticed[at] = Some(frozen.elapsed());
+                }
+            }
+            assert!(
+                frozen.elapsed() < DETECT_WITHIN,
+                "[subscriber, commands] noticed after {noticed:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!broker.is_ready());
+        assert!(
+            broker.connection().generation() > generation,
+            "the timed-out command connection was replaced, not reused"
+        );
+
+        kill(pid, Signal::SIGCONT).unwrap();
+        let back = until("ready again", Duration::from_secs(15), || broker.is_ready()).await;
+        eprintln!(
+            "frozen redis: [subscriber, commands] noticed after {noticed:?}; ready {back:?} after SIGCONT"
+        );
+        let published = broker
+            .publish(&Target::Client(client), b"after".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(published.receivers, 1, "resubscribed");
+        assert_eq!(seen.payloads(1).await, vec![b"after".to_vec()]);
+        let events = events.lock().unwrap();
+        let lost = events
+            .iter()
+            .filter(|e| matches!(e, LinkEvent::Lost { .. }))
+            .count();
+        let back = events
+            .iter()
+            .filter(|e| matches!(e, LinkEvent::Back { .. }))
+            .count();
+        assert_eq!((lost, back), (1, 1), "{events:?}");
+    }
+}

@@ -208,6 +208,12 @@ impl RedisBroker {
     pub fn connection(&self) -> CommandLink {
         self.inner.conn.clone()
     }
+
+    /// Each connection's state, for tests that tell the two watchers apart.
+    #[cfg(test)]
+    pub(crate) fn health(&self) -> Arc<Health> {
+        self.inner.health.clone()
+    }
 }
 
 impl Driver for RedisBroker {
