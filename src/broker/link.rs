@@ -272,7 +272,7 @@ impl CommandLink {
         ) {
             Ok(fresh) => {
                 *current = (generation + 1, fresh);
-                tracing::info!(%why, generation = generation + 1, "redis command connection replaced");
+                tracing::debug!(%why, generation = generation + 1, "redis command connection replaced");
             }
             Err(err) => tracing::warn!(%err, "redis command connection not replaced"),
         }
