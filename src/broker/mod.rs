@@ -2,6 +2,7 @@
 //!
 //! One trait, [`Driver`], with two implementations: [`memory::MemoryBroker`] (in-process, the
 //! default for a single replica) and [`redis::RedisBroker`]. [`Broker`] picks one at start-up.
+//! [`link`] watches the Redis broker's two connections and keeps its command connection in step.
 //!
 //! Subscriptions follow sockets: the registry calls [`Driver::hold`] when a replica gains its
 //! first socket of a client and [`Driver::release`] when the last one goes, so a message costs
