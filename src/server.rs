@@ -224,7 +224,7 @@ fn link_observer(records: Records, metrics: Metrics) -> crate::broker::redis::Li
             channels,
             reconnect,
         } => {
-            metrics.broker_up(true);
+            // Up-ness is the link's (both connections), said by `Back`; this is the subscription.
             if reconnect {
                 metrics.broker_reconnected();
             }
@@ -247,6 +247,15 @@ fn link_observer(records: Records, metrics: Metrics) -> crate::broker::redis::Li
                 format_args!("redis link lost: {reason}"),
             );
             tracing::warn!(%reason, "broker link lost; reconnecting");
+        }
+        LinkEvent::Back { after } => {
+            metrics.broker_up(true);
+            records.record(
+                Event::Subscribed,
+                None,
+                format_args!("redis link back after {:.1} s", after.as_secs_f64()),
+            );
+            tracing::info!(?after, "broker link back");
         }
     })
 }

@@ -4,6 +4,7 @@
 //!
 //! One trait, [`Driver`], with two implementations: [`memory::MemoryBroker`] (in-process, the
 //! default for a single replica) and [`redis::RedisBroker`]. [`Broker`] picks one at start-up.
+//! [`link`] watches the Redis broker's two connections and keeps its command connection in step.
 //!
 //! Subscriptions follow sockets: the registry calls [`Driver::hold`] when a replica gains its
 //! first socket of a client or subscriber of a channel and [`Driver::release`] when the last
@@ -12,6 +13,7 @@
 //! only enqueue, which keeps them in the order the registry decided.
 
 pub mod history;
+pub mod link;
 pub mod members;
 pub mod memory;
 pub mod redis;
@@ -146,7 +148,7 @@ impl Broker {
 
     /// The Redis command connection when the broker is Redis, for what else lives in the same
     /// Redis (the state lab's shared state); multiplexed, so sharing it costs no connection.
-    pub fn redis_connection(&self) -> Option<::redis::aio::ConnectionManager> {
+    pub fn redis_connection(&self) -> Option<link::CommandLink> {
         match self {
             Broker::Memory(_) => None,
             Broker::Redis(b) => Some(b.connection()),

@@ -4,22 +4,23 @@
 //!
 //! Two connections per replica: one subscriber, multiplexing every channel this replica holds
 //! (plus the broadcast channel), driven by one task; and one for commands (PUBLISH, presence),
-//! a [`ConnectionManager`] that reconnects by itself. When the subscriber connection drops, the
-//! replica reports not-ready, reconnects with backoff and jitter, and resubscribes everything it
-//! still holds before it reports ready again.
+//! a [`CommandLink`] that reconnects by itself and is replaced after any timeout. Both are
+//! pinged with deadlines ([`super::link`]), so a frozen or black-holed Redis is noticed too. When
+//! the subscriber connection drops, the replica reports not-ready, reconnects with backoff and
+//! jitter, and resubscribes everything it still holds before it reports ready again.
 
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
+use redis::aio::{ConnectionManagerConfig, PubSubSink, PubSubStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::link::{self, CommandLink, Connection, Health};
 use super::members::{Change, Member};
 use super::redis_members;
 use super::{
@@ -166,8 +167,10 @@ enum Command {
 pub enum LinkEvent {
     /// Connected and subscribed to the broadcast channel and every held client channel.
     Subscribed { channels: usize, reconnect: bool },
-    /// The subscriber connection is gone; reconnecting.
+    /// A connection (subscriber or commands) stopped answering; said once per outage.
     Lost { reason: String },
+    /// Both connections answer again after a [`LinkEvent::Lost`].
+    Back { after: Duration },
 }
 
 /// Receives [`LinkEvent`]s; called from the subscriber task.
@@ -183,8 +186,8 @@ struct Inner {
     commands: mpsc::UnboundedSender<Command>,
     /// Presence changes, in the order the registry made them, for the members task.
     members: mpsc::UnboundedSender<(ChannelName, ClientId, Change)>,
-    ready: Arc<AtomicBool>,
-    conn: ConnectionManager,
+    health: Arc<Health>,
+    conn: CommandLink,
     window: Window,
     publish_script: redis::Script,
     history_script: redis::Script,
@@ -196,7 +199,7 @@ struct Inner {
 impl fmt::Debug for RedisBroker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisBroker")
-            .field("ready", &self.inner.ready.load(Ordering::Relaxed))
+            .field("health", &self.inner.health)
             .finish()
     }
 }
@@ -222,25 +225,29 @@ impl RedisBroker {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let conn =
-            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)?;
+            CommandLink::new(client.clone(), config, RESPONSE_TIMEOUT).map_err(unavailable)?;
         let (commands, rx) = mpsc::unbounded_channel();
-        let ready = Arc::new(AtomicBool::new(false));
+        let health = Arc::new(Health::new(observer));
         let stop = CancellationToken::new();
         let task = Subscriber {
             client,
             commands: rx,
             inbox,
-            observer,
-            ready: ready.clone(),
+            health: health.clone(),
             held: HashSet::new(),
         };
         tokio::spawn(task.run(stop.clone()));
+        tokio::spawn(link::watch_commands(
+            conn.clone(),
+            health.clone(),
+            stop.clone(),
+        ));
         let members = redis_members::start(conn.clone(), replica, stop.clone());
         Ok(Self {
             inner: Arc::new(Inner {
                 commands,
                 members,
-                ready,
+                health,
                 conn,
                 window,
                 publish_script: redis::Script::new(PUBLISH_SCRIPT),
@@ -255,8 +262,14 @@ impl RedisBroker {
 impl RedisBroker {
     /// The command connection, for other users of the same Redis (the state lab's shared
     /// state): multiplexed, so sharing it costs no extra connection.
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> CommandLink {
         self.inner.conn.clone()
+    }
+
+    /// Each connection's state, for tests that tell the two watchers apart.
+    #[cfg(test)]
+    pub(crate) fn health(&self) -> Arc<Health> {
+        self.inner.health.clone()
     }
 }
 
@@ -413,7 +426,7 @@ impl Driver for RedisBroker {
     }
 
     fn is_ready(&self) -> bool {
-        self.inner.ready.load(Ordering::Relaxed)
+        self.inner.health.is_ready()
     }
 
     async fn announce(&self, announcement: &Announcement) -> Result<(), BrokerError> {
@@ -497,8 +510,8 @@ struct Subscriber {
     client: redis::Client,
     commands: mpsc::UnboundedReceiver<Command>,
     inbox: Inbox,
-    observer: LinkObserver,
-    ready: Arc<AtomicBool>,
+    /// Where the connection's state goes (readiness, records, metrics).
+    health: Arc<Health>,
     /// Every client and channel this replica holds a socket of: what to resubscribe after a
     /// reconnect.
     held: HashSet<Target>,
@@ -531,17 +544,15 @@ impl Subscriber {
                 }
             };
             backoff.reset();
-            self.ready.store(true, Ordering::Relaxed);
-            (self.observer)(LinkEvent::Subscribed {
+            self.health.subscribed(LinkEvent::Subscribed {
                 channels: self.held.len() + 1,
                 reconnect: connected_before,
             });
             connected_before = true;
             let ended = self.serve(sink, stream, &stop).await;
-            self.ready.store(false, Ordering::Relaxed);
             match ended {
                 Ended::Stopped => return,
-                Ended::Lost(reason) => (self.observer)(LinkEvent::Lost { reason }),
+                Ended::Lost(reason) => self.health.down(Connection::Subscriber, &reason),
             }
         }
     }
@@ -572,8 +583,12 @@ impl Subscriber {
         mut stream: PubSubStream,
         stop: &CancellationToken,
     ) -> Ended {
+        // A frozen or unreachable Redis closes nothing: only a late pong tells.
+        let watch = link::watch_subscriber(sink.clone());
+        tokio::pin!(watch);
         loop {
             tokio::select! {
+                reason = &mut watch => return Ended::Lost(reason),
                 command = self.commands.recv() => {
                     let Some(command) = command else { return Ended::Stopped };
                     // What has queued up behind it goes out with it: a burst of connects costs

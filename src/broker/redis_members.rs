@@ -9,10 +9,10 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::link::CommandLink;
 use super::members::{self, Change, ENTRY_TTL, Member, REFRESH_EVERY};
 use super::redis::pubsub_channel;
 use crate::channel::ChannelName;
@@ -77,7 +77,7 @@ type Key = (ChannelName, ClientId);
 /// Starts the task keeping this replica's part of every channel's presence; returns where the
 /// registry's changes go.
 pub fn start(
-    conn: ConnectionManager,
+    conn: CommandLink,
     replica: &str,
     stop: CancellationToken,
 ) -> mpsc::UnboundedSender<(ChannelName, ClientId, Change)> {
@@ -94,7 +94,7 @@ pub fn start(
 }
 
 struct Task {
-    conn: ConnectionManager,
+    conn: CommandLink,
     replica: String,
     changes: mpsc::UnboundedReceiver<(ChannelName, ClientId, Change)>,
     /// Sockets this replica holds per (channel, client).
@@ -189,7 +189,7 @@ impl Task {
 /// only if none of it ran, which is what `NOSCRIPT` means for the first invocation; later
 /// ones of the same scripts cannot fail so once the first passed.
 pub(super) async fn query_scripted<T: redis::FromRedisValue>(
-    conn: &mut ConnectionManager,
+    conn: &mut CommandLink,
     scripts: &[&redis::Script],
     pipe: &redis::Pipeline,
 ) -> redis::RedisResult<T> {
@@ -208,7 +208,7 @@ pub(super) async fn query_scripted<T: redis::FromRedisValue>(
 
 /// Who is subscribed to `channel`, by Redis's clock.
 pub async fn list(
-    mut conn: ConnectionManager,
+    mut conn: CommandLink,
     channel: &ChannelName,
 ) -> Result<Vec<Member>, redis::RedisError> {
     let (now, fields): (u64, Vec<(String, String)>) = redis::Script::new(LIST_SCRIPT)

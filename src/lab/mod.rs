@@ -107,7 +107,7 @@ impl StateLab {
     pub fn new(
         replica: Arc<str>,
         limits: &Limits,
-        redis: Option<redis::aio::ConnectionManager>,
+        redis: Option<crate::broker::link::CommandLink>,
         records: Records,
         metrics: Metrics,
     ) -> Self {

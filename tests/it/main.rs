@@ -12,6 +12,7 @@ mod failover;
 mod fuzz_seeds;
 mod layout;
 mod limits;
+mod link;
 mod load;
 mod reliability;
 mod routing;

@@ -6,6 +6,7 @@
 pub mod browser;
 pub mod outage;
 pub mod process;
+pub mod proxy;
 pub mod servers;
 pub mod ws;
 

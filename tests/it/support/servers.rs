@@ -75,6 +75,13 @@ impl RedisServer {
     pub fn log_tail(&self) -> String {
         self.server.log_tail()
     }
+
+    /// Sends `signal` to the server: SIGSTOP freezes it with every connection left open, which
+    /// is what a hung host looks like from the replicas; SIGCONT thaws it.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = self.server.pid().expect("redis-server is running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
+    }
 }
 
 /// Settings shared by the replicas of one test deployment.
