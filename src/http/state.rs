@@ -1,5 +1,5 @@
-//! What every handler can reach: the replica's handles behind one pointer, and the per-client
-//! send rate limit. Built once by [`crate::server`]; the routes are in [`super`].
+//! What every handler can reach: the replica's handles behind one pointer, the per-client
+//! send rate limit and the per-address mint limit. Built once by [`crate::server`]; the routes are in [`super`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,6 +45,8 @@ pub struct Shared {
     pub draining: Arc<AtomicBool>,
     /// Sends per client per second on this replica (`PUBLISH_RATE`).
     pub rate: Arc<RateLimit>,
+    /// Clients minted per source address per second (`MINT_RATE`).
+    pub mint: Arc<MintLimit>,
 }
 
 impl std::ops::Deref for AppState {
@@ -60,6 +62,16 @@ pub type RateLimit = governor::DefaultKeyedRateLimiter<crate::token::ClientId>;
 
 /// The per-client limiter for `per_second` sends, with bursts of twice that.
 pub fn rate_limit(per_second: u32) -> RateLimit {
+    let rate = std::num::NonZeroU32::new(per_second).unwrap_or(std::num::NonZeroU32::MIN);
+    let burst = rate.saturating_mul(std::num::NonZeroU32::new(2).unwrap_or(rate));
+    governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
+}
+
+/// A token bucket per source address (an IPv6 client's /64, see [`super::peer::limit_key`]).
+pub type MintLimit = governor::DefaultKeyedRateLimiter<std::net::IpAddr>;
+
+/// The per-address limiter for `per_second` mints, with bursts of twice that.
+pub fn mint_limit(per_second: u32) -> MintLimit {
     let rate = std::num::NonZeroU32::new(per_second).unwrap_or(std::num::NonZeroU32::MIN);
     let burst = rate.saturating_mul(std::num::NonZeroU32::new(2).unwrap_or(rate));
     governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
