@@ -6,7 +6,7 @@
 //! Correctness rests on ordering: the socket is subscribed before history is read, so every
 //! message newer than the replay is in the socket's queue, and everything older was replayed.
 
-use crate::broker::{Broker, BrokerError, Driver, History};
+use crate::broker::{Broker, Driver, History};
 use crate::cursor::{Cursor, StreamId};
 use crate::frame::{Envelope, Outgoing};
 use crate::target::Target;
@@ -42,11 +42,21 @@ pub struct Start {
     pub replay: Vec<Outgoing>,
     /// Histories (`client`, `broadcast`) in which messages may have been lost.
     pub lost: Vec<&'static str>,
+    /// Histories whose replay stopped at the byte budget: newer missed messages were not sent.
+    pub cut: Vec<&'static str>,
     pub skip: Skip,
 }
 
 /// Works out the start; a broker that cannot answer means history is unknown, said as lost.
-pub async fn start(broker: &Broker, client: &ClientId, replica: &str, seen: Option<Seen>) -> Start {
+/// The replay holds at most `max_bytes` of frames: what a socket may be owed is bounded, not
+/// the whole window of both histories.
+pub async fn start(
+    broker: &Broker,
+    client: &ClientId,
+    replica: &str,
+    seen: Option<Seen>,
+    max_bytes: usize,
+) -> Start {
     let Some(seen) = seen else {
         let welcome = match broker.newest(client).await {
             Ok((client, broadcast)) => Seen { client, broadcast },
@@ -75,23 +85,35 @@ pub async fn start(broker: &Broker, client: &ClientId, replica: &str, seen: Opti
                 }
                 entries.extend(got.into_iter().map(|(id, payload)| (id, name, payload)));
             }
-            Err(BrokerError::Unavailable(_)) => start.lost.push(name),
+            Err(_) => start.lost.push(name),
         }
     }
     // Both histories share Redis's clock; merging by id replays them in publish order.
     entries.sort_by_key(|(id, _, _)| *id);
+    let mut budget = max_bytes;
     for (id, name, payload) in entries {
+        if !start.cut.is_empty() {
+            // Past the budget: only which histories were cut is left to find out.
+            if !start.cut.contains(&name) {
+                start.cut.push(name);
+            }
+            continue;
+        }
         let Ok(envelope) = Envelope::decode(&payload) else {
             continue;
         };
+        let frame = envelope.outgoing(replica, Some(id), true);
+        let Some(left) = budget.checked_sub(frame.bytes.len()) else {
+            start.cut.push(name);
+            continue;
+        };
+        budget = left;
         if name == "client" {
             start.skip.0.client = start.skip.0.client.max(id);
         } else {
             start.skip.0.broadcast = start.skip.0.broadcast.max(id);
         }
-        start
-            .replay
-            .push(envelope.outgoing(replica, Some(id), true));
+        start.replay.push(frame);
     }
     start
 }
@@ -178,7 +200,7 @@ mod tests {
         let broker = broker();
         let c = ClientId::parse("c").unwrap();
         let last = publish(&broker, Target::Client(c.clone()), "old").await;
-        let start = start(&broker, &c, "app-1", None).await;
+        let start = start(&broker, &c, "app-1", None, usize::MAX).await;
         assert_eq!(start.welcome.client, last);
         assert!(start.replay.is_empty() && start.lost.is_empty());
     }
@@ -196,7 +218,7 @@ mod tests {
             client: seen_own,
             broadcast: seen_all,
         };
-        let start = start(&broker, &c, "app-2", Some(seen)).await;
+        let start = start(&broker, &c, "app-2", Some(seen), usize::MAX).await;
         assert_eq!(texts(&start), ["m1", "b1", "m2"]);
         assert!(start.lost.is_empty());
         assert_eq!(
@@ -233,7 +255,7 @@ mod tests {
             client: seen_own,
             broadcast: StreamId::ZERO,
         };
-        let start = start(&broker, &c, "app-2", Some(seen)).await;
+        let start = start(&broker, &c, "app-2", Some(seen), usize::MAX).await;
         assert!(start.replay.is_empty() && start.lost.is_empty());
         // The live copy of the message the client already has (queued while it subscribed).
         let frame = Outgoing::new(Utf8Bytes::from_static("{}"), Some(Cursor::Client(seen_own)));
@@ -251,7 +273,40 @@ mod tests {
             client: StreamId { ms: 1, seq: 0 },
             broadcast: StreamId::ZERO,
         };
-        let start = start(&broker, &c, "app-1", Some(seen)).await;
+        let start = start(&broker, &c, "app-1", Some(seen), usize::MAX).await;
         assert_eq!(start.lost, ["client"]);
+    }
+
+    #[tokio::test]
+    async fn a_replay_past_its_byte_budget_stops_and_says_which_history_was_cut() {
+        let broker = broker();
+        let c = ClientId::parse("c").unwrap();
+        for i in 0..10 {
+            publish(&broker, Target::Client(c.clone()), &format!("m{i}")).await;
+        }
+        publish(&broker, Target::Broadcast, "b").await;
+        let all = start(&broker, &c, "app-1", Some(Seen::default()), usize::MAX).await;
+        assert_eq!(all.replay.len(), 11);
+        assert!(all.cut.is_empty());
+        // Room for three frames (of equal size but the last, the broadcast).
+        let three: usize = all.replay[..3].iter().map(|f| f.bytes.len()).sum();
+        let cut = start(&broker, &c, "app-1", Some(Seen::default()), three + 1).await;
+        assert_eq!(
+            texts(&cut),
+            ["m0", "m1", "m2"],
+            "the oldest first, in order"
+        );
+        assert_eq!(cut.cut, ["client", "broadcast"]);
+        let last_sent = match cut.replay[2].cursor {
+            Some(Cursor::Client(id)) => id,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            cut.skip.0.client, last_sent,
+            "live copies of what was cut still go out"
+        );
+        let none = start(&broker, &c, "app-1", Some(Seen::default()), 1).await;
+        assert!(none.replay.is_empty());
+        assert_eq!(none.cut, ["client", "broadcast"]);
     }
 }

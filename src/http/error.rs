@@ -65,11 +65,20 @@ impl From<BadClientId> for ApiError {
 
 impl From<BrokerError> for ApiError {
     fn from(err: BrokerError) -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "broker_unavailable",
-            err.to_string(),
-        )
+        match err {
+            BrokerError::Unavailable(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "broker_unavailable",
+                err.to_string(),
+            ),
+            // 507: the request was fine and the broker is up, but there is no room to keep it.
+            BrokerError::HistoryFull(_) => Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "history_full",
+                format!("{err}; try again later"),
+            )
+            .retry_after(std::time::Duration::from_secs(5)),
+        }
     }
 }
 
@@ -93,7 +102,11 @@ impl From<FrameError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() && self.status != StatusCode::SERVICE_UNAVAILABLE {
+        let expected = [
+            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::INSUFFICIENT_STORAGE,
+        ];
+        if self.status.is_server_error() && !expected.contains(&self.status) {
             tracing::error!(code = self.code, message = %self.message, "request failed");
         }
         let body = json!({"error": {"code": self.code, "message": self.message}});

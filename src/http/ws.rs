@@ -21,7 +21,7 @@ use crate::cursor::{BadStreamId, StreamId};
 use crate::records::Event;
 use crate::registry::AdmitError;
 use crate::resume::Seen;
-use crate::session::Session;
+use crate::session::{ReplayBounds, Session};
 
 /// Read buffer of a socket, and the most one read takes from the kernel.
 const READ_BUFFER_BYTES: usize = 1024;
@@ -108,6 +108,7 @@ pub(super) async fn upgrade(
         broker: state.broker.clone(),
         resume,
         landing,
+        replay: ReplayBounds::from_limits(limits),
     };
     let tracker = state.shutdown.tracker.clone();
     Ok(upgrade
