@@ -236,7 +236,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_command_line_binds_loopback_without_persistence_then_adds_the_callers_args() {
+    fn the_command_line_binds_loopback_without_persistence_within_the_budget_then_adds_the_callers_args()
+     {
         assert_eq!(
             args(6400, &["--maxmemory", "1mb"]),
             [
@@ -248,6 +249,10 @@ mod tests {
                 "",
                 "--appendonly",
                 "no",
+                "--maxmemory",
+                "256mb",
+                "--maxmemory-policy",
+                "noeviction",
                 "--maxmemory",
                 "1mb"
             ]
