@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::http::peer::TrustedProxies;
 use crate::limits::Limits;
 
 /// `stickyws serve` flags; every one also reads its environment variable.
@@ -49,6 +50,11 @@ pub struct ServeArgs {
     #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
+    /// Networks whose X-Real-IP and X-Forwarded-Proto are believed (comma separated, or
+    /// "none"); every other peer is taken as the client itself.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = crate::http::peer::TrustedProxies::DEFAULT)]
+    pub trusted_proxies: String,
+
     /// Seconds a stopping replica waits for its sockets to close before exiting anyway.
     #[arg(long, env = "DRAIN_TIMEOUT", default_value_t = 10)]
     pub drain_timeout: u64,
@@ -76,6 +82,8 @@ pub enum ConfigError {
     BadThreads(usize),
     #[error("{0}")]
     BadLimit(String),
+    #[error("{0}")]
+    BadTrustedProxies(String),
     #[error("DRAIN_TIMEOUT must be between 1 and 3600 seconds, got {0}")]
     BadDrainTimeout(u64),
 }
@@ -104,6 +112,7 @@ pub struct Config {
     /// Runtime threads of each replica process.
     pub threads: usize,
     pub allowed_origins: Vec<String>,
+    pub trusted_proxies: TrustedProxies,
     pub drain_timeout: std::time::Duration,
     pub limits: Limits,
 }
@@ -121,6 +130,7 @@ impl fmt::Debug for Config {
             .field("workers", &self.workers)
             .field("threads", &self.threads)
             .field("allowed_origins", &self.allowed_origins)
+            .field("trusted_proxies", &self.trusted_proxies)
             .field("drain_timeout", &self.drain_timeout)
             .field("limits", &self.limits)
             .finish()
@@ -167,6 +177,8 @@ impl Config {
         if !(1..=3600).contains(&args.drain_timeout) {
             return Err(ConfigError::BadDrainTimeout(args.drain_timeout));
         }
+        let trusted_proxies =
+            TrustedProxies::parse(&args.trusted_proxies).map_err(ConfigError::BadTrustedProxies)?;
         let records_log = match args.records_log.as_str() {
             "" | "off" => None,
             path => Some(PathBuf::from(path)),
@@ -181,6 +193,7 @@ impl Config {
             records_log,
             workers: args.workers,
             threads,
+            trusted_proxies,
             drain_timeout: std::time::Duration::from_secs(args.drain_timeout),
             allowed_origins: args
                 .allowed_origins
@@ -252,6 +265,21 @@ mod tests {
         assert_eq!(config.workers, 1);
         assert_eq!(config.threads, default_threads(1));
         assert!(config.api_key.is_none());
+        assert_eq!(config.trusted_proxies, TrustedProxies::default());
+    }
+
+    #[test]
+    fn trusted_proxies_can_be_narrowed_or_refused_when_malformed() {
+        let config = parse(&["--app-id", "a", "--trusted-proxies", "none"]).unwrap();
+        assert!(
+            !config
+                .trusted_proxies
+                .contains("127.0.0.1".parse().unwrap())
+        );
+        assert!(matches!(
+            parse(&["--app-id", "a", "--trusted-proxies", "10.0.0.0/99"]),
+            Err(ConfigError::BadTrustedProxies(_))
+        ));
     }
 
     #[test]
@@ -270,6 +298,13 @@ mod tests {
             ("MAX_SOCKETS_PER_CLIENT", limits.max_sockets_per_client, 16),
             ("SOCKET_QUEUE", limits.socket_queue, 256),
             ("PUBLISH_RATE", limits.publish_rate as usize, 200),
+            ("MINT_RATE", limits.mint_rate as usize, 20),
+            ("MAX_REPLAY_BYTES", limits.max_replay_bytes, 1024 * 1024),
+            (
+                "REPLAY_TIMEOUT_SECS",
+                limits.replay_timeout_secs as usize,
+                10,
+            ),
             ("HISTORY_LEN", limits.history_len, 1000),
             (
                 "HISTORY_BROADCAST_LEN",

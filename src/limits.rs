@@ -60,6 +60,20 @@ pub struct Limits {
     /// together); bursts of twice that pass. Over it: an error frame, or 429.
     #[arg(long, env = "CHANNEL_PUBLISH_RATE", default_value_t = 100)]
     pub channel_publish_rate: u32,
+    /// Clients one source address may mint per second (`POST /api/clients`); bursts of twice
+    /// that pass. Over it: 429 with Retry-After. The API key is not limited.
+    #[arg(long, env = "MINT_RATE", default_value_t = 20)]
+    pub mint_rate: u32,
+
+    /// Most bytes of missed history one reconnecting socket is replayed; past it the replay
+    /// stops and the client is told with `history_lost`.
+    #[arg(long, env = "MAX_REPLAY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_replay_bytes: usize,
+
+    /// Seconds the welcome and replay may take to reach a client; one that does not read them
+    /// in time is closed as a slow consumer (1013).
+    #[arg(long, env = "REPLAY_TIMEOUT_SECS", default_value_t = 10)]
+    pub replay_timeout_secs: u64,
 
     /// Seconds a client's session state (the state lab's notes) lives after its last change,
     /// in the replica's cache and in Redis alike.
@@ -95,6 +109,9 @@ impl Default for Limits {
             history_channel_len: 1000,
             channels_per_socket: 64,
             channel_publish_rate: 100,
+            mint_rate: 20,
+            max_replay_bytes: 1024 * 1024,
+            replay_timeout_secs: 10,
             state_ttl_secs: 600,
             state_max_entries: 10_000,
             max_notes: 20,
@@ -136,6 +153,9 @@ impl Limits {
             ("PUBLISH_RATE", self.publish_rate as usize),
             ("CHANNELS_PER_SOCKET", self.channels_per_socket),
             ("CHANNEL_PUBLISH_RATE", self.channel_publish_rate as usize),
+            ("MINT_RATE", self.mint_rate as usize),
+            ("MAX_REPLAY_BYTES", self.max_replay_bytes),
+            ("REPLAY_TIMEOUT_SECS", self.replay_timeout_secs as usize),
             ("STATE_TTL_SECS", self.state_ttl_secs as usize),
             ("STATE_MAX_ENTRIES", self.state_max_entries as usize),
             ("MAX_NOTES", self.max_notes),
@@ -160,6 +180,10 @@ impl Limits {
             return Err("MAX_NOTE_BYTES must not exceed MAX_TEXT_BYTES".to_owned());
         }
         Ok(())
+    }
+
+    pub fn replay_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.replay_timeout_secs)
     }
 
     pub fn state_ttl(&self) -> std::time::Duration {

@@ -10,7 +10,7 @@
 
 use axum::extract::ws::Utf8Bytes;
 
-use crate::broker::{Broker, BrokerError, Driver, History};
+use crate::broker::{Broker, Driver, History};
 use crate::channel::ChannelName;
 use crate::cursor::{Cursor, Position};
 use crate::frame::{Envelope, Outgoing, ServerFrame};
@@ -53,11 +53,21 @@ pub struct Start {
     pub replay: Vec<Outgoing>,
     /// Histories (`client`, `broadcast`) in which messages may have been lost.
     pub lost: Vec<&'static str>,
+    /// Histories whose replay stopped at the byte budget: newer missed messages were not sent.
+    pub cut: Vec<&'static str>,
     pub skip: Skip,
 }
 
 /// Works out the start; a broker that cannot answer means history is unknown, said as lost.
-pub async fn start(broker: &Broker, client: &ClientId, replica: &str, seen: Option<Seen>) -> Start {
+/// The replay holds at most `max_bytes` of frames: what a socket may be owed is bounded, not
+/// the whole window of both histories.
+pub async fn start(
+    broker: &Broker,
+    client: &ClientId,
+    replica: &str,
+    seen: Option<Seen>,
+    max_bytes: usize,
+) -> Start {
     let own_target = Target::Client(client.clone());
     let Some(seen) = seen else {
         let welcome = match broker.newest(&[own_target, Target::Broadcast]).await {
@@ -95,12 +105,20 @@ pub async fn start(broker: &Broker, client: &ClientId, replica: &str, seen: Opti
                         .map(|(id, payload)| (Position::new(epoch, id), name, payload)),
                 );
             }
-            Err(BrokerError::Unavailable(_)) => start.lost.push(name),
+            Err(_) => start.lost.push(name),
         }
     }
     // Both histories share Redis's clock; merging by id replays them in publish order.
     entries.sort_by_key(|(at, _, _)| at.id);
+    let mut budget = max_bytes;
     for (at, name, payload) in entries {
+        if !start.cut.is_empty() {
+            // Past the budget: only which histories were cut is left to find out.
+            if !start.cut.contains(&name) {
+                start.cut.push(name);
+            }
+            continue;
+        }
         let Ok(envelope) = Envelope::decode(&payload) else {
             continue;
         };
@@ -109,10 +127,14 @@ pub async fn start(broker: &Broker, client: &ClientId, replica: &str, seen: Opti
         } else {
             (&Target::Broadcast, &mut start.skip.0.broadcast)
         };
+        let frame = envelope.outgoing(replica, target, Some(at), true);
+        let Some(left) = budget.checked_sub(frame.bytes.len()) else {
+            start.cut.push(name);
+            continue;
+        };
+        budget = left;
         *upto = at;
-        start
-            .replay
-            .push(envelope.outgoing(replica, target, Some(at), true));
+        start.replay.push(frame);
     }
     start
 }
@@ -128,12 +150,14 @@ pub struct ChannelStart {
     pub replayed: usize,
 }
 
-/// Works out a channel's start for a socket just subscribed to it.
+/// Works out a channel's start for a socket just subscribed to it; the replay holds at most
+/// `max_bytes` of frames, and a replay cut short is not `recovered`.
 pub async fn channel(
     broker: &Broker,
     channel: &ChannelName,
     replica: &str,
     since: Option<Position>,
+    max_bytes: usize,
 ) -> ChannelStart {
     let target = Target::Channel(channel.clone());
     let Some(since) = since else {
@@ -152,17 +176,24 @@ pub async fn channel(
     };
     let (history, ok) = match broker.history(&target, since).await {
         Ok(history) => (history, true),
-        Err(BrokerError::Unavailable(_)) => (History::default(), false),
+        Err(_) => (History::default(), false),
     };
-    let recovered = ok && !history.gap;
+    let mut recovered = ok && !history.gap;
     let mut upto = since;
     let mut replay = Vec::with_capacity(history.entries.len());
+    let mut budget = max_bytes;
     for (id, payload) in &history.entries {
         let Ok(envelope) = Envelope::decode(payload) else {
             continue;
         };
-        upto = Position::new(history.epoch, *id);
-        let frame = envelope.outgoing(replica, &target, Some(upto), true);
+        let at = Position::new(history.epoch, *id);
+        let frame = envelope.outgoing(replica, &target, Some(at), true);
+        let Some(left) = budget.checked_sub(frame.bytes.len()) else {
+            recovered = false;
+            break;
+        };
+        budget = left;
+        upto = at;
         replay.push(frame.bytes.clone());
     }
     if !ok {
@@ -277,7 +308,7 @@ mod tests {
         let broker = broker();
         let c = ClientId::parse("c").unwrap();
         let last = publish(&broker, Target::Client(c.clone()), "old").await;
-        let start = start(&broker, &c, "app-1", None).await;
+        let start = start(&broker, &c, "app-1", None, usize::MAX).await;
         assert_eq!(start.welcome.client, last);
         assert!(start.replay.is_empty() && start.lost.is_empty());
     }
@@ -295,7 +326,7 @@ mod tests {
             client: seen_own,
             broadcast: seen_all,
         };
-        let start = start(&broker, &c, "app-2", Some(seen)).await;
+        let start = start(&broker, &c, "app-2", Some(seen), usize::MAX).await;
         assert_eq!(texts(&start), ["m1", "b1", "m2"]);
         assert!(start.lost.is_empty());
         assert_eq!(
@@ -338,7 +369,7 @@ mod tests {
             client: seen_own,
             broadcast: Position::START,
         };
-        let start = start(&broker, &c, "app-2", Some(seen)).await;
+        let start = start(&broker, &c, "app-2", Some(seen), usize::MAX).await;
         assert!(start.replay.is_empty() && start.lost.is_empty());
         // The live copy of the message the client already has (queued while it subscribed).
         let frame = Outgoing::new(Utf8Bytes::from_static("{}"), Some(Cursor::Client(seen_own)));
@@ -356,7 +387,7 @@ mod tests {
             client: Position::new(Epoch::UNKNOWN, StreamId { ms: 1, seq: 0 }),
             broadcast: Position::START,
         };
-        let start = start(&broker, &c, "app-1", Some(seen)).await;
+        let start = start(&broker, &c, "app-1", Some(seen), usize::MAX).await;
         assert_eq!(start.lost, ["client"]);
     }
 
@@ -369,7 +400,7 @@ mod tests {
             client: Position::new(Epoch(seen.epoch.0 ^ 1), seen.id),
             broadcast: Position::START,
         };
-        let start = start(&broker, &c, "app-1", Some(other_life)).await;
+        let start = start(&broker, &c, "app-1", Some(other_life), usize::MAX).await;
         assert_eq!(start.lost, ["client"]);
         assert_eq!(
             texts(&start),
@@ -383,12 +414,12 @@ mod tests {
         let broker = broker();
         let lobby = ChannelName::parse("public:lobby").unwrap();
         let target = Target::Channel(lobby.clone());
-        let fresh = channel(&broker, &lobby, "app-1", None).await;
+        let fresh = channel(&broker, &lobby, "app-1", None, usize::MAX).await;
         assert_eq!((fresh.frames.len(), fresh.recovered), (1, None));
         let seen = publish(&broker, target.clone(), "seen").await;
         publish(&broker, target.clone(), "m1").await;
         let last = publish(&broker, target.clone(), "m2").await;
-        let start = channel(&broker, &lobby, "app-1", Some(seen)).await;
+        let start = channel(&broker, &lobby, "app-1", Some(seen), usize::MAX).await;
         let frames: Vec<serde_json::Value> = start
             .frames
             .iter()
@@ -409,12 +440,52 @@ mod tests {
         assert_eq!(replayed, [("m1", true), ("m2", true)]);
         assert_eq!(start.upto, last);
         let lost = Position::new(Epoch(seen.epoch.0 ^ 1), seen.id);
-        let start = channel(&broker, &lobby, "app-1", Some(lost)).await;
+        let start = channel(&broker, &lobby, "app-1", Some(lost), usize::MAX).await;
         assert_eq!(
             start.recovered,
             Some(false),
             "another epoch is never recovered"
         );
         assert_eq!(start.replayed, 3, "but what this life holds is sent");
+        let one = start.frames[1].len();
+        let cut = channel(&broker, &lobby, "app-1", Some(seen), one).await;
+        assert_eq!(
+            (cut.replayed, cut.recovered),
+            (1, Some(false)),
+            "a replay cut at its byte budget is not a recovery"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replay_past_its_byte_budget_stops_and_says_which_history_was_cut() {
+        let broker = broker();
+        let c = ClientId::parse("c").unwrap();
+        for i in 0..10 {
+            publish(&broker, Target::Client(c.clone()), &format!("m{i}")).await;
+        }
+        publish(&broker, Target::Broadcast, "b").await;
+        let all = start(&broker, &c, "app-1", Some(Seen::default()), usize::MAX).await;
+        assert_eq!(all.replay.len(), 11);
+        assert!(all.cut.is_empty());
+        // Room for three frames (of equal size but the last, the broadcast).
+        let three: usize = all.replay[..3].iter().map(|f| f.bytes.len()).sum();
+        let cut = start(&broker, &c, "app-1", Some(Seen::default()), three + 1).await;
+        assert_eq!(
+            texts(&cut),
+            ["m0", "m1", "m2"],
+            "the oldest first, in order"
+        );
+        assert_eq!(cut.cut, ["client", "broadcast"]);
+        let last_sent = match &cut.replay[2].cursor {
+            Some(Cursor::Client(at)) => *at,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            cut.skip.0.client, last_sent,
+            "live copies of what was cut still go out"
+        );
+        let none = start(&broker, &c, "app-1", Some(Seen::default()), 1).await;
+        assert!(none.replay.is_empty());
+        assert_eq!(none.cut, ["client", "broadcast"]);
     }
 }

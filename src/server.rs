@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::ServiceExt;
 use axum::extract::DefaultBodyLimit;
+use axum::response::IntoResponse;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_layer::Layer;
@@ -19,7 +19,8 @@ use crate::broker::redis::{LinkEvent, RedisBroker};
 use crate::broker::{Broker, Inbox};
 use crate::config::{Config, SecretSource};
 use crate::delivery::Delivery;
-use crate::http::{AppState, Shared, router};
+use crate::http::peer::Peer;
+use crate::http::{ApiError, AppState, Shared, cross_site, router};
 use crate::lab::StateLab;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
@@ -33,6 +34,14 @@ use crate::token::Signer;
 const DRAIN_GRACE: Duration = Duration::from_secs(1);
 /// How often idle clients' rate buckets are dropped.
 const RATE_HOUSEKEEPING_EVERY: Duration = Duration::from_secs(2);
+/// How long a connection may take to send a request's headers, counted from when it is ready
+/// for one: a connection that trickles them, or opens and says nothing (before its upgrade, or
+/// idle between keep-alive requests), is closed after this. nginx sends a request's headers at
+/// once and notices an idle upstream connection being closed.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most bytes of request headers one connection may buffer (hyper's default is about 400 KiB).
+/// Above nginx's own default of 4 × 8 KiB, so what nginx passes on always fits.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// A replica, bound and ready to serve.
 #[derive(Debug)]
@@ -95,6 +104,7 @@ impl Replica {
         );
         let config_rate = config.limits.publish_rate;
         let channel_rate = config.limits.channel_publish_rate;
+        let mint_rate = config.limits.mint_rate;
         let state = AppState::new(Shared {
             signer: Signer::new(&config.secret),
             config: Arc::new(config),
@@ -110,6 +120,7 @@ impl Replica {
             draining: Arc::new(AtomicBool::new(false)),
             rate: Arc::new(crate::http::rate_limit(config_rate)),
             channel_rate: Arc::new(crate::http::rate_limit(channel_rate)),
+            mint: Arc::new(crate::http::mint_limit(mint_rate)),
         });
         Ok(Self { state, listener })
     }
@@ -157,13 +168,7 @@ impl Replica {
                 tokio::time::sleep(DRAIN_GRACE.min(drain_timeout / 2)).await;
             }
         };
-        axum::serve(
-            listener,
-            ServiceExt::<axum::extract::Request>::into_make_service(app),
-        )
-        .with_graceful_shutdown(stopping)
-        .await
-        .context("serving HTTP")?;
+        serve(listener, app, state.config.clone(), stopping).await;
 
         // 4. Wait for the sessions to end, within what is left of the drain timeout.
         let (sockets, _) = state.registry.counts();
@@ -260,7 +265,8 @@ fn link_observer(records: Records, metrics: Metrics) -> crate::broker::redis::Li
     })
 }
 
-/// Forgets the rate buckets of clients that have gone quiet, so they cannot pile up.
+/// Forgets the rate buckets of clients and source addresses that have gone quiet, so they
+/// cannot pile up.
 async fn forget_quiet_clients(state: AppState, token: CancellationToken) {
     let mut tick = tokio::time::interval(RATE_HOUSEKEEPING_EVERY);
     loop {
@@ -268,8 +274,102 @@ async fn forget_quiet_clients(state: AppState, token: CancellationToken) {
             _ = tick.tick() => {
                 state.rate.retain_recent();
                 state.channel_rate.retain_recent();
+                state.mint.retain_recent();
+                // A bucket is dropped once it is full again (2 s after a burst), so at most the
+                // addresses of the last two seconds are held; give the memory of a spike back.
+                state.mint.shrink_to_fit();
             }
             () = token.cancelled() => return,
         }
     }
+}
+
+/// Serves HTTP/1 on `listener` until `stopping` resolves, then lets in-flight requests finish.
+/// Written out instead of `axum::serve`, which sets neither a header-read timeout nor a bound on
+/// header bytes. Each request carries its connection's [`Peer`]; a cross-site POST is refused
+/// here, before routing, so no state-changing route can forget the check.
+async fn serve<S>(
+    listener: TcpListener,
+    app: S,
+    config: Arc<Config>,
+    stopping: impl std::future::Future<Output = ()>,
+) where
+    S: tower_service::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES);
+    let connections = tokio_util::task::TaskTracker::new();
+    let stop = CancellationToken::new();
+    tokio::pin!(stopping);
+    loop {
+        let (stream, addr) = tokio::select! {
+            () = &mut stopping => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors, mostly: give sockets a moment to close.
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let peer = Peer::new(addr, &config.trusted_proxies);
+        let app = app.clone();
+        let config = config.clone();
+        let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
+            let mut app = app.clone();
+            let mut request = request.map(axum::body::Body::new);
+            request.extensions_mut().insert(peer);
+            let refused = request.method() == axum::http::Method::POST && {
+                let headers = request.headers();
+                cross_site(headers, peer.scheme(headers), &config.allowed_origins)
+            };
+            async move {
+                if refused {
+                    return Ok(ApiError::new(
+                        axum::http::StatusCode::FORBIDDEN,
+                        "forbidden_origin",
+                        "a cross-site request may not change state here; add its origin to \
+                         ALLOWED_ORIGINS to allow it",
+                    )
+                    .into_response());
+                }
+                std::future::poll_fn(|cx| app.poll_ready(cx)).await?;
+                app.call(request).await
+            }
+        });
+        let connection = http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(err) = result {
+                // Header timeouts, oversized heads, resets: the client's business.
+                tracing::debug!(%err, %addr, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    stop.cancel();
+    connections.close();
+    connections.wait().await;
 }

@@ -37,6 +37,10 @@ pub enum BrokerError {
     /// The broker cannot be reached now; callers answer 503 and try again later.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// The broker is at its memory budget (Redis `maxmemory`): the message was not accepted.
+    /// Nothing is wrong with the link; history frees itself as it expires.
+    #[error("history is full: the broker is at its memory budget ({0})")]
+    HistoryFull(String),
 }
 
 /// Called by the broker for every message that reaches this replica, with the message's

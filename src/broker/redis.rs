@@ -208,6 +208,16 @@ fn unavailable(err: impl fmt::Display) -> BrokerError {
     BrokerError::Unavailable(err.to_string())
 }
 
+/// A write Redis refused for its `maxmemory` (`-OOM command not allowed …`, also when raised
+/// inside the publish script) is the history budget, not an outage.
+fn write_refused(err: redis::RedisError) -> BrokerError {
+    if err.code() == Some("OOM") || err.to_string().contains("OOM command not allowed") {
+        BrokerError::HistoryFull(err.to_string())
+    } else {
+        unavailable(err)
+    }
+}
+
 impl RedisBroker {
     /// Starts the subscriber task and returns at once: Redis being down at start-up is an outage
     /// like any other (not ready until it comes back), not a reason to exit.
@@ -302,7 +312,7 @@ impl Driver for RedisBroker {
             .arg(Epoch::fresh().to_string())
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(write_refused)?;
         let position = Position::new(
             epoch.parse().map_err(unavailable)?,
             id.parse().map_err(unavailable)?,

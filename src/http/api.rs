@@ -4,14 +4,15 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::extract::{Extension, State};
+use axum::http::{HeaderMap, StatusCode};
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ClientPath, TextBody, bearer, sticky_cookie};
+use super::peer::{Peer, limit_key};
 use crate::broker::Driver;
 use crate::frame::Via;
 use crate::records::Event;
@@ -43,11 +44,39 @@ pub(super) struct Received {
     replica: Arc<str>,
 }
 
-/// `POST /api/clients`: a fresh client id and its token.
-pub(super) async fn mint_client(State(state): State<AppState>) -> Json<Value> {
+/// `POST /api/clients`: a fresh client id and its token, within the source address's mint rate
+/// (the API key is not limited: it is the server-side producers' and load tools' way in).
+/// Minting stores nothing, but every client id brings its own publish rate and history: an
+/// unlimited mint would defeat both.
+pub(super) async fn mint_client(
+    State(state): State<AppState>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let trusted = bearer(&headers).is_some_and(|key| is_api_key(&state, key));
+    if !trusted && let Some(Extension(peer)) = peer {
+        let source = limit_key(peer.client_ip(&headers));
+        if let Err(not_until) = state.mint.check_key(&source) {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "more than {} new clients per second from {source}; slow down, or mint \
+                     with the API key",
+                    state.config.limits.mint_rate
+                ),
+            )
+            .retry_after(wait));
+        }
+    }
     let client = ClientId::generate();
     let token = state.signer.mint(&client);
-    Json(json!({"client_id": client.as_str(), "token": token, "replica": &*state.replica}))
+    Ok(Json(
+        json!({"client_id": client.as_str(), "token": token, "replica": &*state.replica}),
+    ))
 }
 
 /// The request proves it may act as `client`: its token (within the client's send rate), or

@@ -16,6 +16,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header (rate limits).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -24,7 +26,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// Tells the client when to try again: `Retry-After`, in whole seconds (at least 1).
+    pub fn retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+        self
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -56,11 +65,20 @@ impl From<BadClientId> for ApiError {
 
 impl From<BrokerError> for ApiError {
     fn from(err: BrokerError) -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "broker_unavailable",
-            err.to_string(),
-        )
+        match err {
+            BrokerError::Unavailable(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "broker_unavailable",
+                err.to_string(),
+            ),
+            // 507: the request was fine and the broker is up, but there is no room to keep it.
+            BrokerError::HistoryFull(_) => Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "history_full",
+                format!("{err}; try again later"),
+            )
+            .retry_after(std::time::Duration::from_secs(5)),
+        }
     }
 }
 
@@ -94,11 +112,21 @@ impl From<FrameError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() && self.status != StatusCode::SERVICE_UNAVAILABLE {
+        let expected = [
+            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::INSUFFICIENT_STORAGE,
+        ];
+        if self.status.is_server_error() && !expected.contains(&self.status) {
             tracing::error!(code = self.code, message = %self.message, "request failed");
         }
         let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 

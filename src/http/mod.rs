@@ -7,7 +7,9 @@ mod error;
 mod extract;
 mod health;
 mod lab;
+mod origin;
 mod page;
+pub mod peer;
 mod state;
 mod timing;
 mod ws;
@@ -17,7 +19,8 @@ use axum::routing::{get, post};
 
 pub use error::ApiError;
 pub use extract::{bearer, sticky_cookie};
-pub use state::{AppState, RateLimit, Shared, rate_limit};
+pub use origin::cross_site;
+pub use state::{AppState, MintLimit, RateLimit, Shared, mint_limit, rate_limit};
 
 use self::timing::timed;
 

@@ -1,5 +1,5 @@
-//! What every handler can reach: the replica's handles behind one pointer, and the per-client
-//! send rate limit. Built once by [`crate::server`]; the routes are in [`super`].
+//! What every handler can reach: the replica's handles behind one pointer, the per-client
+//! send rate limit and the per-address mint limit. Built once by [`crate::server`]; the routes are in [`super`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +48,8 @@ pub struct Shared {
     /// Channel publishes per client per second on this replica (`CHANNEL_PUBLISH_RATE`),
     /// over HTTP and sockets alike.
     pub channel_rate: Arc<RateLimit>,
+    /// Clients minted per source address per second (`MINT_RATE`).
+    pub mint: Arc<MintLimit>,
 }
 
 impl std::ops::Deref for AppState {
@@ -59,6 +61,16 @@ impl std::ops::Deref for AppState {
 }
 
 pub use crate::limits::{RateLimit, rate_limit};
+
+/// A token bucket per source address (an IPv6 client's /64, see [`super::peer::limit_key`]).
+pub type MintLimit = governor::DefaultKeyedRateLimiter<std::net::IpAddr>;
+
+/// The per-address limiter for `per_second` mints, with bursts of twice that.
+pub fn mint_limit(per_second: u32) -> MintLimit {
+    let rate = std::num::NonZeroU32::new(per_second).unwrap_or(std::num::NonZeroU32::MIN);
+    let burst = rate.saturating_mul(std::num::NonZeroU32::new(2).unwrap_or(rate));
+    governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
+}
 
 impl AppState {
     pub fn new(shared: Shared) -> Self {

@@ -6,8 +6,7 @@ use std::collections::HashMap;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
-use axum::http::header::{HOST, ORIGIN};
+use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures_util::StreamExt;
@@ -15,12 +14,14 @@ use futures_util::StreamExt;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::ClientPath;
+use super::origin::origin_allowed;
+use super::peer::{Peer, Scheme};
 use crate::config::is_valid_app_id;
 use crate::cursor::{BadCursor, Position};
 use crate::records::Event;
 use crate::registry::AdmitError;
 use crate::resume::Seen;
-use crate::session::Session;
+use crate::session::{ReplayBounds, Session};
 
 /// Read buffer of a socket, and the most one read takes from the kernel.
 const READ_BUFFER_BYTES: usize = 1024;
@@ -28,6 +29,7 @@ const READ_BUFFER_BYTES: usize = 1024;
 pub(super) async fn upgrade(
     State(state): State<AppState>,
     ClientPath(client): ClientPath,
+    peer: Option<Extension<Peer>>,
     headers: HeaderMap,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -35,7 +37,8 @@ pub(super) async fn upgrade(
     let upgrade = upgrade.map_err(|rejection| {
         ApiError::new(rejection.status(), "not_a_websocket", rejection.body_text())
     })?;
-    if !origin_allowed(&headers, &state.config.allowed_origins) {
+    let page = peer.map_or(Scheme::Http, |Extension(peer)| peer.scheme(&headers));
+    if !origin_allowed(&headers, page, &state.config.allowed_origins) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden_origin",
@@ -108,6 +111,7 @@ pub(super) async fn upgrade(
         signer: state.signer.clone(),
         channel_rate: state.channel_rate.clone(),
         queue_len: limits.socket_queue,
+        replay: ReplayBounds::from_limits(limits),
     };
     let tracker = state.shutdown.tracker.clone();
     Ok(upgrade
@@ -149,81 +153,4 @@ fn resume_point(query: &HashMap<String, String>) -> Result<Option<Seen>, ApiErro
         client: client.unwrap_or_default(),
         broadcast: broadcast.unwrap_or_default(),
     }))
-}
-
-/// Same-origin by default: a page on another site must not open a socket with a token it
-/// got hold of (cross-site WebSocket hijacking). Requests without `Origin` are not from a
-/// browser and pass; `ALLOWED_ORIGINS` widens the check ("*" allows all).
-fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
-    let Some(origin) = headers.get(ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return headers.get(ORIGIN).is_none();
-    };
-    if allowed
-        .iter()
-        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
-    {
-        return true;
-    }
-    let Some(host) = headers.get(HOST).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let Some((scheme, origin_host)) = origin.split_once("://") else {
-        return false;
-    };
-    let default_port = match scheme {
-        "http" => ":80",
-        "https" => ":443",
-        _ => return false,
-    };
-    let strip = |h: &str| {
-        h.strip_suffix(default_port)
-            .unwrap_or(h)
-            .to_ascii_lowercase()
-    };
-    strip(origin_host) == strip(host)
-}
-
-#[cfg(test)]
-mod tests {
-    use axum::http::HeaderValue;
-
-    use super::*;
-
-    fn headers(origin: Option<&'static str>, host: &'static str) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        map.insert(HOST, HeaderValue::from_static(host));
-        if let Some(origin) = origin {
-            map.insert(ORIGIN, HeaderValue::from_static(origin));
-        }
-        map
-    }
-
-    #[test]
-    fn same_origin_and_non_browser_requests_pass() {
-        assert!(origin_allowed(
-            &headers(Some("http://127.0.0.1:8080"), "127.0.0.1:8080"),
-            &[]
-        ));
-        assert!(origin_allowed(
-            &headers(Some("http://Example.com"), "example.com:80"),
-            &[]
-        ));
-        assert!(origin_allowed(&headers(None, "127.0.0.1:8080"), &[]));
-    }
-
-    #[test]
-    fn other_origins_are_refused_unless_allowed() {
-        let evil = headers(Some("http://evil.example"), "127.0.0.1:8080");
-        assert!(!origin_allowed(&evil, &[]));
-        assert!(!origin_allowed(
-            &headers(Some("null"), "127.0.0.1:8080"),
-            &[]
-        ));
-        assert!(!origin_allowed(
-            &headers(Some("http://127.0.0.1:9"), "127.0.0.1:8080"),
-            &[]
-        ));
-        assert!(origin_allowed(&evil, &["http://evil.example".to_owned()]));
-        assert!(origin_allowed(&evil, &["*".to_owned()]));
-    }
 }

@@ -288,6 +288,9 @@ fn start_redis(redis: &Path, children: &mut Children) -> anyhow::Result<u16> {
     Ok(port)
 }
 
+/// Clients one address may mint per second on the local cluster.
+const LOCAL_MINT_RATE: &str = "5000";
+
 /// The replicas as started: where each listens, and the API key they share.
 struct Replicas {
     addrs: Vec<SocketAddr>,
@@ -323,6 +326,12 @@ fn start_replicas(
         ];
         if let Some(threads) = threads {
             env.push(("THREADS", threads.to_string()));
+        }
+        // Everything here comes from one address (nginx on loopback passes 127.0.0.1), and
+        // `stickyws load` mints thousands of clients at once: the local demo allows that
+        // (MINT_RATE, when set, is inherited instead).
+        if std::env::var_os("MINT_RATE").is_none() {
+            env.push(("MINT_RATE", LOCAL_MINT_RATE.to_owned()));
         }
         children.spawn(
             &format!("app-{i}"),

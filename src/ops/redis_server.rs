@@ -57,7 +57,18 @@ pub fn program() -> Result<PathBuf, Missing> {
     host::find("redis-server", "redis-server", Some("redis"))
 }
 
-/// The command line for a server on `127.0.0.1:port` without persistence, then `extra`.
+/// The history budget of every Redis this project starts (docker-compose.yml says the same).
+pub const MAXMEMORY: &str = "256mb";
+/// What Redis does at the budget: refuse writes. Every key the replicas write expires by itself
+/// (histories after HISTORY_TTL_SECS, session state after STATE_TTL_SECS, announcements within
+/// seconds), so the budget frees itself. An evicting policy would instead drop history a
+/// reconnecting client is owed, silently (an evicted stream looks like one never written), and
+/// `volatile-ttl` would evict the replicas' announcements first; refusing the write makes the
+/// publisher see it at once (507 `history_full`) and nothing accepted is lost.
+pub const MAXMEMORY_POLICY: &str = "noeviction";
+
+/// The command line for a server on `127.0.0.1:port` without persistence, within the history
+/// budget, then `extra` (later settings win: a test may shrink the budget).
 pub fn args(port: u16, extra: &[&str]) -> Vec<String> {
     let port = port.to_string();
     let base = [
@@ -69,6 +80,10 @@ pub fn args(port: u16, extra: &[&str]) -> Vec<String> {
         "",
         "--appendonly",
         "no",
+        "--maxmemory",
+        MAXMEMORY,
+        "--maxmemory-policy",
+        MAXMEMORY_POLICY,
     ];
     base.iter()
         .chain(extra)
@@ -221,7 +236,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_command_line_binds_loopback_without_persistence_then_adds_the_callers_args() {
+    fn the_command_line_binds_loopback_without_persistence_within_the_budget_then_adds_the_callers_args()
+     {
         assert_eq!(
             args(6400, &["--maxmemory", "1mb"]),
             [
@@ -233,6 +249,10 @@ mod tests {
                 "",
                 "--appendonly",
                 "no",
+                "--maxmemory",
+                "256mb",
+                "--maxmemory-policy",
+                "noeviction",
                 "--maxmemory",
                 "1mb"
             ]

@@ -71,7 +71,14 @@ impl Session {
                 Err(_) => tracing::warn!(%channel, "channel subscription not confirmed in time"),
             }
         }
-        let start = resume::channel(&self.broker, &channel, self.delivery.replica(), since).await;
+        let start = resume::channel(
+            &self.broker,
+            &channel,
+            self.delivery.replica(),
+            since,
+            self.replay.max_bytes,
+        )
+        .await;
         let detail = match start.recovered {
             Some(recovered) => format!(
                 "channel={channel} since={} recovered={recovered} replayed={}",

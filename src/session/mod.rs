@@ -71,6 +71,24 @@ pub struct Session {
     /// The socket's queue size (`SOCKET_QUEUE`): also the most messages held back while a
     /// channel subscription is set up.
     pub queue_len: usize,
+    /// How much a reconnecting client is replayed, and how long its greeting may take.
+    pub replay: ReplayBounds,
+}
+
+/// The bounds of one socket's greeting (`MAX_REPLAY_BYTES`, `REPLAY_TIMEOUT_SECS`).
+#[derive(Clone, Copy, Debug)]
+pub struct ReplayBounds {
+    pub max_bytes: usize,
+    pub timeout: Duration,
+}
+
+impl ReplayBounds {
+    pub fn from_limits(limits: &crate::limits::Limits) -> Self {
+        Self {
+            max_bytes: limits.max_replay_bytes,
+            timeout: limits.replay_timeout(),
+        }
+    }
 }
 
 /// Why a session ended, for the records log.
@@ -123,7 +141,9 @@ impl Session {
     }
 
     /// Waits for the broker's subscription, works out where the stream starts and greets the
-    /// client; None when the socket is already gone.
+    /// client; None when the socket is gone or was closed here. The greeting is bounded like
+    /// everything else a socket is sent: by `replay_timeout` (a client that does not read it in
+    /// time is a slow consumer, 1013), by the slow-consumer signal, and by shutdown (1012).
     async fn open<S>(&mut self, sink: &mut S) -> Option<(mpsc::Receiver<Outgoing>, Gate)>
     where
         S: Sink<Message, Error = axum::Error> + Unpin,
@@ -145,11 +165,32 @@ impl Session {
             &self.client,
             self.delivery.replica(),
             self.resume,
+            self.replay.max_bytes,
         )
         .await;
-        self.greet(sink, &start).await.ok()?;
+        let greeted = tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => Err(End::Shutdown),
+            () = self.registration.slow.cancelled() => Err(End::SlowConsumer),
+            sent = tokio::time::timeout(self.replay.timeout, self.greet(sink, &start)) => match sent {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => return None,
+                Err(_) => Err(End::SlowConsumer),
+            },
+        };
+        let skip = start.skip;
+        // What was not sent is not kept while the close frame waits.
+        drop(start);
+        if let Err(end) = greeted {
+            if end == End::SlowConsumer && !self.registration.slow.is_cancelled() {
+                self.registration.slow.cancel();
+                self.delivery.metrics().slow_consumer();
+            }
+            Box::pin(self.close_with(end, sink)).await;
+            return None;
+        }
         let outbox = self.registration.outbox.take()?;
-        Some((outbox, Gate::new(start.skip, self.queue_len)))
+        Some((outbox, Gate::new(skip, self.queue_len)))
     }
 
     /// Ends the socket as `end` requires, and records it.
@@ -232,11 +273,19 @@ impl Session {
         for frame in &start.replay {
             sink.feed(Message::Text(frame.bytes.clone())).await?;
         }
+        for stream in &start.cut {
+            let cut = ServerFrame::HistoryLost {
+                stream,
+                message: "the replay stopped at MAX_REPLAY_BYTES: newer missed messages were not sent",
+            };
+            sink.feed(Message::Text(cut.to_bytes())).await?;
+        }
         if self.resume.is_some() {
             let detail = format!(
-                "replayed {} missed, lost: {:?}",
+                "replayed {} missed, lost: {:?}, cut: {:?}",
                 start.replay.len(),
-                start.lost
+                start.lost,
+                start.cut
             );
             self.delivery
                 .records()
@@ -483,6 +532,7 @@ mod tests {
             signer: crate::token::Signer::new(b"test secret"),
             channel_rate: Arc::new(crate::limits::rate_limit(limits.channel_publish_rate)),
             queue_len: limits.socket_queue,
+            replay: ReplayBounds::from_limits(&limits),
         };
         let (to_session, incoming) = fmpsc::unbounded();
         let (outgoing, from_session) = fmpsc::unbounded::<Message>();

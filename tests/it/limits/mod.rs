@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::support::{Client, Socket, TestCluster};
 
+mod bounds;
 mod http;
 mod rate;
 mod sockets;

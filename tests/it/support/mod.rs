@@ -43,8 +43,17 @@ impl TestCluster {
     }
 
     pub fn start_with(n: usize, extra_env: Vec<(String, String)>) -> TestCluster {
+        Self::start_with_redis(n, extra_env, &[])
+    }
+
+    /// Like [`TestCluster::start_with`], Redis run with `redis_args` after the shipped settings.
+    pub fn start_with_redis(
+        n: usize,
+        extra_env: Vec<(String, String)>,
+        redis_args: &[&str],
+    ) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
-        let redis = RedisServer::start(dir.path());
+        let redis = RedisServer::start_with(free_port(), dir.path(), redis_args);
         let mut cluster = Self::empty(dir, Some(redis), extra_env);
         for i in 1..=n {
             cluster.add_replica(&format!("app-{i}"));
