@@ -8,7 +8,7 @@
 import { request } from './request.js';
 
 /** Reopens a socket that landed on the replica to avoid, at most this many times in all. */
-const MAX_TRIES = 6;
+const MAX_TRIES = 8;
 const RETRY_MS = 1000;
 
 /** Opens a second member and subscribes it to `channel`.

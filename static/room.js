@@ -280,12 +280,12 @@ function render() {
 /** Which replica each of the page's sockets in the room is on. */
 function renderSockets() {
   const rows = [];
-  const you = el('li', { 'data-testid': 'room-socket-you', 'data-member': YOU, 'data-replica': state.wsBy || '' },
+  const you = el('li', { id: 'room-socket-you', 'data-testid': 'room-socket-you', 'data-member': YOU, 'data-replica': state.wsBy || '' },
     el('b', {}, 'You'), ' — socket on ', state.wsBy ? chip(state.wsBy) : el('span', { class: 'muted' }, '…'));
   rows.push(you);
   const s = room.second;
   if (s) {
-    const row = el('li', { 'data-testid': 'room-socket-second', 'data-member': SECOND, 'data-replica': s.status === 'open' ? s.replica : '',
+    const row = el('li', { id: 'room-socket-second', 'data-testid': 'room-socket-second', 'data-member': SECOND, 'data-replica': s.status === 'open' ? s.replica : '',
       'data-client-id': s.clientId, 'data-status': s.status },
     el('b', {}, 'Second member'), ` (client ${s.clientId}) — `);
     if (s.status === 'open') row.append('socket on ', chip(s.replica));
