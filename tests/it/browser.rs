@@ -330,12 +330,20 @@ async fn kill_the_socket_replica_and_publish_meanwhile(
     assert_eq!(press["button"], "btn-publish", "{press}");
     assert_eq!(press["outcome"], "delivered", "{press}");
     assert_eq!(press["deliveredBy"], moved.as_str(), "{press}");
-    // The page's cursor is the newest id it has shown, ready for the next reconnect.
+    // The page's cursor is the newest one it has shown (the message's own `cursor`, epoch
+    // and all), ready for the next reconnect.
     let cursors = page.state().await["cursors"].clone();
-    assert_eq!(cursors["lastId"], press["id"], "{cursors}");
+    assert_eq!(cursors["lastId"], press["cursor"], "{cursors}");
+    assert!(
+        str_of(&press["cursor"]).ends_with(&format!(":{}", str_of(&press["id"]))),
+        "{press}"
+    );
     // And the new replica replayed exactly what the page shows as replayed.
     let count = replayed.iter().filter(|r| **r).count() + usize::from(press["replayed"] == "true");
-    let replay = format!("| {moved} | replay        | {client_id} | replayed {count} missed");
+    let replay = format!(
+        "| {moved} | {:<15} | {client_id} | replayed {count} missed",
+        "replay"
+    );
     let records = cluster.records();
     assert!(records.contains(&replay), "no `{replay}` in\n{records}");
 }
