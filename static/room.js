@@ -163,10 +163,12 @@ function onMessage(frame, who) {
 }
 
 function renderMessage(m) {
-  const delivered = [...m.deliveredBy].map(([who, replica]) => `${who}=${replica}`).join(',');
+  // Your socket first, whichever of them it reached first.
+  const sockets = [YOU, SECOND].filter((who) => m.deliveredBy.has(who)).map((who) => [who, m.deliveredBy.get(who)]);
+  const delivered = sockets.map(([who, replica]) => `${who}=${replica}`).join(',');
   Object.assign(m.item.dataset, { from: m.from, cursor: m.cursor, delivered, replayed: String(m.replayed) });
   const path = el('div', { class: 'room-path' }, 'taken by ', chip(m.from), ' → delivered by ');
-  [...m.deliveredBy].forEach(([who, replica], i) => {
+  sockets.forEach(([who, replica], i) => {
     if (i) path.append(', ');
     path.append(chip(replica), ` to ${who}`);
   });

@@ -950,11 +950,21 @@ async fn two_people_in_a_room_on_different_replicas_chat_see_each_other_and_the_
         second_on, alice_on,
         "the second member shares Alice's replica"
     );
-    assert_eq!(
-        alice.attr("room-socket-you", "data-replica").await,
-        alice_on
+    // The rows are redrawn as the sockets change: read both in one go.
+    let sockets = alice
+        .eval(
+            "return Object.fromEntries([...document.querySelectorAll('#room-sockets > li')]\
+             .map((li) => [li.dataset.member, { ...li.dataset, text: li.textContent }]));",
+        )
+        .await;
+    assert_eq!(sockets["you"]["replica"], alice_on.as_str(), "{sockets:#}");
+    let second = &sockets["second member"];
+    assert_eq!(second["replica"], second_on.as_str(), "{sockets:#}");
+    assert!(
+        words(str_of(&second["text"])).contains(&format!("socket on {second_on}")),
+        "{sockets:#}"
     );
-    let second_id = alice.attr("room-socket-second", "data-client-id").await;
+    let second_id = str_of(&second["clientId"]).to_owned();
     assert!(!both.contains_key(&second_id));
     let mut three = both.clone();
     three.insert(second_id.clone(), second_on.clone());
