@@ -310,7 +310,7 @@ function renderMembers() {
   }
   const rows = room.members.map((m) => {
     const row = el('li', { 'data-client-id': m.clientId, 'data-replicas': m.replicas.join(' ') },
-      el('span', { class: 'room-who' }, nameOf(m.clientId)), ' on ');
+      el('span', { class: nameOf(m.clientId) === m.clientId ? 'room-who room-id' : 'room-who' }, nameOf(m.clientId)), ' on ');
     m.replicas.forEach((r, i) => { if (i) row.append(', '); row.append(chip(r)); });
     if (m.sockets > 1) row.append(el('span', { class: 'muted' }, ` · ${m.sockets} sockets`));
     return row;
