@@ -1,7 +1,8 @@
 //! The demo page in headless Chromium, through nginx, as a person sees it: which replica
 //! rendered it and holds its socket, what each of the six buttons does over many presses, the
 //! page moving its socket when that replica dies, with nothing published meanwhile lost, and
-//! the state lab (counters, notes, a page split from its socket, every replica's figures).
+//! the state lab (counters, notes, a page split from its socket, every replica's figures),
+//! and the room: two people on different replicas chatting in a channel, with a second member.
 //! Also the screenshots in docs/ (an ignored test that `scripts/screenshots` runs).
 
 use std::collections::{BTreeMap, BTreeSet};
