@@ -35,6 +35,7 @@ export function feedMessage(frame) {
     frame.replayed ? 'recovered' : 'info');
   item.dataset.via = frame.via;
   if (frame.id) item.dataset.id = frame.id;
+  if (frame.cursor) item.dataset.cursor = frame.cursor;
   if (frame.replayed) {
     item.dataset.replayed = 'true';
     item.lastChild.append(' ', el('span', { class: 'badge badge-recovered' }, 'recovered after reconnect'));
@@ -56,6 +57,7 @@ export function renderEntry(press) {
   if (press.deliveredBy) path.append(' → delivered by ', chip(press.deliveredBy));
   path.append(' ', outcomeBadge(press.outcome));
   if (press.frame && press.frame.id) item.dataset.id = press.frame.id;
+  if (press.frame && press.frame.cursor) item.dataset.cursor = press.frame.cursor;
   const replayed = press.outcome === 'delivered' && press.frame && press.frame.replayed;
   if (replayed) {
     item.dataset.replayed = 'true';

@@ -15,6 +15,7 @@
 //   buttons.js, presses.js, tallies.js, feed.js   the six buttons, their presses and results
 //   socket.js, cursors.js   the WebSocket, its reconnects and the recovery cursors
 //   lab-common.js, visits.js, notes.js, split.js, stats.js   the state lab's panels
+//   room.js, member.js   the room: a channel the page joins, and a second member of it
 
 import { CLIENT_ID, PAGE_BY, STATS_POLL_MS } from './config.js';
 import { colourOf, replicaNames } from './colours.js';
@@ -28,6 +29,7 @@ import { connect } from './socket.js';
 import { buildVisits, visitsSeen } from './visits.js';
 import { buildNotes } from './notes.js';
 import { buildSplit, landing } from './split.js';
+import { buildRoom, roomSnapshot } from './room.js';
 
 /** A plain snapshot for browser tests. */
 function snapshot() {
@@ -39,6 +41,7 @@ function snapshot() {
     replicas: replicaNames().map((id) => ({ id, ...state.replicas.get(id), colour: colourOf(id) })),
     lab: { cookie: state.cookie, landing: landing(), visitsShared: visits.shared,
       visitsLocal: visits.local },
+    room: roomSnapshot(),
   }));
 }
 
@@ -49,6 +52,7 @@ function start() {
   buildVisits();
   buildNotes();
   buildSplit();
+  buildRoom();
   replicasChanged();
   renderTallies();
   window.stickyws = { state: snapshot };

@@ -11,13 +11,28 @@ import { drawSocketLine } from './topology.js';
 import { feedEvent, feedMessage } from './feed.js';
 import { noteReplica, refreshReplicas } from './replicas.js';
 import { settle } from './presses.js';
-import { advanceCursor, parseId } from './cursors.js';
+import { advanceCursor, parseCursor } from './cursors.js';
 
 /** Called with (welcome frame, whether it is the page's first) after the header shows it. */
 const welcomed = [];
 
 export function whenWelcomed(listener) {
   welcomed.push(listener);
+}
+
+/** Called with every frame about a channel (subscribed, unsubscribed, presence, a channel's
+ *  message, an error naming a channel): the room's (room.js), which this module does not know. */
+const channelListeners = [];
+
+export function whenChannelFrame(listener) {
+  channelListeners.push(listener);
+}
+
+/** Sends a frame on the page's socket; false when it is not open. */
+export function sendFrame(frame) {
+  if (state.wsState !== 'open' || !state.ws || state.ws.readyState !== WebSocket.OPEN) return false;
+  state.ws.send(JSON.stringify(frame));
+  return true;
 }
 
 /** True while a socket's handshake runs; closing it then is an error in the console. */
@@ -77,7 +92,9 @@ function onFrame(raw) {
   let frame;
   try { frame = JSON.parse(raw); } catch { return; }
   if (frame.type === 'welcome') onWelcome(frame);
-  else if (frame.type === 'message') onMessage(frame);
+  else if (typeof frame.channel === 'string' || frame.via === 'channel') {
+    for (const listener of channelListeners) listener(frame);
+  } else if (frame.type === 'message') onMessage(frame);
   else if (frame.type === 'history_lost') onHistoryLost(frame);
   else if (frame.type === 'error') feedEvent(`the socket’s replica refused a frame: ${frame.code}: ${frame.message}`, 'bad');
 }
@@ -92,8 +109,8 @@ function onWelcome(frame) {
   const previous = state.wsBy;
   state.wsBy = frame.replica;
   // Where the histories stood when the page first connected; later welcomes echo the cursors.
-  if (!state.lastId && parseId(frame.last_id)) state.lastId = frame.last_id;
-  if (!state.lastBroadcastId && parseId(frame.last_broadcast_id)) state.lastBroadcastId = frame.last_broadcast_id;
+  if (!state.lastId && parseCursor(frame.last_id)) state.lastId = frame.last_id;
+  if (!state.lastBroadcastId && parseCursor(frame.last_broadcast_id)) state.lastBroadcastId = frame.last_broadcast_id;
   state.attempt = 0; // a welcome, not just an open, proves the socket works
   noteReplica(frame.replica);
   let detail = '';

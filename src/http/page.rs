@@ -126,6 +126,8 @@ const ASSETS: &[Asset] = &[
     asset!("notes.js", JS),
     asset!("split.js", JS),
     asset!("stats.js", JS),
+    asset!("member.js", JS),
+    asset!("room.js", JS),
 ];
 
 /// The modules that `ENTRY` imports, directly or not: the page preloads them all at once

@@ -1,7 +1,8 @@
 //! The demo page in headless Chromium, through nginx, as a person sees it: which replica
 //! rendered it and holds its socket, what each of the six buttons does over many presses, the
 //! page moving its socket when that replica dies, with nothing published meanwhile lost, and
-//! the state lab (counters, notes, a page split from its socket, every replica's figures).
+//! the state lab (counters, notes, a page split from its socket, every replica's figures),
+//! and the room: two people on different replicas chatting in a channel, with a second member.
 //! Also the screenshots in docs/ (an ignored test that `scripts/screenshots` runs).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -330,12 +331,20 @@ async fn kill_the_socket_replica_and_publish_meanwhile(
     assert_eq!(press["button"], "btn-publish", "{press}");
     assert_eq!(press["outcome"], "delivered", "{press}");
     assert_eq!(press["deliveredBy"], moved.as_str(), "{press}");
-    // The page's cursor is the newest id it has shown, ready for the next reconnect.
+    // The page's cursor is the newest one it has shown (the message's own `cursor`, epoch
+    // and all), ready for the next reconnect.
     let cursors = page.state().await["cursors"].clone();
-    assert_eq!(cursors["lastId"], press["id"], "{cursors}");
+    assert_eq!(cursors["lastId"], press["cursor"], "{cursors}");
+    assert!(
+        str_of(&press["cursor"]).ends_with(&format!(":{}", str_of(&press["id"]))),
+        "{press}"
+    );
     // And the new replica replayed exactly what the page shows as replayed.
     let count = replayed.iter().filter(|r| **r).count() + usize::from(press["replayed"] == "true");
-    let replay = format!("| {moved} | replay        | {client_id} | replayed {count} missed");
+    let replay = format!(
+        "| {moved} | {:<15} | {client_id} | replayed {count} missed",
+        "replay"
+    );
     let records = cluster.records();
     assert!(records.contains(&replay), "no `{replay}` in\n{records}");
 }
@@ -855,4 +864,265 @@ fn png_size(png: &[u8]) -> (u32, u32) {
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
     let word = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
     (word(16), word(20))
+}
+
+/// The room's log, oldest first: each line's `data-*` attributes and text.
+const ROOM_LOG_JS: &str = "return [...document.querySelectorAll('#room-log > li')]\
+    .map((li) => ({ ...li.dataset, text: li.textContent }));";
+
+/// The room's member list as shown: client id -> the replicas holding it ("app-1 app-2").
+const ROOM_MEMBERS_JS: &str = "return Object.fromEntries([...document.querySelectorAll('#room-members > li[data-client-id]')]\
+    .map((li) => [li.dataset.clientId, li.dataset.replicas]));";
+
+const LOBBY: &str = "public:lobby";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_people_in_a_room_on_different_replicas_chat_see_each_other_and_the_fan_out() {
+    let mut cluster = TestCluster::start(3);
+    let driver = Chromedriver::start(cluster.dir.path());
+    let alice = open_page(&cluster, &driver, 1280, 900).await;
+    arm_console_check(&alice).await;
+    let alice_on = alice.text("ws-by").await;
+    let alice_id = alice.text("client-id").await;
+    // Bob's browser carries a cookie naming another replica, so his page and socket land there.
+    let bob_on = REPLICAS
+        .iter()
+        .find(|r| **r != alice_on)
+        .unwrap()
+        .to_string();
+    let bob = open_page_on(&cluster, &driver, &bob_on).await;
+    let bob_id = bob.text("client-id").await;
+    assert_eq!(bob.text("ws-by").await, bob_on);
+
+    // A name outside the rules is refused by the page, which then joins nothing.
+    set_value(&alice, "room-name", "lobby").await;
+    alice.click("btn-room-join").await;
+    assert!(
+        alice.text("room-error").await.contains("public:"),
+        "{}",
+        alice.text("room-error").await
+    );
+    assert_eq!(alice.attr("room-status", "data-status").await, "out");
+
+    join_room(&alice, LOBBY).await;
+    join_room(&bob, LOBBY).await;
+    // Bob's join reaches Alice live, naming his replica; both lists show both, with replicas.
+    let joined = format!(
+        "return (() => {{ {ROOM_LOG_JS} }})().find((l) => l.kind === 'presence' \
+         && l.event === 'join' && l.clientId === '{bob_id}');"
+    );
+    let line = alice
+        .wait_until("Bob's join in Alice's room", secs(5), &joined)
+        .await;
+    assert_eq!(line["replica"], bob_on.as_str(), "{line:#}");
+    let both = BTreeMap::from([
+        (alice_id.clone(), alice_on.clone()),
+        (bob_id.clone(), bob_on.clone()),
+    ]);
+    for page in [&alice, &bob] {
+        wait_members(page, &both).await;
+    }
+
+    // Bob says something: taken by his replica, delivered to Alice by hers.
+    say(&bob, "btn-room-send", "hello from bob").await;
+    let line = wait_message(&alice, "hello from bob").await;
+    assert_eq!(line["from"], bob_on.as_str(), "{line:#}");
+    assert_eq!(line["delivered"], format!("you={alice_on}"), "{line:#}");
+    assert_eq!(line["replayed"], "false", "{line:#}");
+    let told = words(str_of(&line["text"]));
+    assert!(
+        told.contains(&format!(
+            "taken by {bob_on} → delivered by {alice_on} to you"
+        )),
+        "{told}"
+    );
+    let line = wait_message(&bob, "hello from bob").await;
+    assert_eq!(line["delivered"], format!("you={bob_on}"), "{line:#}");
+
+    // Alice opens a second member: another client, whose socket lands away from hers.
+    alice.click("btn-second").await;
+    let open = "const s = document.querySelector('[data-testid=room-socket-second]'); \
+                return s && s.dataset.status === 'open' && s.dataset.replica;";
+    let second_on = alice
+        .wait_until("the second member's socket to open", secs(15), open)
+        .await;
+    let second_on = str_of(&second_on).to_owned();
+    assert_ne!(
+        second_on, alice_on,
+        "the second member shares Alice's replica"
+    );
+    // The rows are redrawn as the sockets change: read both in one go.
+    let sockets = alice
+        .eval(
+            "return Object.fromEntries([...document.querySelectorAll('#room-sockets > li')]\
+             .map((li) => [li.dataset.member, { ...li.dataset, text: li.textContent }]));",
+        )
+        .await;
+    assert_eq!(sockets["you"]["replica"], alice_on.as_str(), "{sockets:#}");
+    let second = &sockets["second member"];
+    assert_eq!(second["replica"], second_on.as_str(), "{sockets:#}");
+    assert!(
+        words(str_of(&second["text"])).contains(&format!("socket on {second_on}")),
+        "{sockets:#}"
+    );
+    let second_id = str_of(&second["clientId"]).to_owned();
+    assert!(!both.contains_key(&second_id));
+    let mut three = both.clone();
+    three.insert(second_id.clone(), second_on.clone());
+    wait_members(&alice, &three).await;
+    wait_members(&bob, &three).await;
+
+    // One message from Alice: her page collects who delivered it to each of its sockets.
+    say(&alice, "btn-room-send", "hello from alice").await;
+    let delivered = format!("you={alice_on},second member={second_on}");
+    let has_both = format!(
+        "return (() => {{ {ROOM_LOG_JS} }})().find((l) => l.kind === 'message' \
+         && l.text.startsWith('hello from alice') && l.delivered === '{delivered}');"
+    );
+    let line = alice
+        .wait_until(
+            "both of Alice's sockets to get her message",
+            secs(5),
+            &has_both,
+        )
+        .await;
+    assert_eq!(line["from"], alice_on.as_str(), "{line:#}");
+    let line = wait_message(&bob, "hello from alice").await;
+    assert_eq!(line["from"], alice_on.as_str(), "{line:#}");
+    assert_eq!(line["delivered"], format!("you={bob_on}"), "{line:#}");
+    // And one sent by the second member is taken by its own replica.
+    say(
+        &alice,
+        "btn-room-send-second",
+        "hello from the second member",
+    )
+    .await;
+    let line = wait_message(&bob, "hello from the second member").await;
+    assert_eq!(line["from"], second_on.as_str(), "{line:#}");
+
+    // Bob closes his browser: Alice sees him leave, and the list drops him.
+    drop(bob);
+    let left = format!(
+        "return (() => {{ {ROOM_LOG_JS} }})().find((l) => l.kind === 'presence' \
+         && l.event === 'leave' && l.clientId === '{bob_id}');"
+    );
+    let line = alice
+        .wait_until("Bob's leave in Alice's room", secs(5), &left)
+        .await;
+    assert_eq!(line["replica"], bob_on.as_str(), "{line:#}");
+    three.remove(&bob_id);
+    wait_members(&alice, &three).await;
+
+    // Alice's replica dies; what is published meanwhile comes back when her page rejoins.
+    alice.click("btn-second").await;
+    cluster.replica(&alice_on).proc.kill();
+    for text in ["missed 1", "missed 2"] {
+        let (status, body) = cluster
+            .post(
+                &format!("/api/channels/{LOBBY}/publish"),
+                Some(crate::support::API_KEY),
+                None,
+                &serde_json::json!({ "text": text }).to_string(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let replayed = "return (() => { const log = (() => { ".to_owned()
+        + ROOM_LOG_JS
+        + " })(); return log.filter((l) => l.kind === 'message' && l.text.startsWith('missed')); })()\
+           .filter((l) => l.replayed === 'true').length === 2;";
+    alice
+        .wait_until("the messages missed to be replayed", secs(15), &replayed)
+        .await;
+    let log = alice.eval(ROOM_LOG_JS).await;
+    let log = log.as_array().unwrap();
+    let missed: Vec<_> = log
+        .iter()
+        .filter(|l| l["kind"] == "message" && str_of(&l["text"]).starts_with("missed"))
+        .collect();
+    assert_eq!(missed.len(), 2, "each once: {log:#?}");
+    assert!(
+        str_of(&missed[0]["text"]).starts_with("missed 1"),
+        "in order: {log:#?}"
+    );
+    let now_on = alice.text("ws-by").await;
+    assert_ne!(now_on, alice_on);
+    for line in &missed {
+        assert_eq!(line["delivered"], format!("you={now_on}"), "{line:#}");
+        assert!(
+            str_of(&line["text"]).contains("replayed after reconnect"),
+            "{line:#}"
+        );
+    }
+    assert!(
+        log.iter().any(|l| l["event"] == "rejoined"),
+        "no rejoin line: {log:#?}"
+    );
+    assert_eq!(alice.attr("room-status", "data-status").await, "in");
+    assert_no_console_errors(&alice, |message| is_failed_socket(message, &alice_id)).await;
+}
+
+/// A page whose browser carries `sticky=<replica>`, so nginx renders it there and puts its
+/// socket there.
+async fn open_page_on(cluster: &TestCluster, driver: &Chromedriver, replica: &str) -> Browser {
+    let page = open_page(cluster, driver, 1280, 900).await;
+    // The page's own cookie is HttpOnly: removed through WebDriver, then set anew as a
+    // person's browser would have it from an earlier visit.
+    page.client.delete_cookie("sticky").await.unwrap();
+    page.eval(&format!(
+        "document.cookie = 'sticky={replica}; Path=/; SameSite=Lax'; return true;"
+    ))
+    .await;
+    page.goto(&format!("{}/", cluster.base())).await;
+    page.wait_until("the page's socket to open", secs(10), OPEN_JS)
+        .await;
+    assert_eq!(page.text("page-by").await, replica);
+    page
+}
+
+async fn set_value(page: &Browser, id: &str, value: &str) {
+    let value = serde_json::to_string(value).unwrap();
+    page.eval(&format!(
+        "document.getElementById('{id}').value = {value}; return true;"
+    ))
+    .await;
+}
+
+async fn join_room(page: &Browser, room: &str) {
+    set_value(page, "room-name", room).await;
+    page.click("btn-room-join").await;
+    page.wait_until(
+        "the room to be joined",
+        secs(5),
+        "return document.getElementById('room-status').dataset.status === 'in';",
+    )
+    .await;
+    assert_eq!(page.text("room-status").await, format!("in {room}"));
+}
+
+async fn say(page: &Browser, button: &str, text: &str) {
+    set_value(page, "room-text", text).await;
+    page.click(button).await;
+}
+
+/// The room's line for the message whose text starts with `text`, once it is there.
+async fn wait_message(page: &Browser, text: &str) -> Value {
+    let found = format!(
+        "return (() => {{ {ROOM_LOG_JS} }})().find((l) => l.kind === 'message' \
+         && l.text.startsWith({}));",
+        serde_json::to_string(text).unwrap()
+    );
+    page.wait_until(&format!("`{text}` in the room"), secs(5), &found)
+        .await
+}
+
+/// Waits until the member list shows exactly `members` (client id -> replica).
+async fn wait_members(page: &Browser, members: &BTreeMap<String, String>) {
+    let want = serde_json::to_string(members).unwrap();
+    let shown = format!(
+        "const shown = (() => {{ {ROOM_MEMBERS_JS} }})(); const want = {want}; \
+         return Object.keys(shown).length === Object.keys(want).length \
+         && Object.entries(want).every(([id, r]) => shown[id] === r);"
+    );
+    page.wait_until("the member list", secs(5), &shown).await;
 }
