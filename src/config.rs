@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::http::peer::TrustedProxies;
 use crate::limits::Limits;
+use crate::peer::TrustedProxies;
 
 /// `stickyws serve` flags; every one also reads its environment variable.
 #[derive(Debug, Clone, Args)]
@@ -52,7 +52,7 @@ pub struct ServeArgs {
 
     /// Networks whose X-Real-IP and X-Forwarded-Proto are believed (comma separated, or
     /// "none"); every other peer is taken as the client itself.
-    #[arg(long, env = "TRUSTED_PROXIES", default_value = crate::http::peer::TrustedProxies::DEFAULT)]
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = crate::peer::TrustedProxies::DEFAULT)]
     pub trusted_proxies: String,
 
     /// Seconds a stopping replica waits for its sockets to close before exiting anyway.

@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //! - [`config`], [`limits`]: the replica's validated configuration and every client-facing limit.
+//! - [`peer`]: who is on the other end of a request, and which proxies are believed about it.
 //! - [`server`]: one replica — builds the state, serves, drains on shutdown.
 //! - [`http`]: router, page, `/api/*`, `/ws/*` upgrade, probes, the error shape.
 //! - [`session`]: one WebSocket — reader loop, writer with its bounded queue, pings, close codes.
@@ -60,6 +61,7 @@ pub mod lab;
 pub mod limits;
 pub mod metrics;
 pub mod ops;
+pub mod peer;
 pub mod presence;
 pub mod records;
 pub mod registry;

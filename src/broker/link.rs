@@ -27,7 +27,19 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, Pub
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::redis::{LinkEvent, LinkObserver};
+/// Subscriber-side events the replica reports (records log, metrics).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// Connected and subscribed to the broadcast channel and every held client channel.
+    Subscribed { channels: usize, reconnect: bool },
+    /// A connection (subscriber or commands) stopped answering; said once per outage.
+    Lost { reason: String },
+    /// Both connections answer again after a [`LinkEvent::Lost`].
+    Back { after: Duration },
+}
+
+/// Receives [`LinkEvent`]s; called from the subscriber task.
+pub type LinkObserver = Arc<dyn Fn(LinkEvent) + Send + Sync>;
 
 /// How often each connection is pinged.
 pub const PING_EVERY: Duration = Duration::from_millis(500);

@@ -17,6 +17,7 @@ pub mod link;
 pub mod members;
 pub mod memory;
 pub mod redis;
+pub mod redis_keys;
 mod redis_members;
 
 use std::future::Future;

@@ -21,7 +21,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::link::{self, CommandLink, Connection, Health};
+pub use super::link::{LinkEvent, LinkObserver};
 use super::members::{Change, Member};
+pub use super::redis_keys::*;
 use super::redis_members;
 use super::{
     Announcement, BrokerError, ClientId, Driver, History, Inbox, Published, Subscribed, Window,
@@ -31,62 +33,11 @@ use crate::channel::ChannelName;
 use crate::cursor::{Epoch, Position, StreamId};
 use crate::target::Target;
 
-/// Channel of one client's messages: `stickyws:client:<client id>`.
-pub const CLIENT_CHANNEL_PREFIX: &str = "stickyws:client:";
-/// Pub/sub channel of one channel's messages: `stickyws:channel:<name>`.
-pub const CHANNEL_CHANNEL_PREFIX: &str = "stickyws:channel:";
-/// Channel every replica subscribes to for `/api/broadcast`.
-pub const BROADCAST_CHANNEL: &str = "stickyws:broadcast";
-/// Stream of one client's recent messages (`<prefix><client id>`), for recovery; a channel's
-/// is `<prefix>#<name>` (`#` is in no client id).
-pub const CLIENT_STREAM_PREFIX: &str = "stickyws:history:";
-/// Stream of recent broadcasts, for recovery.
-pub const BROADCAST_STREAM: &str = "stickyws:history:*broadcast";
-/// The epoch of each history: `<prefix><what follows the stream prefix>`, expiring with it.
-pub const EPOCH_PREFIX: &str = "stickyws:epoch:";
-/// Sorted set of replica ids scored by when they last announced themselves (ms since epoch).
-pub const REPLICAS_KEY: &str = "stickyws:replicas";
-/// `stickyws:replica:<id>`: the replica's last announcement, JSON, expiring.
-pub const REPLICA_KEY_PREFIX: &str = "stickyws:replica:";
-
 /// A replica that has not announced itself for this long is no longer listed.
 const PRESENCE_TTL: Duration = Duration::from_secs(6);
 /// Longest wait for Redis to answer one command; past it the broker counts as unavailable.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-
-pub fn client_channel(client: &ClientId) -> String {
-    format!("{CLIENT_CHANNEL_PREFIX}{client}")
-}
-
-/// The pub/sub channel of a target.
-pub fn pubsub_channel(target: &Target) -> String {
-    match target {
-        Target::Client(client) => client_channel(client),
-        Target::Channel(channel) => format!("{CHANNEL_CHANNEL_PREFIX}{channel}"),
-        Target::Broadcast => BROADCAST_CHANNEL.to_owned(),
-    }
-}
-
-/// A target's keys: its pub/sub channel, its history stream and its epoch.
-struct Keys {
-    channel: String,
-    stream: String,
-    epoch: String,
-}
-
-fn keys(target: &Target) -> Keys {
-    let suffix = match target {
-        Target::Client(client) => client.to_string(),
-        Target::Channel(channel) => format!("#{channel}"),
-        Target::Broadcast => "*broadcast".to_owned(),
-    };
-    Keys {
-        channel: pubsub_channel(target),
-        stream: format!("{CLIENT_STREAM_PREFIX}{suffix}"),
-        epoch: format!("{EPOCH_PREFIX}{suffix}"),
-    }
-}
 
 /// Appends to the target's history and publishes, atomically and in one round trip, so the
 /// order of the history is the order of delivery. The history's epoch is kept beside it with
@@ -161,20 +112,6 @@ enum Command {
     Hold(Target, oneshot::Sender<Result<(), BrokerError>>),
     Release(Target),
 }
-
-/// Subscriber-side events the replica reports (records log, metrics).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LinkEvent {
-    /// Connected and subscribed to the broadcast channel and every held client channel.
-    Subscribed { channels: usize, reconnect: bool },
-    /// A connection (subscriber or commands) stopped answering; said once per outage.
-    Lost { reason: String },
-    /// Both connections answer again after a [`LinkEvent::Lost`].
-    Back { after: Duration },
-}
-
-/// Receives [`LinkEvent`]s; called from the subscriber task.
-pub type LinkObserver = Arc<dyn Fn(LinkEvent) + Send + Sync>;
 
 /// Handle on the Redis broker; clones share the connections and the subscriber task.
 #[derive(Clone)]

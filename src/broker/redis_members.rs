@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::link::CommandLink;
 use super::members::{self, Change, ENTRY_TTL, Member, REFRESH_EVERY};
-use super::redis::pubsub_channel;
+use super::redis_keys::pubsub_channel;
 use crate::channel::ChannelName;
 use crate::target::Target;
 use crate::token::ClientId;

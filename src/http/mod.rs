@@ -9,7 +9,6 @@ mod health;
 mod lab;
 mod origin;
 mod page;
-pub mod peer;
 mod state;
 mod timing;
 mod ws;

@@ -1,14 +1,14 @@
 //! Same-origin checks for what a browser may be tricked into sending: a WebSocket opened by a
 //! page on another site (cross-site WebSocket hijacking), and a cross-site form post to a route
 //! that changes state (`POST /api/sticky/forget`, …). An origin is scheme, host and port, all
-//! three compared; the page's scheme comes from [`super::peer::Peer::scheme`]. Requests without
+//! three compared; the page's scheme comes from [`crate::peer::Peer::scheme`]. Requests without
 //! `Origin` are not from a browser page (scripts, the load tool) and pass. Which requests are
 //! checked is decided by the callers ([`super::ws`], [`crate::server`]).
 
 use axum::http::HeaderMap;
 use axum::http::header::{HOST, ORIGIN};
 
-use super::peer::Scheme;
+use crate::peer::Scheme;
 
 /// `Origin` is this page's own (scheme, host and port), or one `ALLOWED_ORIGINS` names ("*"
 /// allows all); no `Origin` at all passes.

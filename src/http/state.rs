@@ -62,7 +62,7 @@ impl std::ops::Deref for AppState {
 
 pub use crate::limits::{RateLimit, rate_limit};
 
-/// A token bucket per source address (an IPv6 client's /64, see [`super::peer::limit_key`]).
+/// A token bucket per source address (an IPv6 client's /64, see [`crate::peer::limit_key`]).
 pub type MintLimit = governor::DefaultKeyedRateLimiter<std::net::IpAddr>;
 
 /// The per-address limiter for `per_second` mints, with bursts of twice that.

@@ -197,7 +197,7 @@ async fn frames_that_are_not_our_json_get_a_bad_frame_error_and_stay_open() {
         (
             "missing text",
             wire::text(b"{}"),
-            Outcome::ErrorFrame("bad_frame"),
+            Outcome::ErrorFrame("missing_field"),
         ),
         (
             "text is not a string",

@@ -3,7 +3,7 @@
 //! page scheme the proxy vouches for (`X-Real-IP`, `X-Forwarded-Proto`, as nginx.conf sets them).
 //! A header from anyone else is ignored: otherwise any client could name its own address and
 //! dodge the per-address limits. Set once per connection by [`crate::server`]; what is limited
-//! per address is [`super::api`]'s business, what counts as same-origin [`super::origin`]'s.
+//! per address is the API's business (`http::api`), what counts as same-origin `http::origin`'s.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 

@@ -1,0 +1,58 @@
+//! The names of everything the Redis broker keeps in Redis: the pub/sub channel, history stream
+//! and epoch of each target, and the replicas' announcements. One place, so the broker, the
+//! presence task and the tests agree on them; what is done with them is theirs.
+
+use crate::target::Target;
+use crate::token::ClientId;
+
+/// Channel of one client's messages: `stickyws:client:<client id>`.
+pub const CLIENT_CHANNEL_PREFIX: &str = "stickyws:client:";
+/// Pub/sub channel of one channel's messages: `stickyws:channel:<name>`.
+pub const CHANNEL_CHANNEL_PREFIX: &str = "stickyws:channel:";
+/// Channel every replica subscribes to for `/api/broadcast`.
+pub const BROADCAST_CHANNEL: &str = "stickyws:broadcast";
+/// Stream of one client's recent messages (`<prefix><client id>`), for recovery; a channel's
+/// is `<prefix>#<name>` (`#` is in no client id).
+pub const CLIENT_STREAM_PREFIX: &str = "stickyws:history:";
+/// Stream of recent broadcasts, for recovery.
+pub const BROADCAST_STREAM: &str = "stickyws:history:*broadcast";
+/// The epoch of each history: `<prefix><what follows the stream prefix>`, expiring with it.
+pub const EPOCH_PREFIX: &str = "stickyws:epoch:";
+/// Sorted set of replica ids scored by when they last announced themselves (ms since epoch).
+pub const REPLICAS_KEY: &str = "stickyws:replicas";
+/// `stickyws:replica:<id>`: the replica's last announcement, JSON, expiring.
+pub const REPLICA_KEY_PREFIX: &str = "stickyws:replica:";
+
+pub fn client_channel(client: &ClientId) -> String {
+    format!("{CLIENT_CHANNEL_PREFIX}{client}")
+}
+
+/// The pub/sub channel of a target.
+pub fn pubsub_channel(target: &Target) -> String {
+    match target {
+        Target::Client(client) => client_channel(client),
+        Target::Channel(channel) => format!("{CHANNEL_CHANNEL_PREFIX}{channel}"),
+        Target::Broadcast => BROADCAST_CHANNEL.to_owned(),
+    }
+}
+
+/// A target's keys: its pub/sub channel, its history stream and its epoch.
+#[derive(Debug)]
+pub struct Keys {
+    pub channel: String,
+    pub stream: String,
+    pub epoch: String,
+}
+
+pub fn keys(target: &Target) -> Keys {
+    let suffix = match target {
+        Target::Client(client) => client.to_string(),
+        Target::Channel(channel) => format!("#{channel}"),
+        Target::Broadcast => "*broadcast".to_owned(),
+    };
+    Keys {
+        channel: pubsub_channel(target),
+        stream: format!("{CLIENT_STREAM_PREFIX}{suffix}"),
+        epoch: format!("{EPOCH_PREFIX}{suffix}"),
+    }
+}
