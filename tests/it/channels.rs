@@ -195,7 +195,7 @@ async fn only_replicas_with_a_subscriber_hold_the_redis_subscription() {
     await_numsub(&mut redis, channel, 2).await;
     cluster.replica("app-3").proc.kill();
     await_numsub(&mut redis, channel, 1).await;
-    assert_eq!(channels_in_redis(&mut redis).await, [key.clone()]);
+    assert_eq!(channels_in_redis(&mut redis).await, [key]);
     let published = cluster.channel_publish(channel, "to app-2 only").await;
     assert_eq!(published["receivers"], 1, "{published}");
 }
