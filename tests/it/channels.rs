@@ -161,11 +161,13 @@ async fn only_replicas_with_a_subscriber_hold_the_redis_subscription() {
     let published = cluster.channel_publish(channel, "to two replicas").await;
     assert_eq!(published["receivers"], 2, "{published}");
 
+    for socket in [&mut a1, &mut b1, &mut c2] {
+        assert_eq!(socket.next_non_presence().await["text"], "to two replicas");
+    }
+
     // app-1 keeps its subscription while b is still there.
     a1.send_json(&json!({"type": "unsubscribe", "channel": channel}))
         .await;
-    let answer = messages_until(&mut a1, "to two replicas").await;
-    assert_eq!(answer.len(), 1);
     let answer = a1.next_non_presence().await;
     assert_eq!(answer["type"], "unsubscribed", "{answer}");
     a1.assert_echo("still here").await;
@@ -423,9 +425,21 @@ async fn after_redis_restarts_empty_old_cursors_are_told_history_was_lost() {
     let x = own.next_json().await;
     assert_eq!(x["text"], "x");
     let last_id = x["cursor"].as_str().unwrap().to_owned();
+    let broadcast = |text: &str| json!({ "text": text }).to_string();
+    let (status, _) = cluster
+        .post("/api/broadcast", Some(API_KEY), None, &broadcast("b0"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let b0 = own.next_json().await;
+    assert_eq!(b0["text"], "b0");
+    let last_broadcast_id = b0["cursor"].as_str().unwrap().to_owned();
     drop(own);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (status, _) = cluster.call("publish", &client, None, "m1").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = cluster
+        .post("/api/broadcast", Some(API_KEY), None, &broadcast("b1"))
+        .await;
     assert_eq!(status, StatusCode::OK);
 
     cluster.kill_redis();
@@ -440,6 +454,7 @@ async fn after_redis_restarts_empty_old_cursors_are_told_history_was_lost() {
     for (path, bearer, text) in [
         (publish_c2.as_str(), API_KEY, "c2"),
         (publish_m2.as_str(), client.token.as_str(), "m2"),
+        ("/api/broadcast", API_KEY, "b2"),
     ] {
         loop {
             let body = json!({ "text": text }).to_string();
@@ -468,15 +483,18 @@ async fn after_redis_restarts_empty_old_cursors_are_told_history_was_lost() {
         "a new history, a new epoch: {answer}"
     );
 
-    let mut own = cluster
-        .connect_query(&client, Some("app-1"), &format!("&last_id={last_id}"))
-        .await;
-    let first = own.next_json().await;
-    assert_eq!(
-        (first["type"].as_str(), first["stream"].as_str()),
-        (Some("history_lost"), Some("client")),
-        "m1 was lost with Redis; resuming must say so: {first}"
-    );
+    // m1 and b1 went with Redis; m2 and b2 came after. Resuming must say both streams lost
+    // history before replaying anything.
+    let query = format!("&last_id={last_id}&last_broadcast_id={last_broadcast_id}");
+    let mut own = cluster.connect_query(&client, Some("app-1"), &query).await;
+    let mut lost = Vec::new();
+    for _ in 0..2 {
+        let frame = own.next_json().await;
+        assert_eq!(frame["type"], "history_lost", "before any replay: {frame}");
+        lost.push(frame["stream"].as_str().unwrap().to_owned());
+    }
+    lost.sort();
+    assert_eq!(lost, ["broadcast", "client"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
