@@ -251,6 +251,12 @@ async fn presence_lists_clients_with_their_replica_and_sockets_and_forgets_a_dea
     tab2.subscribed(channel).await;
     let mut c3 = cluster.connect(&c, Some("app-3")).await;
     c3.subscribed(channel).await;
+    // e has a tab on each of two replicas: still one member, one join.
+    let e = cluster.mint().await;
+    let mut e2 = cluster.connect(&e, Some("app-2")).await;
+    let mut e3 = cluster.connect(&e, Some("app-3")).await;
+    e2.subscribed(channel).await;
+    e3.subscribed(channel).await;
     // Two tabs, one join: the event after a's join is c's.
     let join = others_presence(&mut watcher, &b).await;
     assert_eq!(
@@ -269,10 +275,16 @@ async fn presence_lists_clients_with_their_replica_and_sockets_and_forgets_a_dea
         json!(["join", c.id, "app-3"]),
         "a second tab must not join again: {join}"
     );
+    let join = others_presence(&mut watcher, &b).await;
+    assert_eq!(
+        json!([join["event"], join["client_id"], join["replica"]]),
+        json!(["join", e.id, "app-2"]),
+        "{join}"
+    );
 
     let (status, presence) = cluster.presence(channel, &headers).await;
     assert_eq!(status, StatusCode::OK, "{presence}");
-    assert_eq!(presence["count"], 3, "{presence}");
+    assert_eq!(presence["count"], 4, "{presence}");
     let entry = |client: &Client| listed(&presence, client).cloned().unwrap_or(Value::Null);
     assert_eq!(
         json!([entry(&a)["replica"], entry(&a)["sockets"]]),
@@ -287,6 +299,11 @@ async fn presence_lists_clients_with_their_replica_and_sockets_and_forgets_a_dea
         json!([entry(&c)["replica"], entry(&c)["sockets"]]),
         json!(["app-3", 1])
     );
+    assert_eq!(
+        json!([entry(&e)["sockets"], entry(&e)["replicas"]]),
+        json!([2, ["app-2", "app-3"]]),
+        "{presence}"
+    );
 
     // One tab leaves: a is still there with one socket, no leave event (d's join comes first).
     tab1.send_json(&json!({"type": "unsubscribe", "channel": channel}))
@@ -298,7 +315,7 @@ async fn presence_lists_clients_with_their_replica_and_sockets_and_forgets_a_dea
     assert_eq!(
         json!([next["event"], next["client_id"]]),
         json!(["join", d.id]),
-        "closing one of two tabs must not leave: {next}"
+        "closing one of two tabs must not leave, nor e's second tab join: {next}"
     );
     let (_, presence) = cluster.presence(channel, &headers).await;
     assert_eq!(listed(&presence, &a).unwrap()["sockets"], 1, "{presence}");
@@ -316,19 +333,31 @@ async fn presence_lists_clients_with_their_replica_and_sockets_and_forgets_a_dea
         json!(["leave", a.id])
     );
 
-    // app-3 dies holding c: its entry goes within 10 s, though nobody said goodbye.
+    // app-3 dies holding c and one of e's tabs: both go within 10 s, though nobody said
+    // goodbye (each part expires on its own clock, so both are polled for).
     cluster.replica("app-3").proc.kill();
     let killed = Instant::now();
     loop {
         let (status, presence) = cluster.presence(channel, &headers).await;
         assert_eq!(status, StatusCode::OK, "{presence}");
-        if listed(&presence, &c).is_none() {
-            assert_eq!(presence["count"], 2, "b and d stay: {presence}");
+        let e_now = listed(&presence, &e).cloned().unwrap_or(Value::Null);
+        let e_sockets = e_now["sockets"].as_u64();
+        assert!(
+            matches!(e_sockets, Some(1 | 2)),
+            "e's app-2 tab stays listed: {presence}"
+        );
+        if listed(&presence, &c).is_none() && e_sockets == Some(1) {
+            assert_eq!(presence["count"], 3, "b, d and e stay: {presence}");
+            assert_eq!(
+                json!([e_now["replica"], e_now.get("replicas")]),
+                json!(["app-2", null]),
+                "{presence}"
+            );
             break;
         }
         assert!(
             killed.elapsed() < Duration::from_secs(10),
-            "c still listed 10 s after its replica died: {presence}"
+            "app-3's entries still listed 10 s after it died: {presence}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
