@@ -157,6 +157,18 @@ pub fn parse_client_frame(raw: &str, max_text_bytes: usize) -> Result<ClientFram
     })
 }
 
+/// The valid channel a refused frame named, if any, so its error frame can say which
+/// subscription or publish failed (a client pipelining several must tell them apart). An
+/// invalid name is not echoed back.
+pub fn channel_named(raw: &str) -> Option<ChannelName> {
+    #[derive(Deserialize)]
+    struct Named {
+        channel: Option<String>,
+    }
+    let named: Named = serde_json::from_str(raw).ok()?;
+    ChannelName::parse(&named.channel?).ok()
+}
+
 /// The text limit shared by frames and HTTP bodies.
 pub fn check_text(text: &str, max_text_bytes: usize) -> Result<(), FrameError> {
     if text.len() > max_text_bytes {
@@ -197,6 +209,24 @@ mod tests {
 
     fn lobby() -> ChannelName {
         ChannelName::parse("public:lobby").unwrap()
+    }
+
+    #[test]
+    fn a_refused_frame_names_its_channel_only_when_the_name_is_valid() {
+        let named = |raw: &str| channel_named(raw).map(|c| c.as_str().to_owned());
+        let lobby = Some("public:lobby".to_owned());
+        assert_eq!(
+            named(r#"{"type":"publish","channel":"public:lobby"}"#),
+            lobby
+        );
+        assert_eq!(
+            named(r#"{"type":"subscribe","channel":"public:lobby","since":"x"}"#),
+            lobby
+        );
+        assert_eq!(named(r#"{"type":"subscribe","channel":"a b"}"#), None);
+        assert_eq!(named(r#"{"type":"subscribe","channel":7}"#), None);
+        assert_eq!(named(r#"{"type":"subscribe"}"#), None);
+        assert_eq!(named("not json"), None);
     }
 
     #[test]

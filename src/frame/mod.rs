@@ -3,7 +3,7 @@
 
 mod client;
 
-pub use client::{ClientFrame, FrameError, check_text, parse_client_frame};
+pub use client::{ClientFrame, FrameError, channel_named, check_text, parse_client_frame};
 
 use std::borrow::Cow;
 use std::sync::Arc;

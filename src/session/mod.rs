@@ -20,8 +20,11 @@ use std::sync::Arc;
 
 use self::gate::Gate;
 use crate::broker::Broker;
+use crate::channel::ChannelName;
 use crate::delivery::Delivery;
-use crate::frame::{ClientFrame, FrameError, Outgoing, ServerFrame, parse_client_frame};
+use crate::frame::{
+    ClientFrame, FrameError, Outgoing, ServerFrame, channel_named, parse_client_frame,
+};
 use crate::lab::Landing;
 use crate::limits::RateLimit;
 use crate::records::Event;
@@ -361,7 +364,7 @@ impl Session {
             heard.store(true, Ordering::Relaxed);
             match message {
                 Message::Text(text) => self.on_text(&text).await,
-                Message::Binary(_) => self.send_own(error_frame(&FrameError::Binary).into()),
+                Message::Binary(_) => self.send_own(error_frame(&FrameError::Binary, None).into()),
                 Message::Close(_) => return End::ClientClosed,
                 Message::Ping(_) | Message::Pong(_) => {}
             }
@@ -383,7 +386,10 @@ impl Session {
             }) => self.subscribe(channel, token, since).await,
             Ok(ClientFrame::Unsubscribe { channel }) => self.unsubscribe(channel),
             Ok(ClientFrame::Publish { channel, text }) => self.publish(channel, text).await,
-            Err(err) => self.send_own(error_frame(&err).into()),
+            Err(err) => {
+                let channel = channel_named(raw);
+                self.send_own(error_frame(&err, channel.as_ref()).into())
+            }
         }
     }
 
@@ -456,11 +462,12 @@ fn fault_reason(code: u16) -> &'static str {
     }
 }
 
-fn error_frame(err: &FrameError) -> Utf8Bytes {
+/// The error frame for a refused client frame, naming the channel it named (if valid).
+fn error_frame(err: &FrameError, channel: Option<&ChannelName>) -> Utf8Bytes {
     ServerFrame::Error {
         code: err.code(),
         message: &err.to_string(),
-        channel: None,
+        channel: channel.map(ChannelName::as_str),
     }
     .to_bytes()
 }

@@ -7,6 +7,7 @@
 
 mod api;
 mod browser;
+mod channels;
 mod cluster_command;
 mod failover;
 mod fuzz_seeds;

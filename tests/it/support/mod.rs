@@ -301,6 +301,86 @@ impl TestCluster {
             .collect()
     }
 
+    /// `POST /api/channels/{channel}/publish` with the API key, through nginx; asserts 200.
+    pub async fn channel_publish(&self, channel: &str, text: &str) -> Value {
+        let (status, body) = self
+            .post(
+                &format!("/api/channels/{channel}/publish"),
+                Some(API_KEY),
+                None,
+                &json!({ "text": text }).to_string(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    /// A subscription token for (client, channel), minted with the API key; asserts 200.
+    pub async fn channel_token(&self, channel: &str, client_id: &str) -> String {
+        let (status, body) = self
+            .post(
+                &format!("/api/channels/{channel}/tokens"),
+                Some(API_KEY),
+                None,
+                &json!({ "client_id": client_id }).to_string(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// `GET /api/channels/{channel}/presence` through nginx with these headers.
+    pub async fn presence(&self, channel: &str, headers: &[(&str, &str)]) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .get(format!("{}/api/channels/{channel}/presence", self.base()));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// A plain connection to the cluster's Redis, to ask it what the replicas did.
+    pub async fn redis_conn(&self) -> redis::aio::MultiplexedConnection {
+        let url = self.env.redis_url.as_deref().unwrap();
+        redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// Polls every replica's `/readyz` directly until each answers 200, within `limit`.
+    pub async fn wait_all_ready(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        for replica in &self.replicas {
+            let url = format!("http://{}/readyz", replica.addr);
+            loop {
+                let ok = self
+                    .http
+                    .get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == StatusCode::OK);
+                if ok {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{} not ready within {limit:?}",
+                    replica.name
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
     pub fn restart_redis(&mut self) {
         let port = self.redis.as_ref().map(|r| r.port).unwrap();
         self.redis = Some(RedisServer::start_on(port, self.dir.path()));

@@ -137,6 +137,82 @@ impl Socket {
         frames
     }
 
+    /// Any JSON value as one text frame.
+    pub async fn send_json(&mut self, frame: &Value) {
+        self.send_raw(&frame.to_string()).await;
+    }
+
+    /// A text frame exactly as given, JSON or not.
+    pub async fn send_raw(&mut self, raw: &str) {
+        self.ws
+            .send(Message::Text(raw.to_owned().into()))
+            .await
+            .unwrap();
+    }
+
+    /// The next frame that is not a presence event, within 5 s: presence frames come whenever
+    /// someone joins or leaves, so a test about other frames reads past them.
+    pub async fn next_non_presence(&mut self) -> Value {
+        loop {
+            let frame = self.next_json().await;
+            if frame["type"] != "presence" {
+                return frame;
+            }
+        }
+    }
+
+    /// The next presence event, within 5 s, skipping anything else.
+    pub async fn next_presence(&mut self) -> Value {
+        loop {
+            let frame = self.next_json().await;
+            if frame["type"] == "presence" {
+                return frame;
+            }
+        }
+    }
+
+    /// Sends `subscribe` and returns the answer (`subscribed`, or an error frame): the next
+    /// frame that is not a presence event.
+    pub async fn subscribe(
+        &mut self,
+        channel: &str,
+        token: Option<&str>,
+        since: Option<&str>,
+    ) -> Value {
+        let mut frame = serde_json::json!({ "type": "subscribe", "channel": channel });
+        if let Some(token) = token {
+            frame["token"] = token.into();
+        }
+        if let Some(since) = since {
+            frame["since"] = since.into();
+        }
+        self.send_json(&frame).await;
+        self.next_non_presence().await
+    }
+
+    /// Subscribes and asserts it was accepted; returns the `subscribed` frame.
+    pub async fn subscribed(&mut self, channel: &str) -> Value {
+        let answer = self.subscribe(channel, None, None).await;
+        assert_eq!(
+            (answer["type"].as_str(), answer["channel"].as_str()),
+            (Some("subscribed"), Some(channel)),
+            "{answer}"
+        );
+        answer
+    }
+
+    /// Sends an echo and asserts it comes back (reading past presence frames): the socket is
+    /// open and its replica serving it.
+    pub async fn assert_echo(&mut self, text: &str) {
+        self.send_text(text).await;
+        let echo = self.next_non_presence().await;
+        assert_eq!(
+            (echo["via"].as_str(), echo["text"].as_str()),
+            (Some("ws"), Some(text)),
+            "echo after: {echo}"
+        );
+    }
+
     pub async fn send_text(&mut self, text: &str) {
         let frame = serde_json::json!({ "text": text }).to_string();
         self.ws.send(Message::Text(frame.into())).await.unwrap();
