@@ -137,6 +137,7 @@ impl Limits {
                 self.history_broadcast_len
             },
             ttl: std::time::Duration::from_secs(self.history_ttl_secs),
+            read_bytes: self.max_replay_bytes,
         }
     }
 

@@ -90,15 +90,21 @@ pub async fn start(
         ..Start::default()
     };
     let mut entries = Vec::new();
+    let mut read_short = Vec::new();
     for (name, history) in [("client", own), ("broadcast", all)] {
         match history {
             Ok(History {
                 entries: got,
                 gap,
                 epoch,
+                more,
             }) => {
                 if gap {
                     start.lost.push(name);
+                }
+                if more {
+                    // The read itself stopped at the byte budget: what followed was not sent.
+                    read_short.push(name);
                 }
                 entries.extend(
                     got.into_iter()
@@ -135,6 +141,11 @@ pub async fn start(
         budget = left;
         *upto = at;
         start.replay.push(frame);
+    }
+    for name in read_short {
+        if !start.cut.contains(&name) {
+            start.cut.push(name);
+        }
     }
     start
 }
@@ -178,7 +189,7 @@ pub async fn channel(
         Ok(history) => (history, true),
         Err(_) => (History::default(), false),
     };
-    let mut recovered = ok && !history.gap;
+    let mut recovered = ok && !history.gap && !history.more;
     let mut upto = since;
     let mut replay = Vec::with_capacity(history.entries.len());
     let mut budget = max_bytes;

@@ -25,6 +25,9 @@ pub struct Window {
     pub broadcast: usize,
     /// How long a stream is kept after its last message.
     pub ttl: Duration,
+    /// Most message bytes one history read returns (`MAX_REPLAY_BYTES`): what a reconnecting
+    /// socket can be owed is bounded before it is fetched, not after.
+    pub read_bytes: usize,
 }
 
 impl Window {
@@ -51,6 +54,8 @@ pub struct History {
     pub gap: bool,
     /// The stream's current epoch (unknown when there is no stream).
     pub epoch: Epoch,
+    /// The read stopped at its byte budget: more messages follow the last entry.
+    pub more: bool,
 }
 
 impl History {
@@ -61,16 +66,19 @@ impl History {
             entries: Vec::new(),
             gap: after != Position::START,
             epoch: Epoch::UNKNOWN,
+            more: false,
         }
     }
 
     /// What a live stream of `epoch` answers: `entries` are those after `after.id` when the
-    /// client's position is in this epoch, else the whole stream (and a gap).
+    /// client's position is in this epoch, else the whole stream (and a gap); `more` when the
+    /// read stopped at its byte budget.
     pub fn of(
         after: Position,
         epoch: Epoch,
         entries: Vec<(StreamId, Vec<u8>)>,
         trimmed: StreamId,
+        more: bool,
     ) -> Self {
         let continues = after.continues_in(epoch);
         Self {
@@ -80,6 +88,7 @@ impl History {
                 .collect(),
             gap: !continues || trimmed > after.id,
             epoch,
+            more,
         }
     }
 }
@@ -169,12 +178,19 @@ impl MemoryHistory {
                 } else {
                     std::ops::Bound::Unbounded
                 };
-                let entries = stream
-                    .entries
-                    .range((start, std::ops::Bound::Unbounded))
-                    .map(|(id, p)| (*id, p.to_vec()))
-                    .collect();
-                History::of(after, stream.epoch, entries, stream.max_deleted)
+                let mut budget = window.read_bytes;
+                let mut entries = Vec::new();
+                let mut more = false;
+                for (id, payload) in stream.entries.range((start, std::ops::Bound::Unbounded)) {
+                    // The first one always fits: a read makes progress whatever the budget.
+                    if !entries.is_empty() && payload.len() > budget {
+                        more = true;
+                        break;
+                    }
+                    budget = budget.saturating_sub(payload.len());
+                    entries.push((*id, payload.to_vec()));
+                }
+                History::of(after, stream.epoch, entries, stream.max_deleted, more)
             }
         }
     }
@@ -233,6 +249,7 @@ mod tests {
             per_channel: cap,
             broadcast: cap,
             ttl: Duration::from_secs(60),
+            read_bytes: usize::MAX,
         }
     }
 
@@ -299,6 +316,32 @@ mod tests {
         );
         assert!(!got.gap);
         assert_eq!(h.newest(&target, &w), at[4]);
+    }
+
+    #[test]
+    fn a_read_stops_at_its_byte_budget_and_says_more_follows() {
+        let mut h = MemoryHistory::default();
+        let target = Target::Broadcast;
+        let w = Window {
+            read_bytes: 25,
+            ..window(10)
+        };
+        let at: Vec<_> = (0..5)
+            .map(|_| h.append(&target, Bytes::from(vec![b'x'; 10]), &w))
+            .collect();
+        let read = h.after(&target, Position::START, &w);
+        assert_eq!((read.entries.len(), read.more), (2, true), "20 of 25 bytes");
+        let rest = h.after(&target, at[3], &w);
+        assert_eq!((rest.entries.len(), rest.more), (1, false));
+        let tiny = Window {
+            read_bytes: 1,
+            ..window(10)
+        };
+        assert_eq!(
+            h.after(&target, Position::START, &tiny).entries.len(),
+            1,
+            "always progress"
+        );
     }
 
     #[test]

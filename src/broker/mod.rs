@@ -298,6 +298,7 @@ pub(crate) mod suite {
             per_channel: 5,
             broadcast: 5,
             ttl: Duration::from_secs(60),
+            read_bytes: usize::MAX,
         }
     }
 

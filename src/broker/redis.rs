@@ -64,7 +64,7 @@ return {epoch, id, redis.call('PUBLISH', KEYS[2], epoch .. ':' .. id .. '\n' .. 
 /// tells whether anything after the id was lost), and its epoch (empty when there is none).
 const HISTORY_SCRIPT: &str = r"
 local epoch = redis.call('GET', KEYS[2]) or ''
-if redis.call('EXISTS', KEYS[1]) == 0 then return {0, '0-0', {}, epoch} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, '0-0', {}, epoch, 0} end
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
 local trimmed = '0-0'
 for i = 1, #info, 2 do
@@ -72,9 +72,20 @@ for i = 1, #info, 2 do
 end
 local from = '(' .. ARGV[1]
 if ARGV[3] ~= '' and ARGV[3] ~= epoch then from = '-' end
-return {1, trimmed, redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', ARGV[2]), epoch}
+-- At most ARGV[4] bytes of messages leave Redis (the first always, so a read progresses);
+-- the rest is only said to follow.
+local entries = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', ARGV[2])
+local budget = tonumber(ARGV[4])
+local kept = {}
+local more = 0
+for i = 1, #entries do
+  local size = #entries[i][2][2]
+  if #kept > 0 and size > budget then more = 1; break end
+  budget = budget - size
+  kept[#kept + 1] = entries[i]
+end
+return {1, trimmed, kept, epoch, more}
 ";
-
 /// Where a history stands: its epoch (started with the caller's if it has none, expiring as
 /// a publish would set it) and its newest id.
 const NEWEST_SCRIPT: &str = r"
@@ -275,7 +286,7 @@ impl Driver for RedisBroker {
         } else {
             String::new()
         };
-        let (exists, trimmed, entries, epoch): (u8, String, Entries, String) = self
+        let (exists, trimmed, entries, epoch, more): (u8, String, Entries, String, u8) = self
             .inner
             .history_script
             .key(keys.stream)
@@ -283,6 +294,7 @@ impl Driver for RedisBroker {
             .arg(after.id.to_string())
             .arg(self.inner.window.cap(target).max(1))
             .arg(epoch)
+            .arg(self.inner.window.read_bytes.min(i64::MAX as usize))
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -301,7 +313,7 @@ impl Driver for RedisBroker {
                 Some((id, message))
             })
             .collect();
-        Ok(History::of(after, epoch, entries, trimmed))
+        Ok(History::of(after, epoch, entries, trimmed, more == 1))
     }
 
     async fn newest(&self, targets: &[Target]) -> Result<Vec<Position>, BrokerError> {

@@ -302,11 +302,9 @@ async fn a_replay_past_its_byte_budget_is_cut_and_said() {
     drop(reader);
 }
 
-// The cap bounds the frames a socket is owed, but the history is still read from Redis whole
-// (up to HISTORY_LEN entries) before it applies: measured +49 MB held for 16 sockets (glibc
-// keeps the freed fetches). Bounding the read itself (a byte budget in the history script) is
-// left to do; until then the RSS bound fails.
-#[ignore = "the history read from Redis is not yet bounded in bytes"]
+// The cap bounds what leaves Redis too (the history script stops at MAX_REPLAY_BYTES): before
+// it did, the history was read whole (up to HISTORY_LEN entries) and this measured +49 MB held
+// for 16 sockets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replays_to_sockets_that_do_not_read_are_bounded() {
     const SOCKETS: usize = 16;
