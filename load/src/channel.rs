@@ -170,7 +170,10 @@ async fn channel_run(ctx: &Ctx, key: String) -> anyhow::Result<Observed> {
             Ok(counts) => (Some(counts), None),
             Err(err) => (None, Some(format!("{err:#}"))),
         },
-        None => (None, Some("no --redis-url, and no replica to read it from".to_owned())),
+        None => (
+            None,
+            Some("no --redis-url, and no replica to read it from".to_owned()),
+        ),
     };
 
     // Every subscribe made a presence join, sent to every subscriber of the channel: wait until

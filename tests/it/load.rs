@@ -294,6 +294,9 @@ fn channel_publishes_reach_every_subscriber_once_on_every_replica() {
     assert_eq!(s["delivered"], 80, "{s}");
     assert_eq!(s["lost"], 0, "{s}");
     assert_eq!(s["sockets_by_replica"]["app-1"], 4, "{s}");
-    assert_eq!(s["numsub"]["max"], 1, "Redis counts one subscribing replica: {s}");
+    assert_eq!(
+        s["numsub"]["max"], 1,
+        "Redis counts one subscribing replica: {s}"
+    );
     assert_eq!(s["receivers"]["max"], 1, "{s}");
 }
