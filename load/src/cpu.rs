@@ -86,6 +86,15 @@ pub struct ServerPids {
 }
 
 impl ServerPids {
+    /// The replica processes' pids.
+    pub fn replicas(&self) -> Vec<u32> {
+        self.procs
+            .iter()
+            .filter(|(_, role)| *role == Role::Replica)
+            .map(|(pid, _)| *pid)
+            .collect()
+    }
+
     /// The named pids, or else the stickyws/nginx/redis-server descendants of `cluster`; None
     /// when neither was given.
     pub fn resolve(named: &[u32], cluster: Option<u32>) -> anyhow::Result<Option<ServerPids>> {
@@ -200,7 +209,57 @@ impl CpuMeter {
             entry.0 += b.saturating_sub(*a);
             entry.1 += 1;
         }
-        CpuUsed { by_role }
+        let by_process = self
+            .procs
+            .iter()
+            .filter_map(|&(pid, role)| {
+                let (a, b) = (self.first.get(&pid)?, last.get(&pid)?);
+                Some(ProcessUsed {
+                    pid,
+                    role,
+                    name: process_name(pid, role),
+                    ticks: b.saturating_sub(*a),
+                })
+            })
+            .collect();
+        CpuUsed {
+            by_role,
+            by_process,
+        }
+    }
+}
+
+/// A replica's `APP_ID` (from its environment, readable for processes of the same user), else
+/// `<role>-<pid>`: what a per-replica figure is labelled with.
+fn process_name(pid: u32, role: Role) -> String {
+    (role == Role::Replica)
+        .then(|| environ_var(pid, "APP_ID"))
+        .flatten()
+        .unwrap_or_else(|| format!("{}-{pid}", role.as_str()))
+}
+
+/// A variable of a process's environment (e.g. a replica's `REDIS_URL`), if readable.
+pub fn environ_var(pid: u32, name: &str) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{name}=");
+    env.split(|&b| b == 0)
+        .find_map(|var| var.strip_prefix(prefix.as_bytes()))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// One process's share of a run.
+#[derive(Debug, Clone)]
+pub struct ProcessUsed {
+    pub pid: u32,
+    pub role: Role,
+    /// The replica's `APP_ID`, or `<role>-<pid>`.
+    pub name: String,
+    ticks: u64,
+}
+
+impl ProcessUsed {
+    pub fn ms(&self) -> f64 {
+        CpuUsed::ms(self.ticks)
     }
 }
 
@@ -209,6 +268,8 @@ impl CpuMeter {
 pub struct CpuUsed {
     /// Ticks and process count per role.
     by_role: BTreeMap<Role, (u64, usize)>,
+    /// Each process on its own (per-replica figures: who did the work).
+    pub by_process: Vec<ProcessUsed>,
 }
 
 impl CpuUsed {

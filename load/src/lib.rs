@@ -5,7 +5,7 @@
 //! part of a replica.
 //!
 //! Scenarios: `tour` (the demo's six buttons, checked), `connect`, `targeted`, `broadcast`,
-//! `sticky` and `failover` (see [`Scenario`]).
+//! `sticky`, `failover` and `channel` (see [`Scenario`]).
 //!
 //! # Layout
 //! - `client`: one client of the deployment — minted once, then HTTP calls and a checked socket.
@@ -16,9 +16,10 @@
 //! - `deliveries`: collecting — what each socket receives, tallied; reconnects and outages.
 //! - `report`: reporting — percentiles, the table, the JSON lines.  `plot`: SVG plots.
 //! - `cpu`: the server processes' CPU and memory while a run goes on.  `progress`: the bar.
-//! - `tour`, `connect`, `targeted`, `broadcast`, `sticky`, `failover`: the scenarios.
+//! - `tour`, `connect`, `targeted`, `broadcast`, `sticky`, `failover`, `channel`: the scenarios.
 
 mod broadcast;
+mod channel;
 mod client;
 mod connect;
 mod cpu;
@@ -74,8 +75,8 @@ pub struct LoadOptions {
     /// WebSockets to open (one client identity each).
     #[arg(long, default_value_t = 100)]
     pub sockets: usize,
-    /// Messages to send: publishes (targeted, failover), broadcasts (broadcast), requests per
-    /// cookie mode (sticky).
+    /// Messages to send: publishes (targeted, failover, channel), broadcasts (broadcast),
+    /// requests per cookie mode (sticky).
     #[arg(long, default_value_t = 1000)]
     pub messages: u64,
     /// Messages per second; 0 sends as fast as --concurrency allows (failover: 0 means 500).
@@ -100,7 +101,22 @@ pub struct LoadOptions {
     /// ~28k ephemeral ports.
     #[arg(long, default_value_t = 1)]
     pub source_ips: usize,
-    /// API key for /api/broadcast.
+    /// channel: how many channels (`public:bench-0` …) the subscribers (--sockets) and the
+    /// publishes are spread over, round robin.
+    #[arg(long, default_value_t = 1)]
+    pub channels: usize,
+    /// channel: put every subscriber on one replica (the first /api/replicas names, through its
+    /// sticky cookie; the publishes go there too), and report each replica's CPU on its own.
+    #[arg(long)]
+    pub on_one_replica: bool,
+    /// channel: seconds of idle CPU to measure before publishing, to set each replica's busy
+    /// CPU beside.
+    #[arg(long, default_value_t = 2.0)]
+    pub idle: f64,
+    /// channel: Redis to ask `PUBSUB NUMSUB` (default: a measured replica's REDIS_URL).
+    #[arg(long)]
+    pub redis_url: Option<String>,
+    /// API key for /api/broadcast and channel publishes.
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Append the results as JSON lines to this file.
@@ -147,6 +163,10 @@ pub enum Scenario {
     /// A targeted run at a fixed rate while --kill-pid or --drain-pid is signalled: time until
     /// the clients are back, messages lost.
     Failover,
+    /// --messages channel publishes (API key) over --channels channels with --sockets
+    /// subscribers: deliveries/s, latency, loss, duplicates, CPU per replica, `PUBSUB NUMSUB`;
+    /// fails if anything was lost or duplicated.
+    Channel,
 }
 
 impl Scenario {
@@ -158,6 +178,7 @@ impl Scenario {
             Scenario::Broadcast => "broadcast",
             Scenario::Sticky => "sticky",
             Scenario::Failover => "failover",
+            Scenario::Channel => "channel",
         }
     }
 }
@@ -279,6 +300,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
             Scenario::Broadcast => broadcast::run(&ctx).await,
             Scenario::Sticky => sticky::run(&ctx).await,
             Scenario::Failover => failover::run(&ctx).await,
+            Scenario::Channel => channel::run(&ctx).await,
         }
     };
     match tokio::time::timeout(limit + Duration::from_secs(10), work).await {

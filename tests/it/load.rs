@@ -227,3 +227,76 @@ fn the_tour_presses_every_button_and_every_promise_holds() {
         assert!(records.contains(event), "{event}");
     }
 }
+
+#[test]
+fn channel_publishes_reach_every_subscriber_once_on_every_replica() {
+    let cluster = TestCluster::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let pids = replica_pids(&cluster);
+    // Spread: 9 subscribers over 3 channels, through nginx onto all three replicas.
+    let lines = load(
+        &cluster,
+        dir.path(),
+        &[
+            "channel",
+            "--sockets",
+            "9",
+            "--channels",
+            "3",
+            "--messages",
+            "30",
+            "--api-key",
+            API_KEY,
+            "--server-pids",
+            &pids,
+            "--idle",
+            "0.2",
+        ],
+    );
+    let s = summary(&lines);
+    assert_eq!(s["sockets"], 9, "{s}");
+    assert_eq!(s["accepted"], 30, "{s}");
+    // Each publish is due at the 3 subscribers of its channel.
+    assert_eq!(s["expected"], 90, "{s}");
+    assert_eq!(s["delivered"], 90, "{s}");
+    assert_eq!(s["lost"], 0, "{s}");
+    assert_eq!(s["duplicates"], 0, "{s}");
+    assert_eq!(s["misdelivered"], 0, "{s}");
+    assert_eq!(
+        s["sockets_by_replica"].as_object().unwrap().len(),
+        3,
+        "the subscribers spread over the replicas: {s}"
+    );
+    assert!(s["latency"]["p99_ms"].as_f64().unwrap() > 0.0, "{s}");
+    assert_eq!(s["processes"].as_array().unwrap().len(), 3, "{s}");
+
+    // Pinned: every subscriber on one replica, so only it subscribes in Redis.
+    let dir = tempfile::tempdir().unwrap();
+    let lines = load(
+        &cluster,
+        dir.path(),
+        &[
+            "channel",
+            "--sockets",
+            "4",
+            "--messages",
+            "20",
+            "--on-one-replica",
+            "--api-key",
+            API_KEY,
+            "--server-pids",
+            &pids,
+            "--idle",
+            "0.2",
+        ],
+    );
+    let s = summary(&lines);
+    assert_eq!(s["delivered"], 80, "{s}");
+    assert_eq!(s["lost"], 0, "{s}");
+    assert_eq!(s["sockets_by_replica"]["app-1"], 4, "{s}");
+    assert_eq!(
+        s["numsub"]["max"], 1,
+        "Redis counts one subscribing replica: {s}"
+    );
+    assert_eq!(s["receivers"]["max"], 1, "{s}");
+}
