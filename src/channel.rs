@@ -147,5 +147,10 @@ mod tests {
         );
         let public = ChannelName::parse("public:lobby").unwrap();
         assert_eq!(may_subscribe(&signer, &bob, &public, None), Ok(()));
+        // The codes a client branches on.
+        assert_eq!(
+            [Denied::TokenRequired.code(), Denied::BadToken.code()],
+            ["token_required", "bad_subscription_token"]
+        );
     }
 }

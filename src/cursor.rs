@@ -168,14 +168,6 @@ pub enum Cursor {
     Channel(ChannelName, Position),
 }
 
-impl Cursor {
-    pub fn position(&self) -> Position {
-        match self {
-            Cursor::Client(p) | Cursor::Broadcast(p) | Cursor::Channel(_, p) => *p,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,8 @@ use crate::token::ClientId;
 pub const ENTRY_TTL: Duration = Duration::from_secs(9);
 /// How often a replica refreshes the entries of the subscribers it holds.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(3);
-/// Most clients a member list names; `count` still says how many there are.
+/// Most clients a member list names (`GET /api/channels/{c}/presence`); `count` still says
+/// how many there are.
 pub const MAX_LISTED: usize = 1000;
 
 /// One client on one replica.
@@ -41,11 +42,4 @@ pub fn note(event: &str, client: &ClientId, replica: &str) -> Vec<u8> {
         replica: replica.into(),
     }
     .encode()
-}
-
-/// Sorted, at most [`MAX_LISTED`], as every driver answers.
-pub fn listed(mut members: Vec<Member>) -> Vec<Member> {
-    members.sort();
-    members.truncate(MAX_LISTED);
-    members
 }

@@ -119,14 +119,6 @@ impl Driver for MemoryBroker {
         })
     }
 
-    async fn notify(&self, target: &Target, payload: Vec<u8>) -> Result<u64, BrokerError> {
-        let inboxes = self.hub.lock().inboxes(target);
-        for inbox in &inboxes {
-            inbox(target, None, &payload);
-        }
-        Ok(inboxes.len() as u64)
-    }
-
     async fn history(&self, target: &Target, after: Position) -> Result<History, BrokerError> {
         let window = self.hub.window;
         Ok(self.hub.lock().history.after(target, after, &window))

@@ -79,14 +79,6 @@ pub trait Driver: Send + Sync + 'static {
         payload: Vec<u8>,
     ) -> impl Future<Output = Result<Published, BrokerError>> + Send;
 
-    /// Sends `payload` to every replica subscribed to `target` without keeping it (presence
-    /// events); returns how many received it.
-    fn notify(
-        &self,
-        target: &Target,
-        payload: Vec<u8>,
-    ) -> impl Future<Output = Result<u64, BrokerError>> + Send;
-
     /// What the target's history holds after `after` (for a reconnecting client).
     fn history(
         &self,
@@ -167,13 +159,6 @@ impl Driver for Broker {
         match self {
             Broker::Memory(b) => b.publish(target, payload).await,
             Broker::Redis(b) => b.publish(target, payload).await,
-        }
-    }
-
-    async fn notify(&self, target: &Target, payload: Vec<u8>) -> Result<u64, BrokerError> {
-        match self {
-            Broker::Memory(b) => b.notify(target, payload).await,
-            Broker::Redis(b) => b.notify(target, payload).await,
         }
     }
 

@@ -271,13 +271,6 @@ impl Driver for RedisBroker {
         })
     }
 
-    async fn notify(&self, target: &Target, payload: Vec<u8>) -> Result<u64, BrokerError> {
-        let mut conn = self.inner.conn.clone();
-        conn.publish(pubsub_channel(target), payload)
-            .await
-            .map_err(unavailable)
-    }
-
     async fn history(&self, target: &Target, after: Position) -> Result<History, BrokerError> {
         let keys = keys(target);
         let mut conn = self.inner.conn.clone();

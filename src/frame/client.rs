@@ -368,12 +368,22 @@ mod tests {
             let err = parse_client_frame(raw, 10).unwrap_err();
             assert_eq!(err.code(), code, "{raw:?}: {err}");
         }
+        // A token of exactly the limit is read (and judged by its MAC later).
+        let widest = format!(
+            r#"{{"type":"subscribe","channel":"a","token":"{}"}}"#,
+            "t".repeat(MAX_TOKEN_LEN)
+        );
+        assert!(parse_client_frame(&widest, 10).is_ok());
         let Err(FrameError::UnknownType(kind)) =
             parse_client_frame(&format!(r#"{{"type":"{}"}}"#, "é".repeat(100)), 10)
         else {
             panic!("unknown type");
         };
-        assert!(kind.len() <= 40, "the type is not echoed at length");
+        assert_eq!(
+            kind,
+            "é".repeat(20),
+            "cut at 40 bytes, on a letter boundary"
+        );
     }
 
     #[test]
