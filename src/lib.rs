@@ -40,6 +40,8 @@
 //! - `stickyws:history:<client id>`, `stickyws:history:#<channel>`,
 //!   `stickyws:history:*broadcast` — streams kept for recovery; `stickyws:epoch:<same>` — the
 //!   epoch of each, expiring with it (a lost history comes back with a new epoch).
+//! - `stickyws:idem:<same>:<SHA-256 of an Idempotency-Key>` — the first outcome of a keyed
+//!   publish (`<epoch> <id> <receivers>`), expiring with the history.
 //! - `stickyws:members:<channel>` — channel presence: a field per client,
 //!   `replica=sockets@expires_ms;…`.
 //! - `stickyws:visits`, `stickyws:notes:<client id>` — the state lab's shared counter and

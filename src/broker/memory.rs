@@ -1,7 +1,7 @@
 //! The in-process broker: what a single replica with no `REDIS_URL` runs on. Several handles can
 //! join one hub, which is how the trait's test suite stands two replicas up in one process.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use super::history::MemoryHistory;
 use super::members::{self, Change, Member};
 use super::{
-    Announcement, BrokerError, ClientId, Driver, History, Inbox, Published, Subscribed, Window,
+    Announcement, BrokerError, ClientId, Driver, History, IdempotencyKey, Inbox, Published,
+    Subscribed, Window,
 };
 use crate::channel::ChannelName;
 use crate::cursor::Position;
@@ -17,6 +18,9 @@ use crate::target::Target;
 
 /// A replica that has not announced itself for this long is no longer listed.
 const PRESENCE_TTL: Duration = Duration::from_secs(6);
+/// Most idempotency keys remembered at once: past it the oldest are forgotten early (a repeat
+/// of one of those would be delivered again), so a flood of keys costs bounded memory.
+const MAX_REMEMBERED_KEYS: usize = 100_000;
 
 /// One handle on a shared hub; each handle is one replica.
 #[derive(Clone)]
@@ -56,6 +60,10 @@ struct HubState {
     /// channel → client → replica on the hub → sockets.
     subscribers: HashMap<ChannelName, HashMap<ClientId, HashMap<u64, u32>>>,
     history: MemoryHistory,
+    /// The first outcome of each idempotency key per target, until it expires.
+    outcomes: HashMap<(Target, IdempotencyKey), Published>,
+    /// The same keys in the order they were first used, with when each expires.
+    outcome_order: VecDeque<(Instant, Target, IdempotencyKey)>,
 }
 
 impl Hub {
@@ -98,25 +106,47 @@ impl MemoryBroker {
 }
 
 impl Driver for MemoryBroker {
-    async fn publish(&self, target: &Target, payload: Vec<u8>) -> Result<Published, BrokerError> {
+    async fn publish_once(
+        &self,
+        target: &Target,
+        payload: Vec<u8>,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Published, BrokerError> {
         let payload = bytes::Bytes::from(payload);
         // Collect the inboxes first and call them outside the hub's lock: an inbox takes the
         // registry's lock, and the registry calls hold/release (which take ours) under it.
-        let (position, inboxes) = {
+        // The key is looked up and recorded under the same lock as the append, which is what
+        // makes one of two concurrent repeats the only one delivered.
+        let (published, inboxes) = {
             let mut state = self.hub.lock();
             let window = self.hub.window;
+            if let Some(key) = key {
+                state.forget_expired_outcomes();
+                if let Some(first) = state.outcomes.get(&(target.clone(), *key)) {
+                    return Ok(Published {
+                        repeated: true,
+                        ..*first
+                    });
+                }
+            }
             let position = window
                 .enabled()
                 .then(|| state.history.append(target, payload.clone(), &window));
-            (position, state.inboxes(target))
+            let inboxes = state.inboxes(target);
+            let published = Published {
+                receivers: inboxes.len() as u64,
+                position,
+                repeated: false,
+            };
+            if let Some(key) = key {
+                state.remember_outcome(target, *key, published, window.ttl);
+            }
+            (published, inboxes)
         };
         for inbox in &inboxes {
-            inbox(target, position, &payload);
+            inbox(target, published.position, &payload);
         }
-        Ok(Published {
-            receivers: inboxes.len() as u64,
-            position,
-        })
+        Ok(published)
     }
 
     async fn history(&self, target: &Target, after: Position) -> Result<History, BrokerError> {
@@ -205,6 +235,31 @@ impl Driver for MemoryBroker {
 }
 
 impl HubState {
+    fn forget_expired_outcomes(&mut self) {
+        let now = Instant::now();
+        while let Some((expires, _, _)) = self.outcome_order.front() {
+            if *expires > now && self.outcome_order.len() <= MAX_REMEMBERED_KEYS {
+                break;
+            }
+            if let Some((_, target, key)) = self.outcome_order.pop_front() {
+                self.outcomes.remove(&(target, key));
+            }
+        }
+    }
+
+    fn remember_outcome(
+        &mut self,
+        target: &Target,
+        key: IdempotencyKey,
+        published: Published,
+        ttl: Duration,
+    ) {
+        self.outcomes.insert((target.clone(), key), published);
+        self.outcome_order
+            .push_back((Instant::now() + ttl, target.clone(), key));
+        self.forget_expired_outcomes();
+    }
+
     /// The inboxes of the replicas a message for `target` goes to.
     fn inboxes(&self, target: &Target) -> Vec<Inbox> {
         match target {
@@ -333,6 +388,12 @@ mod tests {
     async fn channel_messages_and_presence_reach_only_subscribers() {
         let (a, b, seen_a, seen_b) = pair();
         suite::channel_messages_and_presence_reach_only_subscribers(&a, &b, &seen_a, &seen_b).await;
+    }
+
+    #[tokio::test]
+    async fn a_key_publishes_once_per_target() {
+        let (a, b, seen_a, _) = pair();
+        suite::a_key_publishes_once_per_target(&a, &b, &seen_a).await;
     }
 
     #[tokio::test]

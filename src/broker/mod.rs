@@ -13,6 +13,7 @@
 //! only enqueue, which keeps them in the order the registry decided.
 
 pub mod history;
+pub mod idempotency;
 pub mod link;
 pub mod members;
 pub mod memory;
@@ -25,6 +26,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use history::{History, Window};
+pub use idempotency::IdempotencyKey;
 pub use members::Member;
 
 use crate::channel::ChannelName;
@@ -35,9 +37,15 @@ use crate::token::ClientId;
 /// Why the broker could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    /// The broker cannot be reached now; callers answer 503 and try again later.
+    /// The broker cannot be reached now and nothing was sent (or it refused the request before
+    /// acting on it): the message was not accepted. Callers answer 503 and try again later.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// The request went out but no answer came back (a timeout, a connection lost after
+    /// sending): the message may or may not have been accepted and delivered. A retry with the
+    /// same idempotency key settles it without a second delivery.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
     /// The broker is at its memory budget (Redis `maxmemory`): the message was not accepted.
     /// Nothing is wrong with the link; history frees itself as it expires.
     #[error("history is full: the broker is at its memory budget ({0})")]
@@ -56,6 +64,9 @@ pub struct Published {
     pub receivers: u64,
     /// Its position in the target's history (None when history is off).
     pub position: Option<Position>,
+    /// True when this was a repeat of an idempotency key already used for the target: the
+    /// fields above are the first publish's, and nothing was sent again.
+    pub repeated: bool,
 }
 
 /// Resolves once the broker has confirmed a subscription.
@@ -77,6 +88,19 @@ pub trait Driver: Send + Sync + 'static {
         &self,
         target: &Target,
         payload: Vec<u8>,
+    ) -> impl Future<Output = Result<Published, BrokerError>> + Send {
+        self.publish_once(target, payload, None)
+    }
+
+    /// [`Driver::publish`], at most once per `key` and target: within the history's time to
+    /// live, a repeat of `key` for `target` sends nothing and answers the first publish's
+    /// outcome (`repeated: true`). The check and the publish are one atomic step, so of two
+    /// concurrent publishes with one key exactly one is delivered. No key: a plain publish.
+    fn publish_once(
+        &self,
+        target: &Target,
+        payload: Vec<u8>,
+        key: Option<&IdempotencyKey>,
     ) -> impl Future<Output = Result<Published, BrokerError>> + Send;
 
     /// What the target's history holds after `after` (for a reconnecting client).
@@ -155,10 +179,15 @@ impl Broker {
 
 /// The broker a replica runs with is itself a driver, so the suite below runs through it too.
 impl Driver for Broker {
-    async fn publish(&self, target: &Target, payload: Vec<u8>) -> Result<Published, BrokerError> {
+    async fn publish_once(
+        &self,
+        target: &Target,
+        payload: Vec<u8>,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Published, BrokerError> {
         match self {
-            Broker::Memory(b) => b.publish(target, payload).await,
-            Broker::Redis(b) => b.publish(target, payload).await,
+            Broker::Memory(b) => b.publish_once(target, payload, key).await,
+            Broker::Redis(b) => b.publish_once(target, payload, key).await,
         }
     }
 
@@ -512,6 +541,77 @@ pub(crate) mod suite {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         listed
+    }
+
+    /// A key is used once per target: its repeats (through any replica, even concurrent ones)
+    /// answer the first outcome and deliver nothing; other targets and other keys are apart.
+    pub(crate) async fn a_key_publishes_once_per_target<D: Driver>(
+        a: &D,
+        b: &D,
+        seen_a: &Collected,
+    ) {
+        let key = |s: &str| IdempotencyKey::parse(s.as_bytes()).unwrap();
+        let alice = Target::Client(client("alice"));
+        let bob = Target::Client(client("bob"));
+        a.hold(&alice).await.unwrap();
+        a.hold(&bob).await.unwrap();
+        let first = a
+            .publish_once(&alice, b"m1".to_vec(), Some(&key("k1")))
+            .await
+            .unwrap();
+        assert_eq!((first.receivers, first.repeated), (1, false));
+        assert!(first.position.is_some());
+        let again = b
+            .publish_once(&alice, b"m1 again".to_vec(), Some(&key("k1")))
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            Published {
+                repeated: true,
+                ..first
+            },
+            "the first outcome, through the other replica too"
+        );
+        let to_bob = a
+            .publish_once(&bob, b"m2".to_vec(), Some(&key("k1")))
+            .await
+            .unwrap();
+        assert!(!to_bob.repeated, "another target, another use of the key");
+        let other_key = a
+            .publish_once(&alice, b"m3".to_vec(), Some(&key("k2")))
+            .await
+            .unwrap();
+        assert!(!other_key.repeated);
+        assert_ne!(other_key.position, first.position);
+        let k3 = key("k3");
+        let racing = futures_util::future::join_all((0..20).map(|i| {
+            let via = if i % 2 == 0 { a } else { b };
+            via.publish_once(&alice, format!("race {i}").into_bytes(), Some(&k3))
+        }))
+        .await;
+        let racing: Vec<Published> = racing.into_iter().map(Result::unwrap).collect();
+        assert_eq!(
+            racing.iter().filter(|p| !p.repeated).count(),
+            1,
+            "{racing:?}"
+        );
+        assert!(racing.windows(2).all(|w| w[0].position == w[1].position));
+        assert_eq!(receivers(a, &alice, b"plain").await, 1);
+        assert_eq!(receivers(a, &alice, b"plain").await, 1, "no key: no dedup");
+        let got = seen_a.payloads(7).await;
+        // Give a wrongly repeated delivery a moment to show up behind the last one.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let got_now = seen_a.payloads(7).await;
+        assert_eq!(got, got_now);
+        let races: Vec<_> = got.iter().filter(|p| p.starts_with(b"race ")).collect();
+        assert_eq!(races.len(), 1, "one of 20 racing repeats delivered");
+        let rest: Vec<_> = got.iter().filter(|p| !p.starts_with(b"race ")).collect();
+        assert_eq!(
+            rest,
+            [&b"m1"[..], b"m2", b"m3", b"plain", b"plain"],
+            "each keyed message once, repeats never"
+        );
     }
 
     pub(crate) async fn announced_replicas_are_listed<D: Driver>(a: &D, b: &D) {

@@ -26,7 +26,8 @@ use super::members::{Change, Member};
 pub use super::redis_keys::*;
 use super::redis_members;
 use super::{
-    Announcement, BrokerError, ClientId, Driver, History, Inbox, Published, Subscribed, Window,
+    Announcement, BrokerError, ClientId, Driver, History, IdempotencyKey, Inbox, Published,
+    Subscribed, Window,
 };
 use crate::backoff::Backoff;
 use crate::channel::ChannelName;
@@ -43,7 +44,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// order of the history is the order of delivery. The history's epoch is kept beside it with
 /// the same expiry; a history without one (new, expired, or lost with a restart) starts a new
 /// epoch, the one the caller drew. The published payload is `<epoch>:<id>\n<message>`.
+/// With an idempotency record (KEYS[4]) that exists, nothing is done and its first outcome is
+/// answered; otherwise the outcome is recorded in the same step, so of two concurrent
+/// publishes with one key exactly one runs. Answers `{epoch, id, receivers, repeated}`.
 const PUBLISH_SCRIPT: &str = r"
+if KEYS[4] then
+  local seen = redis.call('GET', KEYS[4])
+  if seen then
+    local e, i, r = string.match(seen, '^(%S+) (%S+) (%d+)$')
+    return {e, i, tonumber(r), 1}
+  end
+end
 local over = redis.call('XLEN', KEYS[1]) - tonumber(ARGV[2]) + 1
 if over > 0 then
   -- XDEL rather than XADD's MAXLEN: only deletions move max-deleted-entry-id, which is how a
@@ -56,7 +67,21 @@ if not epoch then epoch = ARGV[4] end
 redis.call('SET', KEYS[3], epoch, 'PX', ARGV[3])
 local id = redis.call('XADD', KEYS[1], '*', 'm', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {epoch, id, redis.call('PUBLISH', KEYS[2], epoch .. ':' .. id .. '\n' .. ARGV[1])}
+local receivers = redis.call('PUBLISH', KEYS[2], epoch .. ':' .. id .. '\n' .. ARGV[1])
+if KEYS[4] then
+  redis.call('SET', KEYS[4], epoch .. ' ' .. id .. ' ' .. receivers, 'PX', ARGV[3])
+end
+return {epoch, id, receivers, 0}
+";
+
+/// A publish with an idempotency record (KEYS[2]) when no history is kept: the record alone,
+/// for ARGV[2] ms. Answers `{receivers, repeated}`.
+const PUBLISH_ONCE_SCRIPT: &str = r"
+local seen = redis.call('GET', KEYS[2])
+if seen then return {tonumber(seen), 1} end
+local receivers = redis.call('PUBLISH', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], receivers, 'PX', ARGV[2])
+return {receivers, 0}
 ";
 
 /// What a stream holds after an id (all of it when the client's epoch, ARGV[3], is another
@@ -138,6 +163,7 @@ struct Inner {
     conn: CommandLink,
     window: Window,
     publish_script: redis::Script,
+    publish_once_script: redis::Script,
     history_script: redis::Script,
     newest_script: redis::Script,
     /// Ends the subscriber task when the last handle goes.
@@ -156,13 +182,18 @@ fn unavailable(err: impl fmt::Display) -> BrokerError {
     BrokerError::Unavailable(err.to_string())
 }
 
-/// A write Redis refused for its `maxmemory` (`-OOM command not allowed …`, also when raised
-/// inside the publish script) is the history budget, not an outage.
-fn write_refused(err: redis::RedisError) -> BrokerError {
+/// What a failed publish means for its message. A write Redis refused for its `maxmemory`
+/// (`-OOM command not allowed …`, also when raised inside the publish script) is the history
+/// budget, not an outage. Any other answer of Redis's own (an error reply) and a refused
+/// connection mean nothing was done: not accepted. Everything else (a timeout, a connection
+/// lost or out of step after the request may have gone out) leaves the outcome unknown.
+fn publish_failed(err: redis::RedisError) -> BrokerError {
     if err.code() == Some("OOM") || err.to_string().contains("OOM command not allowed") {
         BrokerError::HistoryFull(err.to_string())
-    } else {
+    } else if err.code().is_some() || err.is_connection_refusal() {
         unavailable(err)
+    } else {
+        BrokerError::OutcomeUnknown(err.to_string())
     }
 }
 
@@ -209,6 +240,7 @@ impl RedisBroker {
                 conn,
                 window,
                 publish_script: redis::Script::new(PUBLISH_SCRIPT),
+                publish_once_script: redis::Script::new(PUBLISH_ONCE_SCRIPT),
                 history_script: redis::Script::new(HISTORY_SCRIPT),
                 newest_script: redis::Script::new(NEWEST_SCRIPT),
                 _stop: stop.drop_guard(),
@@ -232,42 +264,71 @@ impl RedisBroker {
 }
 
 impl Driver for RedisBroker {
-    async fn publish(&self, target: &Target, payload: Vec<u8>) -> Result<Published, BrokerError> {
+    async fn publish_once(
+        &self,
+        target: &Target,
+        payload: Vec<u8>,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Published, BrokerError> {
         let keys = keys(target);
+        let record = key.map(|key| idempotency_record(target, key));
         let mut conn = self.inner.conn.clone();
         let window = &self.inner.window;
+        let ttl = window.ttl.as_millis().max(1) as u64;
         // PUBLISH answers with the number of subscribers that received the message: with one
         // subscriber connection per replica, that is the number of receiving replicas.
         if !window.enabled() {
-            let receivers = conn
-                .publish(keys.channel, payload)
-                .await
-                .map_err(unavailable)?;
+            let (receivers, repeated) = match &record {
+                None => (
+                    conn.publish(keys.channel, payload)
+                        .await
+                        .map_err(publish_failed)?,
+                    0u8,
+                ),
+                Some(record) => self
+                    .inner
+                    .publish_once_script
+                    .key(keys.channel)
+                    .key(record)
+                    .arg(payload)
+                    .arg(ttl)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(publish_failed)?,
+            };
             return Ok(Published {
                 receivers,
                 position: None,
+                repeated: repeated == 1,
             });
         }
-        let (epoch, id, receivers): (String, String, u64) = self
-            .inner
-            .publish_script
-            .key(keys.stream)
-            .key(keys.channel)
-            .key(keys.epoch)
+        let mut invocation = self.inner.publish_script.key(keys.stream);
+        invocation.key(keys.channel).key(keys.epoch);
+        if let Some(record) = &record {
+            invocation.key(record);
+        }
+        let (epoch, id, receivers, repeated): (String, String, u64, u8) = invocation
             .arg(payload)
             .arg(window.cap(target))
-            .arg(window.ttl.as_millis() as u64)
+            .arg(ttl)
             .arg(Epoch::fresh().to_string())
             .invoke_async(&mut conn)
             .await
-            .map_err(write_refused)?;
+            .map_err(publish_failed)?;
+        // The script ran: an answer that does not parse is ours to explain, not an outage, but
+        // the message went out.
         let position = Position::new(
-            epoch.parse().map_err(unavailable)?,
-            id.parse().map_err(unavailable)?,
+            epoch.parse().map_err(|e: crate::cursor::BadCursor| {
+                BrokerError::OutcomeUnknown(e.to_string())
+            })?,
+            id.parse().map_err(|e: crate::cursor::BadStreamId| {
+                BrokerError::OutcomeUnknown(e.to_string())
+            })?,
         );
         Ok(Published {
             receivers,
             position: Some(position),
+            repeated: repeated == 1,
         })
     }
 
@@ -739,6 +800,13 @@ mod tests {
         assert_eq!(target_of("stickyws:channel:a b"), None);
         assert_eq!(target_of(BROADCAST_CHANNEL), Some(Target::Broadcast));
         assert_eq!(split_payload(b"{\"a\":1}"), (None, &b"{\"a\":1}"[..]));
+    }
+
+    #[tokio::test]
+    async fn a_key_publishes_once_per_target() {
+        let server = start_server();
+        let (a, b, seen_a, _) = pair(&server.redis.url()).await;
+        suite::a_key_publishes_once_per_target(&a, &b, &seen_a).await;
     }
 
     #[tokio::test]

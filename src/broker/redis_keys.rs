@@ -2,6 +2,7 @@
 //! and epoch of each target, and the replicas' announcements. One place, so the broker, the
 //! presence task and the tests agree on them; what is done with them is theirs.
 
+use super::IdempotencyKey;
 use crate::target::Target;
 use crate::token::ClientId;
 
@@ -18,6 +19,11 @@ pub const CLIENT_STREAM_PREFIX: &str = "stickyws:history:";
 pub const BROADCAST_STREAM: &str = "stickyws:history:*broadcast";
 /// The epoch of each history: `<prefix><what follows the stream prefix>`, expiring with it.
 pub const EPOCH_PREFIX: &str = "stickyws:epoch:";
+/// The first outcome of a publish with an idempotency key:
+/// `<prefix><what follows the stream prefix>:<SHA-256 of the key, hex>`, a string
+/// `<epoch> <id> <receivers>`, expiring with the history. The target's part comes first so a
+/// hash tag on it (Redis Cluster) keeps the record in the slot of the target's stream.
+pub const IDEMPOTENCY_PREFIX: &str = "stickyws:idem:";
 /// Sorted set of replica ids scored by when they last announced themselves (ms since epoch).
 pub const REPLICAS_KEY: &str = "stickyws:replicas";
 /// `stickyws:replica:<id>`: the replica's last announcement, JSON, expiring.
@@ -44,12 +50,22 @@ pub struct Keys {
     pub epoch: String,
 }
 
-pub fn keys(target: &Target) -> Keys {
-    let suffix = match target {
+/// What follows the prefix in each of a target's keys.
+fn suffix(target: &Target) -> String {
+    match target {
         Target::Client(client) => client.to_string(),
         Target::Channel(channel) => format!("#{channel}"),
         Target::Broadcast => "*broadcast".to_owned(),
-    };
+    }
+}
+
+/// Where the outcome of `target`'s publish with `key` is kept.
+pub fn idempotency_record(target: &Target, key: &IdempotencyKey) -> String {
+    format!("{IDEMPOTENCY_PREFIX}{}:{}", suffix(target), key.hex())
+}
+
+pub fn keys(target: &Target) -> Keys {
+    let suffix = suffix(target);
     Keys {
         channel: pubsub_channel(target),
         stream: format!("{CLIENT_STREAM_PREFIX}{suffix}"),

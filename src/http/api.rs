@@ -11,8 +11,9 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{ClientPath, TextBody, bearer, sticky_cookie};
-use crate::broker::Driver;
+use super::extract::{ClientPath, TextBody, bearer, idempotency_key, sticky_cookie};
+use crate::broker::{Driver, IdempotencyKey, Published};
+use crate::cursor::Position;
 use crate::frame::Via;
 use crate::peer::{Peer, limit_key};
 use crate::records::Event;
@@ -37,11 +38,28 @@ pub(super) struct Delivered {
     replica: Arc<str>,
 }
 
-/// `/api/publish` and `/api/broadcast`'s answer: replicas that took the message.
+/// `/api/publish` and `/api/broadcast`'s answer: replicas that took the message, and where it
+/// sits in the history. `repeated` only on a repeat of an `Idempotency-Key`, whose answer is
+/// the first publish's.
 #[derive(Debug, Serialize)]
 pub(super) struct Received {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cursor: Option<Position>,
     receivers: u64,
     replica: Arc<str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    repeated: bool,
+}
+
+impl Received {
+    fn new(state: &AppState, published: Published) -> Self {
+        Self {
+            cursor: published.position,
+            receivers: published.receivers,
+            replica: state.replica.clone(),
+            repeated: published.repeated,
+        }
+    }
 }
 
 /// `POST /api/clients`: a fresh client id and its token, within the source address's mint rate
@@ -167,17 +185,19 @@ pub(super) async fn publish(
     TextBody(text): TextBody,
 ) -> Result<Json<Received>, ApiError> {
     authorize(&state, &headers, &client)?;
+    let key = idempotency_key(&headers)?;
     let target = Target::Client(client);
-    let receivers = send(&state, &target, Via::Publish, text).await?;
+    let published = send(&state, &target, Via::Publish, text, key).await?;
     state.records.record(
         Event::Publish,
         target.client(),
-        format_args!("receivers={receivers}"),
+        format_args!(
+            "receivers={}{}",
+            published.receivers,
+            repeat_note(&published)
+        ),
     );
-    Ok(Json(Received {
-        receivers,
-        replica: state.replica.clone(),
-    }))
+    Ok(Json(Received::new(&state, published)))
 }
 
 /// `POST /api/broadcast`: to every socket on every replica; needs the API key.
@@ -202,23 +222,39 @@ pub(super) async fn broadcast(
             "broadcast needs the API key",
         ));
     }
-    let receivers = send(&state, &Target::Broadcast, Via::Broadcast, text).await?;
+    let key = idempotency_key(&headers)?;
+    let published = send(&state, &Target::Broadcast, Via::Broadcast, text, key).await?;
     state.records.record(
         Event::Broadcast,
         None,
-        format_args!("receivers={receivers}"),
+        format_args!(
+            "receivers={}{}",
+            published.receivers,
+            repeat_note(&published)
+        ),
     );
-    Ok(Json(Received {
-        receivers,
-        replica: state.replica.clone(),
-    }))
+    Ok(Json(Received::new(&state, published)))
 }
 
-async fn send(state: &AppState, target: &Target, via: Via, text: String) -> Result<u64, ApiError> {
+async fn send(
+    state: &AppState,
+    target: &Target,
+    via: Via,
+    text: String,
+    key: Option<IdempotencyKey>,
+) -> Result<Published, ApiError> {
     let envelope = state.delivery.envelope(via, &text);
-    let result = state.broker.publish(target, envelope.encode()).await;
+    let result = state
+        .broker
+        .publish_once(target, envelope.encode(), key.as_ref())
+        .await;
     state.metrics.published(target, result.is_ok());
-    Ok(result?.receivers)
+    Ok(result?)
+}
+
+/// What the records log adds for a repeat of an idempotency key (nothing was sent).
+pub(super) fn repeat_note(published: &Published) -> &'static str {
+    if published.repeated { " repeated" } else { "" }
 }
 
 /// `GET /api/replicas`: the replicas of this deployment, as they last announced themselves.

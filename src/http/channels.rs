@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::AppState;
 use super::api::is_api_key;
 use super::error::ApiError;
-use super::extract::{ChannelPath, ClientIdBody, TextBody, bearer};
+use super::extract::{ChannelPath, ClientIdBody, TextBody, bearer, idempotency_key};
 use crate::broker::Driver;
 use crate::channel::ChannelName;
 use crate::cursor::Position;
@@ -29,6 +29,9 @@ pub(super) struct ChannelPublished {
     cursor: Option<Position>,
     receivers: u64,
     replica: Arc<str>,
+    /// Only on a repeat of an `Idempotency-Key`: the answer is the first publish's.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    repeated: bool,
 }
 
 /// Who may act on a channel over HTTP.
@@ -83,6 +86,7 @@ pub(super) async fn publish(
     TextBody(text): TextBody,
 ) -> Result<Json<ChannelPublished>, ApiError> {
     let caller = caller(&state, &headers, &channel)?;
+    let key = idempotency_key(&headers)?;
     if let Caller::Client(client) = &caller {
         state.channel_rate.check_key(client).map_err(|_| {
             ApiError::new(
@@ -97,7 +101,10 @@ pub(super) async fn publish(
     }
     let target = Target::Channel(channel);
     let envelope = state.delivery.envelope(Via::Channel, &text);
-    let result = state.broker.publish(&target, envelope.encode()).await;
+    let result = state
+        .broker
+        .publish_once(&target, envelope.encode(), key.as_ref())
+        .await;
     state.metrics.published(&target, result.is_ok());
     let published = result?;
     let who = match &caller {
@@ -108,15 +115,17 @@ pub(super) async fn publish(
         Event::ChannelPublish,
         Some(&who),
         format_args!(
-            "{} receivers={}",
+            "{} receivers={}{}",
             target.label().unwrap_or_default(),
-            published.receivers
+            published.receivers,
+            super::api::repeat_note(&published)
         ),
     );
     Ok(Json(ChannelPublished {
         cursor: published.position,
         receivers: published.receivers,
         replica: state.replica.clone(),
+        repeated: published.repeated,
     }))
 }
 

@@ -71,6 +71,14 @@ impl From<BrokerError> for ApiError {
                 "broker_unavailable",
                 err.to_string(),
             ),
+            BrokerError::OutcomeUnknown(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "outcome_unknown",
+                format!(
+                    "{err}; the message may have been delivered: \
+                     safe to retry with the same Idempotency-Key"
+                ),
+            ),
             // 507: the request was fine and the broker is up, but there is no room to keep it.
             BrokerError::HistoryFull(_) => Self::new(
                 StatusCode::INSUFFICIENT_STORAGE,
@@ -144,6 +152,18 @@ mod tests {
         let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(value["error"]["code"], "broker_unavailable");
         assert!(value["error"]["message"].as_str().unwrap().contains("down"));
+    }
+
+    #[test]
+    fn a_503_says_whether_the_message_may_have_gone_out() {
+        let unknown = ApiError::from(BrokerError::OutcomeUnknown("timed out".to_owned()));
+        assert_eq!(
+            (unknown.status, unknown.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown")
+        );
+        assert!(unknown.message.contains("same Idempotency-Key"));
+        let refused = ApiError::from(BrokerError::Unavailable("refused".to_owned()));
+        assert_eq!(refused.code, "broker_unavailable");
     }
 
     #[test]

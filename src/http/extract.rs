@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 
 use super::AppState;
 use super::error::ApiError;
+use crate::broker::IdempotencyKey;
 use crate::channel::ChannelName;
 use crate::frame::{ClientFrame, parse_client_frame};
 use crate::token::ClientId;
@@ -173,6 +174,21 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .eq_ignore_ascii_case("bearer")
         .then(|| credential.trim())
         .filter(|c| !c.is_empty())
+}
+
+/// The request's `Idempotency-Key`, checked: none, or exactly one within the key's limits.
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let bad = |message: String| ApiError::bad_request("bad_idempotency_key", message);
+    if values.next().is_some() {
+        return Err(bad("send one Idempotency-Key, not several".to_owned()));
+    }
+    IdempotencyKey::parse(value.as_bytes())
+        .map(Some)
+        .map_err(|err| bad(err.to_string()))
 }
 
 /// The value of the `sticky` cookie, if the request carries one.

@@ -147,7 +147,13 @@ impl Session {
                 format_args!("channel={channel} receivers={}", published.receivers),
             ),
             Err(err) => {
-                let message = format!("not published: {err}");
+                // A socket publish carries no idempotency key: an unknown outcome is only said.
+                let message = match err {
+                    crate::broker::BrokerError::OutcomeUnknown(_) => {
+                        format!("perhaps not published: {err}")
+                    }
+                    _ => format!("not published: {err}"),
+                };
                 self.send_own(refusal("broker_unavailable", &message, &channel).into());
             }
         }

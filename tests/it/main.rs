@@ -16,6 +16,7 @@ mod limits;
 mod link;
 mod load;
 mod reliability;
+mod retries;
 mod routing;
 mod state;
 // Helpers serve several test modules; not every module uses every helper.

@@ -265,7 +265,12 @@ async fn replicas_ride_out_a_redis_outage_and_resume_without_a_restart() {
     let asked = Instant::now();
     let (status, body) = cluster.call("publish", &client, None, "nowhere").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert_eq!(body["error"]["code"], "broker_unavailable");
+    // The first publish on the connection Redis dropped may not know whether it went out.
+    let code = body["error"]["code"].as_str().unwrap_or_default();
+    assert!(
+        ["broker_unavailable", "outcome_unknown"].contains(&code),
+        "{body}"
+    );
     assert!(
         asked.elapsed() < Duration::from_secs(5),
         "an answer, not a hang: {:?}",
