@@ -141,7 +141,7 @@ async fn publish(
     while !stop.is_cancelled() {
         tick.tick().await;
         n += 1;
-        let for_client = n % 2 == 0;
+        let for_client = n.is_multiple_of(2);
         let text = format!("{}-{worker}-{n}", if for_client { "c" } else { "r" });
         let request = if for_client {
             cluster
