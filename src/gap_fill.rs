@@ -3,8 +3,8 @@
 //! position this replica delivered is read and delivered, in order, before the target's live
 //! messages (which [`crate::continuity`] holds back meanwhile), each message once.
 //!
-//! When the history cannot show continuity — trimmed past that position, another epoch,
-//! expired, or unreadable after a few tries — the target's sockets are closed with 1012, like a
+//! When the history cannot show continuity — trimmed past that position, another epoch, or
+//! unreadable after a few tries — the target's sockets are closed with 1012, like a
 //! restarting replica: clients reconnect with their cursors and the ordinary resume says what
 //! was lost (`history_lost`, `recovered:false`). Nothing is left silently incomplete.
 //!
@@ -172,7 +172,13 @@ impl GapFill {
                 why: "history unreadable",
             };
         };
-        if gap {
+        // No stream and no epoch at all: nothing was published for a whole history lifetime
+        // (`HISTORY_TTL_SECS`, far longer than an outage the link watcher lets pass), so
+        // nothing was missed; closing every idle target's sockets after a blip would be an
+        // avalanche for nothing. (A Redis restarted empty while this replica was already cut
+        // off, with nothing published after the restart, is the one case this cannot see.)
+        let expired = entries.is_empty() && !epoch.is_known();
+        if gap && !expired {
             let sockets = registry.resync(target);
             return Outcome::Resynced {
                 sockets,

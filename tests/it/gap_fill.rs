@@ -123,7 +123,7 @@ impl Accepted {
 
 /// Publishers running at once, each sequential (so its own acceptance order is publish order),
 /// together about `rate` messages a second through app-2.
-const PUBLISHERS: u32 = 8;
+const PUBLISHERS: u32 = 16;
 
 /// One publisher: alternates the client and the channel at `rate` a second until `stop`.
 async fn publish(
