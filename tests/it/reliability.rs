@@ -726,10 +726,21 @@ async fn a_redis_outage_fails_only_what_needs_the_broker_through_nginx() {
 
     cluster.restart_redis();
     let restarted = Instant::now();
+    let mut resumed = false;
     loop {
         let (status, body) = cluster.call("publish", &client, None, "back").await;
         if status == StatusCode::OK && body["receivers"] == 1 {
             break;
+        }
+        // Redis came back empty: the client's history is another epoch now. When a publish
+        // got there before the replica's gap fill read it, the fill cannot show nothing was
+        // missed and closes the socket with 1012 (the client resumes from its cursor).
+        if status == StatusCode::OK && body["receivers"] == 0 && !resumed {
+            let code = socket.close_code(Duration::from_secs(5)).await;
+            assert_eq!(code.map(u16::from), Some(1012), "{body}");
+            socket = cluster.connect(&client, None).await;
+            resumed = true;
+            continue;
         }
         assert!(
             restarted.elapsed() < Duration::from_secs(15),
@@ -744,7 +755,7 @@ async fn a_redis_outage_fails_only_what_needs_the_broker_through_nginx() {
     );
     eprintln!(
         "redis outage through nginx: {rounds} rounds over {sampled:?}, none failed; publish \
-         delivered again {:?} after the restart",
+         delivered again {:?} after the restart (socket closed with 1012 and resumed: {resumed})",
         restarted.elapsed()
     );
 }
