@@ -112,7 +112,12 @@ impl Delivery {
         };
         // Serialized once here; every local socket of the target shares these bytes.
         let frame = envelope.outgoing(replica, target, position, false);
-        let reached = registry.deliver(target, &frame).reached;
+        let delivery = registry.deliver(target, &frame);
+        if delivery.held || delivery.duplicate {
+            // Held while a gap is filled (it goes out after the fill), or a fill delivered it.
+            return;
+        }
+        let reached = delivery.reached;
         let label = target.label();
         let client = label.as_deref();
         metrics.delivered(envelope.via, reached as u64);

@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, Driver, Subscribed};
 use crate::channel::ChannelName;
+use crate::continuity::{Admit, Landed, Track};
+use crate::cursor::Position;
 use crate::frame::Outgoing;
 use crate::metrics::Metrics;
 use crate::target::Target;
@@ -47,6 +49,13 @@ struct State {
     channels: HashMap<ChannelName, Vec<Subscriber>>,
     /// The channels of each socket that has any, so a closing socket leaves them all.
     subscriptions: HashMap<u64, Vec<ChannelName>>,
+    /// Where each held target's delivery stands ([`crate::continuity`]); removed with the
+    /// target's last socket.
+    tracks: HashMap<Target, Track>,
+    /// Bytes of live messages held by all targets being filled.
+    held_bytes: usize,
+    /// Counts resubscribes after a loss; each one starts a fill round.
+    fill_round: u64,
     sockets: usize,
     next_id: u64,
 }
@@ -65,6 +74,9 @@ struct Tab {
     queue: mpsc::Sender<Outgoing>,
     /// Cancelled when the queue overflows; the session then closes the socket with 1013.
     slow: CancellationToken,
+    /// Cancelled when messages this socket's target missed could not be filled; the session
+    /// then closes the socket with 1012 so the client resumes from its cursor.
+    resync: CancellationToken,
 }
 
 /// Why a socket was not admitted.
@@ -113,6 +125,8 @@ pub struct Registration {
     pub outbox: Option<mpsc::Receiver<Outgoing>>,
     /// Cancelled when the socket fell behind.
     pub slow: CancellationToken,
+    /// Cancelled when the socket must resume from its cursor (a gap that could not be filled).
+    pub resync: CancellationToken,
     /// Set for the first socket of a client: resolves once the broker subscribed.
     pub subscribed: Option<Subscribed>,
 }
@@ -124,6 +138,10 @@ pub struct Delivery {
     pub reached: usize,
     /// Sockets whose queue was full; they are being closed.
     pub overflowed: usize,
+    /// Held while the target is being filled (or dropped, the hold budget being spent).
+    pub held: bool,
+    /// Already delivered by a fill: dropped.
+    pub duplicate: bool,
 }
 
 impl Registry {
@@ -163,10 +181,12 @@ impl Registry {
         state.sockets += 1;
         let (queue, outbox) = mpsc::channel(self.inner.queue);
         let slow = CancellationToken::new();
+        let resync = CancellationToken::new();
         state.clients.entry(client.clone()).or_default().push(Tab {
             id,
             queue: queue.clone(),
             slow: slow.clone(),
+            resync: resync.clone(),
         });
         let first = held == 0;
         let subscribed = first.then(|| broker.hold(&Target::Client(client.clone())));
@@ -180,6 +200,7 @@ impl Registry {
             queue,
             outbox: Some(outbox),
             slow,
+            resync,
             subscribed,
         })
     }
@@ -197,7 +218,12 @@ impl Registry {
         let last = tabs.is_empty();
         if last {
             state.clients.remove(client);
-            broker.release(&Target::Client(client.clone()));
+            let target = Target::Client(client.clone());
+            state.forget(&target);
+            broker.release(&target);
+            if state.clients.is_empty() {
+                state.forget(&Target::Broadcast);
+            }
         }
         state.sockets -= 1;
         for channel in state.subscriptions.remove(&id).unwrap_or_default() {
@@ -207,20 +233,137 @@ impl Registry {
         self.inner.metrics.socket_closed(last);
     }
 
-    /// Queues `frame` on every local socket of `target`.
+    /// Queues `frame` on every local socket of `target`. A message with a history position
+    /// passes the target's [`Track`] first: held while the target is being filled, dropped if
+    /// a fill already delivered it.
     pub fn deliver(&self, target: &Target, frame: &Outgoing) -> Delivery {
+        let mut state = self.lock();
+        if let (Some(cursor), None) = (&frame.cursor, &frame.mark)
+            && state.holds(target)
+        {
+            let State {
+                tracks, held_bytes, ..
+            } = &mut *state;
+            let track = match tracks.get_mut(target) {
+                Some(track) => track,
+                None => tracks.entry(target.clone()).or_default(),
+            };
+            match track.admit(cursor.position(), frame, held_bytes) {
+                Admit::Pass => {}
+                Admit::Held | Admit::Overflow => {
+                    return Delivery {
+                        held: true,
+                        ..Delivery::default()
+                    };
+                }
+                Admit::Duplicate => {
+                    return Delivery {
+                        duplicate: true,
+                        ..Delivery::default()
+                    };
+                }
+            }
+        }
+        state.offer(target, frame, &self.inner.metrics)
+    }
+
+    /// The subscriber is subscribed again after a loss: every held target starts holding its
+    /// live messages until its fill lands. Returns the round and how many targets wait.
+    /// Called before any message of the new subscription is delivered.
+    pub fn begin_fill(&self) -> (u64, usize) {
+        let mut state = self.lock();
+        state.fill_round += 1;
+        let round = state.fill_round;
+        let mut targets: Vec<Target> = state.clients.keys().cloned().map(Target::Client).collect();
+        targets.extend(state.channels.keys().cloned().map(Target::Channel));
+        if !state.clients.is_empty() {
+            targets.push(Target::Broadcast);
+        }
+        for target in &targets {
+            state.tracks.entry(target.clone()).or_default().begin(round);
+        }
+        (round, targets.len())
+    }
+
+    /// Where a fill of `target` reads history from, and the round it answers; None when the
+    /// target is not waiting for a fill.
+    pub fn fill_from(&self, target: &Target) -> Option<(u64, Option<Position>)> {
         let state = self.lock();
-        let metrics = &self.inner.metrics;
-        match target {
-            Target::Client(client) => match state.clients.get(client) {
-                Some(tabs) => offer(tabs.iter(), frame, metrics),
-                None => Delivery::default(),
-            },
-            Target::Channel(channel) => match state.channels.get(channel) {
-                Some(subscribers) => offer(subscribers.iter().map(|s| &s.tab), frame, metrics),
-                None => Delivery::default(),
-            },
-            Target::Broadcast => offer(state.clients.values().flatten(), frame, metrics),
+        let track = state.tracks.get(target)?;
+        Some((track.round()?, track.from()))
+    }
+
+    /// Targets waiting for a fill.
+    pub fn filling(&self) -> Vec<Target> {
+        let state = self.lock();
+        state
+            .tracks
+            .iter()
+            .filter(|(_, track)| track.is_filling())
+            .map(|(target, _)| target.clone())
+            .collect()
+    }
+
+    /// A fill of `target` for `round` read `filled`: what the sockets have not had yet, then
+    /// the held live messages after it, become ready to go out ([`Registry::pump`]). Returns
+    /// how many are ready, or (as the error) how many sockets were told to resume instead,
+    /// what was held having overflowed the budget.
+    pub fn land(
+        &self,
+        target: &Target,
+        filled: Vec<(Position, Outgoing)>,
+        round: u64,
+    ) -> Result<usize, usize> {
+        let mut state = self.lock();
+        let State {
+            tracks, held_bytes, ..
+        } = &mut *state;
+        let Some(track) = tracks.get_mut(target) else {
+            return Ok(0);
+        };
+        match track.land(filled, round, held_bytes) {
+            Landed::Ready(n) => Ok(n),
+            // The next round reads again; nothing of this one goes out.
+            Landed::Stale => Ok(0),
+            Landed::Resync => Err(state.resync(target)),
+        }
+    }
+
+    /// Queues as many of `target`'s ready messages as every one of its sockets has room for
+    /// (all of them when `force`: then a socket without room is a slow consumer, as for any
+    /// message). Returns how many are still ready.
+    pub fn pump(&self, target: &Target, force: bool) -> usize {
+        let mut state = self.lock();
+        let room = if force {
+            usize::MAX
+        } else {
+            state.room(target)
+        };
+        let State {
+            tracks, held_bytes, ..
+        } = &mut *state;
+        let Some(track) = tracks.get_mut(target) else {
+            return 0;
+        };
+        let frames = track.take(room, held_bytes);
+        let left = track.ready();
+        for frame in &frames {
+            state.offer(target, frame, &self.inner.metrics);
+        }
+        left
+    }
+
+    /// What `target` missed cannot be delivered (lost history, or unreadable): its sockets are
+    /// closed with 1012 so their clients resume from their cursors. Returns how many.
+    pub fn resync(&self, target: &Target) -> usize {
+        self.lock().resync(target)
+    }
+
+    /// A socket of `target` started at `at` (its welcome or `subscribed` cursor).
+    pub fn started(&self, target: &Target, at: Position) {
+        let mut state = self.lock();
+        if state.holds(target) {
+            state.tracks.entry(target.clone()).or_default().started(at);
         }
     }
 
@@ -268,6 +411,81 @@ fn offer<'a>(tabs: impl Iterator<Item = &'a Tab>, frame: &Outgoing, metrics: &Me
 }
 
 impl State {
+    /// Whether any local socket belongs to `target`.
+    fn holds(&self, target: &Target) -> bool {
+        match target {
+            Target::Client(client) => self.clients.contains_key(client),
+            Target::Channel(channel) => self.channels.contains_key(channel),
+            Target::Broadcast => !self.clients.is_empty(),
+        }
+    }
+
+    fn offer(&self, target: &Target, frame: &Outgoing, metrics: &Metrics) -> Delivery {
+        match target {
+            Target::Client(client) => match self.clients.get(client) {
+                Some(tabs) => offer(tabs.iter(), frame, metrics),
+                None => Delivery::default(),
+            },
+            Target::Channel(channel) => match self.channels.get(channel) {
+                Some(subscribers) => offer(subscribers.iter().map(|s| &s.tab), frame, metrics),
+                None => Delivery::default(),
+            },
+            Target::Broadcast => offer(self.clients.values().flatten(), frame, metrics),
+        }
+    }
+
+    /// The least free room in the queues of `target`'s sockets.
+    fn room(&self, target: &Target) -> usize {
+        let room = |tabs: &mut dyn Iterator<Item = &Tab>| {
+            tabs.map(|tab| tab.queue.capacity())
+                .min()
+                .unwrap_or(usize::MAX)
+        };
+        match target {
+            Target::Client(client) => room(&mut self.clients.get(client).into_iter().flatten()),
+            Target::Channel(channel) => room(
+                &mut self
+                    .channels
+                    .get(channel)
+                    .into_iter()
+                    .flatten()
+                    .map(|s| &s.tab),
+            ),
+            Target::Broadcast => room(&mut self.clients.values().flatten()),
+        }
+    }
+
+    fn resync(&mut self, target: &Target) -> usize {
+        let State {
+            tracks, held_bytes, ..
+        } = self;
+        if let Some(track) = tracks.get_mut(target) {
+            track.abandon(held_bytes);
+        }
+        let tabs: Vec<&Tab> = match target {
+            Target::Client(client) => self.clients.get(client).into_iter().flatten().collect(),
+            Target::Channel(channel) => self
+                .channels
+                .get(channel)
+                .into_iter()
+                .flatten()
+                .map(|s| &s.tab)
+                .collect(),
+            Target::Broadcast => self.clients.values().flatten().collect(),
+        };
+        for tab in &tabs {
+            tab.resync.cancel();
+        }
+        tabs.len()
+    }
+
+    /// The target's last socket is gone: so is what was held for it.
+    fn forget(&mut self, target: &Target) {
+        if let Some(mut track) = self.tracks.remove(target) {
+            track.abandon(&mut self.held_bytes);
+        }
+    }
+
     /// Removes socket `id` from `channel`'s subscribers; the last one releases the channel.
     fn drop_subscriber(
         &mut self,
@@ -287,7 +505,9 @@ impl State {
         let last = subscribers.is_empty();
         if last {
             self.channels.remove(channel);
-            broker.release(&Target::Channel(channel.clone()));
+            let target = Target::Channel(channel.clone());
+            self.forget(&target);
+            broker.release(&target);
         }
         metrics.unsubscribed(last);
     }
@@ -356,6 +576,11 @@ impl Registration {
         }
         state.drop_subscriber(channel, self.id, &self.broker, &self.registry.inner.metrics);
         Ok(())
+    }
+
+    /// This socket's stream of `target` starts at `at` (see [`Registry::started`]).
+    pub fn started(&self, target: &Target, at: Position) {
+        self.registry.started(target, at);
     }
 
     /// Whether this socket is subscribed to `channel`.
@@ -532,7 +757,8 @@ mod tests {
             third,
             Delivery {
                 reached: 0,
-                overflowed: 1
+                overflowed: 1,
+                ..Delivery::default()
             }
         );
         assert!(slow.slow.is_cancelled());
@@ -540,7 +766,8 @@ mod tests {
             registry.deliver(&Target::Broadcast, &frame),
             Delivery {
                 reached: 1,
-                overflowed: 1
+                overflowed: 1,
+                ..Delivery::default()
             }
         );
         assert_eq!(fast.outbox.as_mut().unwrap().try_recv().unwrap(), frame);

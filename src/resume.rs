@@ -35,6 +35,11 @@ pub fn covered(seen: Position, at: Position) -> bool {
 }
 
 impl Skip {
+    /// Up to where the socket has each history: what it was replayed, else what it said.
+    pub fn seen(&self) -> Seen {
+        self.0
+    }
+
     pub fn keeps(&self, frame: &Outgoing) -> bool {
         match &frame.cursor {
             Some(Cursor::Client(at)) => !covered(self.0.client, *at),

@@ -19,6 +19,7 @@ use crate::broker::redis::{LinkEvent, RedisBroker};
 use crate::broker::{Broker, Inbox};
 use crate::config::{Config, SecretSource};
 use crate::delivery::Delivery;
+use crate::gap_fill::GapFill;
 use crate::http::{ApiError, AppState, Shared, cross_site, router};
 use crate::lab::StateLab;
 use crate::metrics::Metrics;
@@ -88,7 +89,11 @@ impl Replica {
             records.clone(),
             metrics.clone(),
         );
-        let broker = start_broker(&config, delivery.inbox(), &records, &metrics)?;
+        // Told by the broker's subscriber when it resubscribed after a loss, before the new
+        // subscription delivers anything; fills what the held targets missed meanwhile.
+        let gap_fill = GapFill::new(registry.clone(), delivery.clone());
+        let broker = start_broker(&config, delivery.inbox(), &records, &metrics, &gap_fill)?;
+        tokio::spawn(gap_fill.run(broker.clone(), shutdown.clone()));
         let lab = StateLab::new(
             replica.clone(),
             &config.limits,
@@ -198,11 +203,12 @@ fn start_broker(
     inbox: Inbox,
     records: &Records,
     metrics: &Metrics,
+    gap_fill: &GapFill,
 ) -> anyhow::Result<Broker> {
     let window = config.limits.window();
     Ok(match &config.redis_url {
         Some(url) => {
-            let observer = link_observer(records.clone(), metrics.clone());
+            let observer = link_observer(records.clone(), metrics.clone(), gap_fill.clone());
             Broker::Redis(RedisBroker::start(
                 url,
                 &config.app_id,
@@ -223,7 +229,11 @@ fn start_broker(
 }
 
 /// Turns the Redis link's events into records and metrics.
-fn link_observer(records: Records, metrics: Metrics) -> crate::broker::redis::LinkObserver {
+fn link_observer(
+    records: Records,
+    metrics: Metrics,
+    gap_fill: GapFill,
+) -> crate::broker::redis::LinkObserver {
     Arc::new(move |event| match event {
         LinkEvent::Subscribed {
             channels,
@@ -232,6 +242,8 @@ fn link_observer(records: Records, metrics: Metrics) -> crate::broker::redis::Li
             // Up-ness is the link's (both connections), said by `Back`; this is the subscription.
             if reconnect {
                 metrics.broker_reconnected();
+                // Messages published while the subscription was down are only in history.
+                gap_fill.resubscribed();
             }
             let detail = format!(
                 "redis {} ({channels} channels)",

@@ -7,7 +7,9 @@
 //! a [`CommandLink`] that reconnects by itself and is replaced after any timeout. Both are
 //! pinged with deadlines ([`super::link`]), so a frozen or black-holed Redis is noticed too. When
 //! the subscriber connection drops, the replica reports not-ready, reconnects with backoff and
-//! jitter, and resubscribes everything it still holds before it reports ready again.
+//! jitter, and resubscribes everything it still holds before it reports ready again; what the
+//! held targets missed meanwhile is filled from history by the replica ([`crate::gap_fill`]),
+//! told by `LinkEvent::Subscribed { reconnect: true }` before the new subscription delivers.
 
 use std::collections::HashSet;
 use std::fmt;

@@ -90,6 +90,8 @@ impl Session {
         self.delivery
             .records()
             .record(Event::Subscribe, client, &detail);
+        self.registration
+            .started(&Target::Channel(channel.clone()), start.upto);
         self.send_own(Outgoing::mark(Mark::Ready {
             channel,
             frames: start.frames,

@@ -30,6 +30,7 @@ use crate::limits::RateLimit;
 use crate::records::Event;
 use crate::registry::Registration;
 use crate::resume::{self, Seen};
+use crate::target::Target;
 use crate::token::{ClientId, Signer};
 
 /// How often an idle socket is pinged; below every proxy's idle timeout (nginx: 60 s default).
@@ -100,6 +101,8 @@ enum End {
     ClientClosed,
     SlowConsumer,
     Shutdown,
+    /// Missed messages could not be filled after a lost broker subscription.
+    Resync,
     SendFailed,
     PeerSilent,
     /// The client broke the protocol; the socket is closed with this code.
@@ -112,6 +115,7 @@ impl End {
             End::ClientClosed => "closed by client",
             End::SlowConsumer => "slow consumer (1013)",
             End::Shutdown => "replica stopping (1012)",
+            End::Resync => "missed messages not fillable, resume (1012)",
             End::SendFailed => "send failed",
             End::PeerSilent => "no pong",
             End::Fault(close_code::INVALID_PAYLOAD) => "invalid UTF-8 (1007)",
@@ -182,6 +186,20 @@ impl Session {
             },
         };
         let skip = start.skip;
+        // Where this socket's streams start, for the gap fill after a lost subscription: what
+        // it was replayed up to, else where it was welcomed.
+        let seen = skip.seen();
+        for (target, at, welcome) in [
+            (
+                Target::Client(self.client.clone()),
+                seen.client,
+                start.welcome.client,
+            ),
+            (Target::Broadcast, seen.broadcast, start.welcome.broadcast),
+        ] {
+            let at = if at.epoch.is_known() { at } else { welcome };
+            self.registration.started(&target, at);
+        }
         // What was not sent is not kept while the close frame waits.
         drop(start);
         if let Err(end) = greeted {
@@ -230,6 +248,11 @@ impl Session {
                 self.registration.leave();
                 let reason = "too slow: send queue full";
                 close(sink, close_code::TRY_AGAIN_LATER, reason, SLOW_CLOSE_WAIT).await;
+            }
+            End::Resync => {
+                self.registration.leave();
+                let reason = "missed messages: resume from your cursor";
+                close(sink, close_code::SERVICE_RESTART, reason, CLOSE_WAIT).await;
             }
             End::SendFailed | End::PeerSilent => {}
         }
@@ -308,6 +331,7 @@ impl Session {
         S: Sink<Message, Error = axum::Error> + Unpin,
     {
         let slow = &self.registration.slow;
+        let resync = &self.registration.resync;
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
         let mut silent_ticks = 0u8;
@@ -315,6 +339,7 @@ impl Session {
             tokio::select! {
                 biased;
                 () = slow.cancelled() => return End::SlowConsumer,
+                () = resync.cancelled() => return End::Resync,
                 // The close frame goes out in `close_with`.
                 () = self.shutdown.cancelled() => return End::Shutdown,
                 frame = outbox.recv() => {

@@ -11,6 +11,7 @@ mod channels;
 mod cluster_command;
 mod failover;
 mod fuzz_seeds;
+mod gap_fill;
 mod layout;
 mod limits;
 mod link;
