@@ -168,6 +168,14 @@ pub enum Cursor {
     Channel(ChannelName, Position),
 }
 
+impl Cursor {
+    pub fn position(&self) -> Position {
+        match self {
+            Cursor::Client(p) | Cursor::Broadcast(p) | Cursor::Channel(_, p) => *p,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,5 +235,9 @@ mod tests {
         assert!(!p.continues_in(Epoch(0xabd)), "another life of the history");
         assert!(Position::new(Epoch::UNKNOWN, id).continues_in(Epoch(5)));
         assert!(Epoch::fresh().is_known());
+        let lobby = ChannelName::parse("public:lobby").unwrap();
+        for cursor in [Cursor::Client(p), Cursor::Broadcast(p), Cursor::Channel(lobby, p)] {
+            assert_eq!(cursor.position(), p);
+        }
     }
 }

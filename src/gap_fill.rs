@@ -164,6 +164,7 @@ impl GapFill {
             entries,
             gap,
             epoch,
+            more,
         }) = history
         else {
             let sockets = registry.resync(target);
@@ -178,6 +179,15 @@ impl GapFill {
         // avalanche for nothing. (A Redis restarted empty while this replica was already cut
         // off, with nothing published after the restart, is the one case this cannot see.)
         let expired = entries.is_empty() && !epoch.is_known();
+        if more {
+            // More was missed than one read brings (`MAX_REPLAY_BYTES`): the clients resume
+            // from their cursors, each within its own bounded replay.
+            let sockets = registry.resync(target);
+            return Outcome::Resynced {
+                sockets,
+                why: "more missed than one read holds",
+            };
+        }
         if gap && !expired {
             let sockets = registry.resync(target);
             return Outcome::Resynced {
