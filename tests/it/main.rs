@@ -15,6 +15,7 @@ mod layout;
 mod limits;
 mod link;
 mod load;
+mod partitions;
 mod reliability;
 mod routing;
 mod state;
