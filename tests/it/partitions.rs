@@ -416,14 +416,92 @@ async fn a_slow_lossy_link_to_redis_still_publishes_and_delivers() {
     assert!(p99 < Duration::from_secs(3), "p99 {p99:?}");
 }
 
-/// The texts of the publish frames `socket` receives for `span`.
-async fn collect(socket: &mut Socket, got: &mut Vec<String>, span: Duration) {
-    let until = tokio::time::Instant::now() + span;
-    while let Ok(Some(frame)) = tokio::time::timeout_at(until, socket.next_json_within(span)).await
-    {
-        if frame["via"] == "publish" {
-            got.push(frame["text"].as_str().unwrap_or_default().to_owned());
+/// A client that follows its messages as the page does: it records every publish frame and
+/// its cursor, and when the replica closes the socket (1012: resume from your cursor) it connects
+/// again with `last_id` of the newest message it saw.
+struct Follower {
+    socket: Socket,
+    client: Client,
+    last_id: String,
+    got: Vec<String>,
+    resumes: usize,
+}
+
+impl Follower {
+    async fn new(cluster: &TestCluster, client: &Client, sticky: &str) -> Follower {
+        let socket = cluster.connect(client, Some(sticky)).await;
+        let last_id = socket.welcome["last_id"].as_str().unwrap().to_owned();
+        Follower {
+            socket,
+            client: client.clone(),
+            last_id,
+            got: Vec::new(),
+            resumes: 0,
         }
+    }
+
+    /// The next frame within `limit`: Ok(None) when quiet, Err(close) when the server closed.
+    async fn next(&mut self, limit: Duration) -> Result<Option<Value>, String> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let Ok(message) = tokio::time::timeout_at(deadline, self.socket.ws.next()).await else {
+                return Ok(None);
+            };
+            match message {
+                Some(Ok(Message::Text(text))) => {
+                    return Ok(Some(serde_json::from_str(&text).unwrap()));
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Close(frame))) => return Err(format!("{frame:?}")),
+                Some(Ok(other)) => panic!("unexpected message {other:?}"),
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("closed".to_owned()),
+            }
+        }
+    }
+
+    /// Reads for `span`, or until a publish frame with text `marker` (true when seen).
+    async fn follow(
+        &mut self,
+        cluster: &TestCluster,
+        span: Duration,
+        marker: Option<&str>,
+    ) -> bool {
+        let until = Instant::now() + span;
+        while Instant::now() < until {
+            match self.next(until - Instant::now()).await {
+                Ok(Some(frame)) if frame["via"] == "publish" => {
+                    let text = frame["text"].as_str().unwrap_or_default().to_owned();
+                    if Some(text.as_str()) == marker {
+                        return true;
+                    }
+                    self.last_id = frame["cursor"].as_str().unwrap().to_owned();
+                    self.got.push(text);
+                }
+                Ok(Some(frame)) => assert_ne!(
+                    frame["type"], "history_lost",
+                    "on {} after {} resumes: {frame}",
+                    self.socket.replica, self.resumes
+                ),
+                Ok(None) => {}
+                Err(why) => {
+                    eprintln!(
+                        "socket on {} closed ({why}); resuming from {} after {} messages",
+                        self.socket.replica,
+                        self.last_id,
+                        self.got.len()
+                    );
+                    self.resumes += 1;
+                    let query = format!("&last_id={}", self.last_id);
+                    self.socket = cluster
+                        .connect_query(&self.client, Some("app-1"), &query)
+                        .await;
+                }
+            }
+        }
+        false
     }
 }
 
@@ -451,8 +529,8 @@ async fn messages_accepted_while_a_replica_is_cut_from_redis_reach_its_socket_on
     let cluster = nc.cluster.clone();
     cluster.wait_all_ready(RECOVER_WITHIN).await;
     let client = cluster.mint().await;
-    let mut socket = cluster.connect(&client, Some("app-1")).await;
-    assert_eq!(socket.replica, "app-1");
+    let mut follower = Follower::new(&cluster, &client, "app-1").await;
+    assert_eq!(follower.socket.replica, "app-1");
 
     let stop = tokio_util::sync::CancellationToken::new();
     let publishing = Instant::now();
@@ -476,34 +554,30 @@ async fn messages_accepted_while_a_replica_is_cut_from_redis_reach_its_socket_on
             (accepted, refused)
         })
     };
-    let mut got: Vec<String> = Vec::new();
-    collect(&mut socket, &mut got, Duration::from_secs(2)).await;
+    follower
+        .follow(&cluster, Duration::from_secs(2), None)
+        .await;
     let cut = nc.net.cut("app-1", nc.net.ip("redis"));
-    collect(&mut socket, &mut got, PARTITION).await;
+    follower.follow(&cluster, PARTITION, None).await;
     cut.heal();
-    collect(&mut socket, &mut got, Duration::from_secs(3)).await;
+    follower
+        .follow(&cluster, Duration::from_secs(3), None)
+        .await;
     stop.cancel();
     let (accepted, refused) = publisher.await.unwrap();
     let published_for = publishing.elapsed();
     let marker = "the end";
     assert!(publish_via(&cluster, &client, "app-2", marker).await);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let Some(frame) = socket.next_json_within(Duration::from_secs(5)).await else {
-            panic!(
-                "socket went quiet before the marker; {} of {} accepted arrived",
-                got.len(),
-                accepted.len()
-            );
-        };
-        if frame["text"] == marker {
-            break;
-        }
-        if frame["via"] == "publish" {
-            got.push(frame["text"].as_str().unwrap_or_default().to_owned());
-        }
-        assert!(Instant::now() < deadline, "marker not seen within 20 s");
-    }
+    let seen = follower
+        .follow(&cluster, Duration::from_secs(20), Some(marker))
+        .await;
+    let got = follower.got;
+    assert!(
+        seen,
+        "marker not seen within 20 s; {} of {} accepted arrived",
+        got.len(),
+        accepted.len()
+    );
     let missing = accepted.iter().filter(|t| !got.contains(t)).count();
     let mut unique = got.clone();
     unique.sort();
@@ -511,10 +585,11 @@ async fn messages_accepted_while_a_replica_is_cut_from_redis_reach_its_socket_on
     let duplicated = got.len() - unique.len();
     eprintln!(
         "5 s partition app-1<->redis, publishing through app-2 every {EVERY:?}: {} accepted, \
-         {refused} refused ({:.0}/s); {} arrived, {missing} missing, {duplicated} duplicated",
+         {refused} refused ({:.0}/s); {} arrived, {missing} missing, {duplicated} duplicated; {} resumes",
         accepted.len(),
         (accepted.len() + refused) as f64 / published_for.as_secs_f64(),
-        got.len()
+        got.len(),
+        follower.resumes
     );
     assert_eq!((missing, duplicated), (0, 0), "every accepted message once");
     assert!(got == accepted, "in the order accepted");
