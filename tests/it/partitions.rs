@@ -81,30 +81,42 @@ async fn redis_cut_from_everyone_fails_only_what_needs_the_broker() {
 
     let cut = nc.net.isolate("redis");
     let started = Instant::now();
+    // The broker paths are sampled on their own, every second: each waits out its deadline,
+    // which would otherwise thin out the samples of everything else.
+    let refusals = {
+        let (cluster, client) = (cluster.clone(), client.clone());
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs(1));
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let (mut failures, mut rounds, mut slowest) = (Vec::new(), 0, Duration::ZERO);
+            while started.elapsed() < CUT {
+                ticks.tick().await;
+                rounds += 1;
+                let at = started.elapsed();
+                let failed = broker_paths_refuse(&cluster, &client).await;
+                slowest = slowest.max(started.elapsed() - at);
+                failures.extend(failed.into_iter().map(|f| format!("{at:.1?} {f}")));
+            }
+            (failures, rounds, slowest)
+        })
+    };
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (mut failures, mut rounds) = (Vec::new(), 0);
-    let (mut slowest_refusal, mut slowest_free) = (Duration::ZERO, Duration::ZERO);
+    let (mut failures, mut rounds, mut slowest_free) = (Vec::new(), 0, Duration::ZERO);
     while started.elapsed() < CUT {
         ticks.tick().await;
         rounds += 1;
         let at = started.elapsed();
-        let mut failed = broker_paths_refuse(cluster, &client).await;
-        let refused = started.elapsed() - at;
-        failed.extend(broker_free_paths(cluster, &client, &mut socket, rounds).await);
-        let free = started.elapsed() - at - refused;
-        slowest_refusal = slowest_refusal.max(refused);
-        slowest_free = slowest_free.max(free);
-        failures.extend(
-            failed
-                .into_iter()
-                .map(|f| format!("{:.1}s {f}", at.as_secs_f64())),
-        );
+        let failed = broker_free_paths(cluster, &client, &mut socket, rounds).await;
+        slowest_free = slowest_free.max(started.elapsed() - at);
+        failures.extend(failed.into_iter().map(|f| format!("{at:.1?} {f}")));
     }
+    let (refusal_failures, refusal_rounds, slowest_refusal) = refusals.await.unwrap();
+    failures.extend(refusal_failures);
     let sampled = started.elapsed();
     assert!(
         failures.is_empty(),
-        "{} failures in {rounds} rounds over {sampled:?} of the cut:\n{}",
+        "{} failures in {rounds} + {refusal_rounds} rounds over {sampled:?} of the cut:\n{}",
         failures.len(),
         failures.join("\n")
     );
@@ -142,15 +154,17 @@ async fn redis_cut_from_everyone_fails_only_what_needs_the_broker() {
         late += 1;
     }
     eprintln!(
-        "partition redis<->everyone: {rounds} rounds over {sampled:?}, none failed; publish + \
-         broadcast refused within {slowest_refusal:?} per round, the broker-free paths took at \
+        "partition redis<->everyone: {rounds} rounds of the broker-free paths and \
+         {refusal_rounds} of publish + broadcast over {sampled:?}, none failed; publish + \
+         broadcast refused within {slowest_refusal:?} (both), the broker-free paths took at \
          most {slowest_free:?} per round (a new socket waits out its subscribe); publish \
          accepted again {publish_back:?} after healing ({attempt} tries); {late} frames \
          answered 503 or sent before it arrived first"
     );
-    // A round of the broker-free paths is a handful of requests and two sockets: slow only by
-    // the new socket's bounded subscribe attempt, never by a wait on the dead link.
-    assert!(slowest_free < Duration::from_secs(4), "{slowest_free:?}");
+    // A round of the broker-free paths is a handful of requests and two sockets: slowed only by
+    // bounded broker attempts (the page's 0.5 s, the new socket's subscribe), never stuck on
+    // the dead link.
+    assert!(slowest_free < Duration::from_secs(6), "{slowest_free:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
