@@ -16,6 +16,7 @@ mod layout;
 mod limits;
 mod link;
 mod load;
+mod partitions;
 mod reliability;
 mod retries;
 mod routing;

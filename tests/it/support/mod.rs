@@ -4,6 +4,7 @@
 //! last lines of every process's log are printed first.
 
 pub mod browser;
+pub mod netns;
 pub mod outage;
 pub mod process;
 pub mod proxy;

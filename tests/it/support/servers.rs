@@ -107,8 +107,18 @@ pub struct ReplicaProc {
 
 impl ReplicaProc {
     pub fn start(name: &str, port: u16, env: &ReplicaEnv, log_dir: &Path) -> ReplicaProc {
-        let addr = loopback(port);
-        let mut command = Command::new(env!("CARGO_BIN_EXE_stickyws"));
+        Self::start_at(name, loopback(port), env, log_dir, &[])
+    }
+
+    /// At any address, the binary run through `launcher` (e.g. `ip netns exec <ns>`) when given.
+    pub fn start_at(
+        name: &str,
+        addr: SocketAddr,
+        env: &ReplicaEnv,
+        log_dir: &Path,
+        launcher: &[String],
+    ) -> ReplicaProc {
+        let mut command = launched(launcher, env!("CARGO_BIN_EXE_stickyws").as_ref());
         command
             .arg("serve")
             .env_clear()
@@ -136,6 +146,18 @@ impl ReplicaProc {
     }
 }
 
+/// `program`, or `launcher` followed by `program` (which then runs it: `ip netns exec <ns>`).
+pub fn launched(launcher: &[String], program: &Path) -> Command {
+    match launcher.split_first() {
+        None => Command::new(program),
+        Some((first, rest)) => {
+            let mut command = Command::new(first);
+            command.args(rest).arg(program);
+            command
+        }
+    }
+}
+
 pub struct Nginx {
     pub proc: Proc,
     pub addr: SocketAddr,
@@ -144,9 +166,18 @@ pub struct Nginx {
 impl Nginx {
     /// Runs the repository's nginx.conf with only the addresses and listen port rewritten.
     pub fn start(replicas: &[SocketAddr], log_dir: &Path) -> Nginx {
+        Self::start_at(loopback(free_port()), replicas, log_dir, &[])
+    }
+
+    /// Listening on `addr`, run through `launcher` when given (see [`launched`]).
+    pub fn start_at(
+        addr: SocketAddr,
+        replicas: &[SocketAddr],
+        log_dir: &Path,
+        launcher: &[String],
+    ) -> Nginx {
         let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/nginx.conf"))
             .expect("reading nginx.conf");
-        let addr = loopback(free_port());
         let rendered = stickyws::ops::nginx_conf::render(&shipped, addr, replicas)
             .expect("rendering nginx.conf");
         let prefix = log_dir.join("nginx");
@@ -155,7 +186,7 @@ impl Nginx {
         std::fs::write(&conf, rendered).unwrap();
         let nginx = stickyws::ops::host::find("nginx", "nginx", Some("nginx"))
             .unwrap_or_else(|err| panic!("{err}"));
-        let mut command = Command::new(nginx);
+        let mut command = launched(launcher, &nginx);
         command
             .arg("-p")
             .arg(format!("{}/", prefix.display()))
