@@ -236,7 +236,11 @@ mod tests {
         assert!(Position::new(Epoch::UNKNOWN, id).continues_in(Epoch(5)));
         assert!(Epoch::fresh().is_known());
         let lobby = ChannelName::parse("public:lobby").unwrap();
-        for cursor in [Cursor::Client(p), Cursor::Broadcast(p), Cursor::Channel(lobby, p)] {
+        for cursor in [
+            Cursor::Client(p),
+            Cursor::Broadcast(p),
+            Cursor::Channel(lobby, p),
+        ] {
             assert_eq!(cursor.position(), p);
         }
     }

@@ -491,7 +491,10 @@ impl Follower {
                     if Some(text.as_str()) == marker {
                         return true;
                     }
-                    self.last_id = frame["cursor"].as_str().unwrap().to_owned();
+                    self.last_id = frame["cursor"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("a publish frame without its cursor: {frame}"))
+                        .to_owned();
                     self.got.push(text);
                 }
                 Ok(Some(frame)) => assert_ne!(
@@ -533,7 +536,7 @@ async fn publish_via(cluster: &TestCluster, client: &Client, via: &str, text: &s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs gap fill (branch gap-fill)"]
+#[ignore = "not yet reliable: passes in most runs with gap fill, but some runs see the partitioned replica resync (1012) and the resume answer history_lost, once a publish frame without its cursor; run it with --include-ignored"]
 async fn messages_accepted_while_a_replica_is_cut_from_redis_reach_its_socket_once_in_order() {
     const PARTITION: Duration = Duration::from_secs(5);
     const EVERY: Duration = Duration::from_millis(5);
