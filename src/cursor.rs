@@ -228,6 +228,9 @@ mod tests {
             "abc:1",
             "1:2:3-4",
             &format!("{}:1-2", "f".repeat(17)),
+            // What u64 parsing alone would let through: a sign, and zeros past 16 digits.
+            "+ab:1-2",
+            &format!("{}1:1-2", "0".repeat(16)),
         ] {
             assert_eq!(bad.parse::<Position>(), Err(BadCursor), "{bad:?}");
         }
