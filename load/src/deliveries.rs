@@ -159,6 +159,8 @@ pub struct Outage {
     /// The client cursor the reconnect asked to resume after, and the one its welcome named.
     pub resumed_from: Option<String>,
     pub welcomed_at: Option<String>,
+    /// The broadcast cursor the reconnect asked to resume after.
+    pub resumed_broadcast_from: Option<String>,
 }
 
 /// What one socket received over its life.
@@ -306,6 +308,7 @@ pub async fn hold(
             back_on: None,
             resumed_from: last_id.clone(),
             welcomed_at: None,
+            resumed_broadcast_from: last_broadcast_id.clone(),
         };
         if !plan.reconnect {
             tally.outages.push(outage);

@@ -95,6 +95,9 @@ pub(super) struct Accounting {
     pub arrival_ms: Vec<u32>,
     /// (client, seq) of the first lost deliveries, to look into.
     pub lost_named: Vec<(u32, u64)>,
+    /// The first duplicated deliveries: client, seq, each arrival (ms since the first send,
+    /// replayed or live) and that client's reconnects (ms, the cursor resumed from).
+    pub duplicates_named: Vec<serde_json::Value>,
 }
 
 impl Accounting {
@@ -314,6 +317,9 @@ pub(super) fn account(o: &Observed) -> Accounting {
         for &seq in &tally.seqs {
             if !seen.insert(seq) {
                 acc.duplicates += 1;
+                if acc.duplicates_named.len() < 5 {
+                    acc.duplicates_named.push(duplicate(o, tally, seq));
+                }
             }
         }
         acc.delivered += seen.iter().filter(|s| accepted.contains(s)).count() as u64;
@@ -363,6 +369,29 @@ pub(super) fn account(o: &Observed) -> Accounting {
     acc.replay_latency = Latencies::from_micros(replays);
     acc.catch_up = Latencies::from_micros(catch_up);
     acc
+}
+
+/// What tells where a duplicate came from.
+fn duplicate(o: &Observed, tally: &Tally, seq: u64) -> serde_json::Value {
+    let origin = o.sent.first_us;
+    let ms = |us: u64| us.saturating_sub(origin) / 1000;
+    let arrivals: Vec<_> = tally
+        .seqs
+        .iter()
+        .zip(&tally.arrivals)
+        .filter(|(s, _)| **s == seq)
+        .map(|(_, a)| json!({"at_ms": ms(a.at_us), "replayed": a.replayed, "id": a.id}))
+        .collect();
+    let reconnects: Vec<_> = tally
+        .outages
+        .iter()
+        .map(|out| {
+            json!({"closed_ms": ms(out.closed_us), "back_ms": out.back_us.map(ms),
+                   "kind": out.kind, "back_on": out.back_on,
+                   "resumed_broadcast_from": out.resumed_broadcast_from})
+        })
+        .collect();
+    json!({"client": tally.client, "seq": seq, "arrivals": arrivals, "reconnects": reconnects})
 }
 
 /// The rows and figures jitter and avalanche share.
@@ -436,6 +465,7 @@ pub(super) fn report_common(ctx: &Ctx, report: &mut Report, o: &Observed, acc: &
     report.figure("never_back", acc.never_back);
     report.figure("reconnect_failures", acc.reconnect_failures);
     report.figure("lost_named", json!(acc.lost_named));
+    report.figure("duplicates_named", json!(acc.duplicates_named));
     report.figure("anchors", ANCHORS);
     report.figure(
         "sending_ended_s",
