@@ -299,6 +299,7 @@ async fn subscribe_all(
         deadline: ctx.until_deadline(Duration::from_secs(2)),
         samples: true,
         away_until_published: None,
+        jitter: None,
     };
     let mut holders = Vec::with_capacity(creds.len());
     for (index, creds) in creds.iter().enumerate() {

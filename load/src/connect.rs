@@ -64,10 +64,12 @@ async fn ramp_and_hold(ctx: &Ctx) -> anyhow::Result<Observed> {
         String::new,
     );
     let plan = FleetPlan {
+        sticky: None,
         concurrency: args.connect_concurrency,
         rate: args.connect_rate,
         hold: HoldPlan {
             away_until_published: None,
+            jitter: None,
             tag: ctx.tag.clone(),
             clock: ctx.clock,
             // A socket the server closes while held is a failure to count, not to repair.

@@ -135,6 +135,8 @@ impl Acks {
 pub struct Sample {
     pub at_ms: u32,
     pub latency_us: u32,
+    /// Sent again from history after a reconnect.
+    pub replayed: bool,
 }
 
 /// One arrival of a marked message at its holder.
@@ -157,6 +159,8 @@ pub struct Outage {
     /// The client cursor the reconnect asked to resume after, and the one its welcome named.
     pub resumed_from: Option<String>,
     pub welcomed_at: Option<String>,
+    /// The broadcast cursor the reconnect asked to resume after.
+    pub resumed_broadcast_from: Option<String>,
 }
 
 /// What one socket received over its life.
@@ -199,7 +203,48 @@ pub struct HoldPlan {
     /// Before reconnecting, wait (at most [`AWAY_WAIT`]) until a publish for this client was
     /// accepted while it was away (failover).
     pub away_until_published: Option<Arc<Acks>>,
+    /// Force-close the socket's TCP connection now and then, stay away, come back (jitter).
+    pub jitter: Option<Jitter>,
 }
+
+/// The jitter benchmark's network drops, as AnyCable's runs them: once `started` is cancelled,
+/// each socket's TCP connection is reset (no close frame) after a random share of `every` the
+/// first time, then about every `every`; it stays offline about `offline` (both ±25 %) and
+/// reconnects through the front door resuming from its cursors. No drop starts after `ended`.
+#[derive(Debug, Clone)]
+pub struct Jitter {
+    pub every: Duration,
+    pub offline: Duration,
+    pub started: CancellationToken,
+    pub ended: CancellationToken,
+}
+
+impl Jitter {
+    /// Resolves when this connection is due to be dropped; never, once the jitter has ended.
+    async fn next_drop(&self, first: bool) {
+        self.started.cancelled().await;
+        let share = if first {
+            rand::random::<f64>()
+        } else {
+            0.75 + rand::random::<f64>() * 0.5
+        };
+        tokio::select! {
+            () = tokio::time::sleep(self.every.mul_f64(share)) => {
+                if self.ended.is_cancelled() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            () = self.ended.cancelled() => std::future::pending::<()>().await,
+        }
+    }
+
+    fn offline_for(&self) -> Duration {
+        self.offline.mul_f64(0.75 + rand::random::<f64>() * 0.5)
+    }
+}
+
+/// Why a jittered socket ended: the tool reset it on purpose.
+pub const JITTER_DROP: &str = "jitter_drop";
 
 /// The longest a closed holder waits for a publish before reconnecting anyway (the sending may
 /// have ended).
@@ -224,7 +269,18 @@ pub async fn hold(
     let mut last_broadcast_id = opened.last_broadcast_id.take();
     let mut ws = opened.ws;
     live.connected.fetch_add(1, Ordering::Relaxed);
+    let mut first = true;
     loop {
+        let drop_due = {
+            let jitter = plan.jitter.clone();
+            async move {
+                match jitter {
+                    Some(j) => j.next_drop(first).await,
+                    None => std::future::pending().await,
+                }
+            }
+        };
+        first = false;
         let end = receive(
             &mut ws,
             &plan,
@@ -233,6 +289,7 @@ pub async fn hold(
             &stop,
             &mut last_id,
             &mut last_broadcast_id,
+            drop_due,
         )
         .await;
         let Some(kind) = end else {
@@ -251,10 +308,18 @@ pub async fn hold(
             back_on: None,
             resumed_from: last_id.clone(),
             welcomed_at: None,
+            resumed_broadcast_from: last_broadcast_id.clone(),
         };
         if !plan.reconnect {
             tally.outages.push(outage);
             return tally;
+        }
+        if let (Some(jitter), true) = (&plan.jitter, outage.kind == JITTER_DROP) {
+            // Offline, as a phone in a tunnel is: nothing is tried until the time is up.
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = tokio::time::sleep(jitter.offline_for()) => {}
+            }
         }
         if let Some(acks) = &plan.away_until_published {
             wait_for_publish(acks, client, &plan, &stop).await;
@@ -305,7 +370,9 @@ async fn wait_for_publish(acks: &Acks, client: u32, plan: &HoldPlan, stop: &Canc
     }
 }
 
-/// Reads until `stop` (None) or the socket ends (Some(why)).
+/// Reads until `stop` (None) or the socket ends (Some(why)); when `drop_due` resolves, resets
+/// the TCP connection itself (Some([`JITTER_DROP`])).
+#[allow(clippy::too_many_arguments)]
 async fn receive(
     ws: &mut Ws,
     plan: &HoldPlan,
@@ -314,10 +381,18 @@ async fn receive(
     stop: &CancellationToken,
     last_id: &mut Option<String>,
     last_broadcast_id: &mut Option<String>,
+    drop_due: impl std::future::Future<Output = ()>,
 ) -> Option<String> {
+    let mut drop_due = std::pin::pin!(drop_due);
     loop {
         let message = tokio::select! {
             () = stop.cancelled() => return None,
+            () = &mut drop_due => {
+                // An RST, not a close handshake: what a lost network looks like to the server
+                // once it notices (the holder drops the socket right after).
+                let _ = ws.get_ref().set_zero_linger();
+                return Some(JITTER_DROP.to_owned());
+            }
             m = ws.next() => m,
         };
         let text = match message {
@@ -342,17 +417,20 @@ async fn receive(
             via,
             text,
             id,
+            cursor,
             replayed,
             ..
         } = frame
         else {
             continue;
         };
-        if let Some(id) = &id {
+        // The cursor (with its history's epoch) is what to resume from; the bare id is for
+        // servers of older versions.
+        if let Some(position) = cursor.as_ref().or(id.as_ref()) {
             if via == Via::Broadcast {
-                *last_broadcast_id = Some(id.clone());
-            } else {
-                *last_id = Some(id.clone());
+                *last_broadcast_id = Some(position.clone());
+            } else if via != Via::Channel {
+                *last_id = Some(position.clone());
             }
         }
         let Some((client, seq, sent)) = parse(&plan.tag, &text) else {
@@ -378,6 +456,7 @@ async fn receive(
             tally.samples.push(Sample {
                 at_ms: u32::try_from(now / 1000).unwrap_or(u32::MAX),
                 latency_us: u32::try_from(now.saturating_sub(sent)).unwrap_or(u32::MAX),
+                replayed,
             });
         }
     }

@@ -21,6 +21,8 @@ pub struct FleetPlan {
     pub concurrency: usize,
     /// Handshakes started per second; 0 starts them as fast as `concurrency` allows.
     pub rate: f64,
+    /// Open every socket with this replica's sticky cookie (reconnects go without it).
+    pub sticky: Option<String>,
     pub hold: HoldPlan,
 }
 
@@ -81,6 +83,7 @@ pub async fn open(
         );
         let hold = plan.hold.clone();
         let rate = plan.rate;
+        let sticky = plan.sticky.clone();
         holders.push(tokio::spawn(async move {
             let client = u32::try_from(index).unwrap_or(u32::MAX - 1);
             let permit = gate.acquire_owned().await;
@@ -93,7 +96,7 @@ pub async fn open(
                 return Tally::default();
             }
             let started_us = hold.clock.us();
-            let opened = dialer.open(&creds, None, "").await;
+            let opened = dialer.open(&creds, sticky.as_deref(), "").await;
             drop(permit);
             let opened = match opened {
                 Ok(o) => o,

@@ -5,7 +5,7 @@
 //! part of a replica.
 //!
 //! Scenarios: `tour` (the demo's six buttons, checked), `connect`, `targeted`, `broadcast`,
-//! `sticky`, `failover` and `channel` (see [`Scenario`]).
+//! `sticky`, `failover`, `channel`, `jitter` and `avalanche` (see [`Scenario`]).
 //!
 //! # Layout
 //! - `client`: one client of the deployment — minted once, then HTTP calls and a checked socket.
@@ -16,8 +16,10 @@
 //! - `deliveries`: collecting — what each socket receives, tallied; reconnects and outages.
 //! - `report`: reporting — percentiles, the table, the JSON lines.  `plot`: SVG plots.
 //! - `cpu`: the server processes' CPU and memory while a run goes on.  `progress`: the bar.
-//! - `tour`, `connect`, `targeted`, `broadcast`, `sticky`, `failover`, `channel`: the scenarios.
+//! - `tour`, `connect`, `targeted`, `broadcast`, `sticky`, `failover`, `channel`, `jitter`,
+//!   `avalanche`: the scenarios.
 
+mod avalanche;
 mod broadcast;
 mod channel;
 mod client;
@@ -27,6 +29,7 @@ mod deliveries;
 mod deployment;
 mod failover;
 mod fleet;
+mod jitter;
 mod plot;
 mod progress;
 mod publisher;
@@ -73,7 +76,7 @@ pub struct LoadArgs {
 #[derive(Debug, Clone, Args)]
 pub struct LoadOptions {
     /// WebSockets to open (one client identity each).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, visible_alias = "clients", default_value_t = 100)]
     pub sockets: usize,
     /// Messages to send: publishes (targeted, failover, channel), broadcasts (broadcast),
     /// requests per cookie mode (sticky).
@@ -140,9 +143,16 @@ pub struct LoadOptions {
     /// failover: SIGTERM this pid (the replica drains) during the run.
     #[arg(long, conflicts_with = "kill_pid")]
     pub drain_pid: Option<u32>,
-    /// failover: seconds into the sending before the signal (default: a third of the run).
+    /// failover, avalanche: seconds into the sending before the signal (default: a third of
+    /// the run).
     #[arg(long)]
     pub fault_after: Option<f64>,
+    /// jitter: each socket's TCP connection is reset about this often, in seconds (±25 %).
+    #[arg(long, default_value_t = 15.0)]
+    pub jitter_every: f64,
+    /// jitter: seconds a reset socket stays offline before it reconnects (±25 %).
+    #[arg(long, default_value_t = 2.0)]
+    pub offline: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -167,6 +177,15 @@ pub enum Scenario {
     /// subscribers: deliveries/s, latency, loss, duplicates, CPU per replica, `PUBSUB NUMSUB`;
     /// fails if anything was lost or duplicated.
     Channel,
+    /// AnyCable's jitter benchmark: --messages broadcasts (API key) at --rate to --clients
+    /// sockets whose TCP connections are reset about every --jitter-every s and stay offline
+    /// about --offline s, then resume from their cursors: delivery rate, duplicates, replay
+    /// latency; fails if anything was lost or duplicated.
+    Jitter,
+    /// --sockets sockets all on one replica, broadcasts at --rate, that replica SIGKILLed
+    /// (--kill-pid, or found through --cluster-pid): time until all are back, loss, duplicates;
+    /// fails if anything was lost or duplicated or a socket never came back.
+    Avalanche,
 }
 
 impl Scenario {
@@ -179,6 +198,8 @@ impl Scenario {
             Scenario::Sticky => "sticky",
             Scenario::Failover => "failover",
             Scenario::Channel => "channel",
+            Scenario::Jitter => "jitter",
+            Scenario::Avalanche => "avalanche",
         }
     }
 }
@@ -301,6 +322,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
             Scenario::Sticky => sticky::run(&ctx).await,
             Scenario::Failover => failover::run(&ctx).await,
             Scenario::Channel => channel::run(&ctx).await,
+            Scenario::Jitter => jitter::run(&ctx).await,
+            Scenario::Avalanche => avalanche::run(&ctx).await,
         }
     };
     match tokio::time::timeout(limit + Duration::from_secs(10), work).await {

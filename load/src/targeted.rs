@@ -276,6 +276,7 @@ pub(super) async fn open_fleet(
         String::new,
     );
     let plan = FleetPlan {
+        sticky: None,
         concurrency: ctx.args.connect_concurrency,
         rate: ctx.args.connect_rate,
         hold: HoldPlan {
@@ -285,6 +286,7 @@ pub(super) async fn open_fleet(
             deadline: ctx.until_deadline(Duration::from_secs(2)),
             samples: true,
             away_until_published,
+            jitter: None,
         },
     };
     let fleet = fleet::open(ctx.dialer.clone(), creds, plan, ctx.live.clone()).await;
