@@ -504,4 +504,50 @@ mod tests {
         assert!(none.replay.is_empty());
         assert_eq!(none.cut, ["client", "broadcast"]);
     }
+
+    #[tokio::test]
+    async fn a_history_read_cut_at_its_byte_budget_is_said_once() {
+        // Each read brings at most about two messages; the socket's own budget is no limit.
+        let window = crate::broker::Window {
+            read_bytes: 120,
+            ..Limits::default().window()
+        };
+        let broker = Broker::Memory(MemoryBroker::new("app-1", Arc::new(|_, _, _| {}), window));
+        let c = ClientId::parse("c").unwrap();
+        for i in 0..5 {
+            publish(&broker, Target::Client(c.clone()), &format!("m{i}")).await;
+        }
+        let start = start(&broker, &c, "app-1", Some(Seen::default()), usize::MAX).await;
+        assert!(
+            (1..5).contains(&start.replay.len()),
+            "the read stopped early: {}",
+            start.replay.len()
+        );
+        assert_eq!(start.cut, ["client"], "said, and once");
+    }
+
+    #[tokio::test]
+    async fn a_channel_whose_history_started_again_empty_counts_from_its_new_start() {
+        let broker = broker();
+        let lobby = ChannelName::parse("public:lobby").unwrap();
+        // Counting from here starts the channel's history (its epoch) with nothing in it.
+        let now = channel(&broker, &lobby, "app-1", None, usize::MAX)
+            .await
+            .upto;
+        let older_life = Position::new(Epoch(now.epoch.0 ^ 1), StreamId { ms: 5, seq: 0 });
+        let start = channel(&broker, &lobby, "app-1", Some(older_life), usize::MAX).await;
+        assert_eq!(start.recovered, Some(false));
+        assert_eq!(
+            start.upto,
+            Position::new(now.epoch, StreamId::ZERO),
+            "everything the new life will hold is new to this subscriber"
+        );
+        // In the same life with nothing missed, live messages pass from where the client is.
+        let seen = publish(&broker, Target::Channel(lobby.clone()), "seen").await;
+        let same_life = channel(&broker, &lobby, "app-1", Some(seen), usize::MAX).await;
+        assert_eq!(
+            (same_life.recovered, same_life.upto, same_life.replayed),
+            (Some(true), seen, 0)
+        );
+    }
 }
