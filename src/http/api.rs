@@ -130,6 +130,32 @@ pub(super) fn authorize(
     })
 }
 
+/// The request carries the server API key: 403 `api_disabled` when the deployment has none,
+/// 401 `missing_token` / `bad_token` otherwise. `what` names the route in the messages.
+pub(super) fn require_api_key(
+    state: &AppState,
+    headers: &HeaderMap,
+    what: &str,
+) -> Result<(), ApiError> {
+    if state.config.api_key.is_none() {
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "api_disabled",
+            format!("the server API is disabled: set API_KEY to enable {what}"),
+        ));
+    }
+    let credential = bearer(headers).ok_or_else(|| {
+        ApiError::unauthorized("missing_token", "send Authorization: Bearer <API key>")
+    })?;
+    if !is_api_key(state, credential) {
+        return Err(ApiError::unauthorized(
+            "bad_token",
+            format!("{what} needs the API key"),
+        ));
+    }
+    Ok(())
+}
+
 pub(super) fn is_api_key(state: &AppState, credential: &str) -> bool {
     use sha2::{Digest, Sha256};
     use subtle::ConstantTimeEq;
@@ -206,22 +232,7 @@ pub(super) async fn broadcast(
     headers: HeaderMap,
     TextBody(text): TextBody,
 ) -> Result<Json<Received>, ApiError> {
-    if state.config.api_key.is_none() {
-        return Err(ApiError::new(
-            axum::http::StatusCode::FORBIDDEN,
-            "api_disabled",
-            "the server API is disabled: set API_KEY to enable /api/broadcast",
-        ));
-    }
-    let credential = bearer(&headers).ok_or_else(|| {
-        ApiError::unauthorized("missing_token", "send Authorization: Bearer <API key>")
-    })?;
-    if !is_api_key(&state, credential) {
-        return Err(ApiError::unauthorized(
-            "bad_token",
-            "broadcast needs the API key",
-        ));
-    }
+    require_api_key(&state, &headers, "/api/broadcast")?;
     let key = idempotency_key(&headers)?;
     let published = send(&state, &Target::Broadcast, Via::Broadcast, text, key).await?;
     state.records.record(

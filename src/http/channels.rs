@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Serialize;
 
 use super::AppState;
-use super::api::is_api_key;
+use super::api::{is_api_key, require_api_key};
 use super::error::ApiError;
 use super::extract::{ChannelPath, ClientIdBody, TextBody, bearer, idempotency_key};
 use crate::broker::Driver;
@@ -136,22 +136,7 @@ pub(super) async fn mint_token(
     headers: HeaderMap,
     ClientIdBody(client): ClientIdBody,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if state.config.api_key.is_none() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "api_disabled",
-            "the server API is disabled: set API_KEY to mint subscription tokens",
-        ));
-    }
-    let credential = bearer(&headers).ok_or_else(|| {
-        ApiError::unauthorized("missing_token", "send Authorization: Bearer <API key>")
-    })?;
-    if !is_api_key(&state, credential) {
-        return Err(ApiError::unauthorized(
-            "bad_token",
-            "subscription tokens are minted with the API key",
-        ));
-    }
+    require_api_key(&state, &headers, "/api/channels/{channel}/tokens")?;
     let token = state.signer.mint_subscription(&client, channel.as_str());
     Ok(Json(serde_json::json!({
         "channel": channel.as_str(),
