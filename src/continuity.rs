@@ -155,6 +155,11 @@ impl Track {
         self.waiting.is_some()
     }
 
+    /// The newest position delivered to the target's sockets, if any.
+    pub fn delivered(&self) -> Option<Position> {
+        self.last
+    }
+
     /// Where a fill reads history from; None when nothing is known (no socket of the target
     /// has started yet, so its sessions work out their own start).
     pub fn from(&self) -> Option<Position> {

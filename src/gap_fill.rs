@@ -1,7 +1,12 @@
 //! The gap fill (issue #14, item 3): after the broker subscription was lost and resubscribed
 //! while this replica's sockets stayed open, every held target's history after the newest
 //! position this replica delivered is read and delivered, in order, before the target's live
-//! messages (which [`crate::continuity`] holds back meanwhile), each message once.
+//! messages (which [`crate::continuity`] holds back meanwhile), each message once. The same
+//! for one socket that resumed from its cursor while the broker could not be read: its replay
+//! is this fill, done once the broker answers.
+//!
+//! A fill is put off while the broker is not ready (nothing could be read, and no live message
+//! arrives meanwhile) and tried again when the link is back, instead of being given up.
 //!
 //! When the history cannot show continuity — trimmed past that position, another epoch, or
 //! unreadable after a few tries — the target's sockets are closed with 1012, like a
@@ -16,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, Driver, History};
@@ -29,9 +33,15 @@ use crate::target::Target;
 
 /// Most targets whose history is read at once.
 pub const CONCURRENT_FILLS: usize = 16;
-/// Tries of one history read before the target's sockets are told to resume instead.
-const READ_TRIES: u32 = 3;
-const RETRY_AFTER: Duration = Duration::from_millis(300);
+/// Waits between tries of one history read on a ready broker (about 4 s in all) before the
+/// target's sockets are told to resume instead: a command connection may come back a little
+/// after the subscription.
+const RETRY_AFTER: [Duration; 4] = [
+    Duration::from_millis(300),
+    Duration::from_millis(600),
+    Duration::from_millis(1200),
+    Duration::from_millis(1800),
+];
 /// How long landed messages are paced to the sockets' room before the rest is queued at once.
 const PUMP_FOR: Duration = Duration::from_secs(10);
 const PUMP_EVERY: Duration = Duration::from_millis(5);
@@ -46,7 +56,6 @@ pub struct GapFill {
 struct Inner {
     registry: Registry,
     delivery: Delivery,
-    wake: Notify,
 }
 
 /// What one target's fill did.
@@ -54,6 +63,8 @@ struct Inner {
 enum Outcome {
     /// Not waiting for a fill (released, or filled by an earlier pass).
     Idle,
+    /// The broker is not ready: still waiting, tried again when the link is back.
+    PutOff,
     Filled {
         messages: usize,
     },
@@ -67,11 +78,7 @@ enum Outcome {
 impl GapFill {
     pub fn new(registry: Registry, delivery: Delivery) -> Self {
         Self {
-            inner: Arc::new(Inner {
-                registry,
-                delivery,
-                wake: Notify::new(),
-            }),
+            inner: Arc::new(Inner { registry, delivery }),
         }
     }
 
@@ -81,20 +88,25 @@ impl GapFill {
     pub fn resubscribed(&self) {
         let (round, targets) = self.inner.registry.begin_fill();
         tracing::info!(round, targets, "gap fill starts");
-        self.inner.wake.notify_one();
+    }
+
+    /// Both broker connections answer again: fills put off meanwhile are tried now.
+    pub fn link_back(&self) {
+        self.inner.registry.wake_fills();
     }
 
     /// Fills targets whenever [`GapFill::resubscribed`] says so, until `stop`.
     pub async fn run(self, broker: Broker, stop: CancellationToken) {
         loop {
             tokio::select! {
-                () = self.inner.wake.notified() => {}
+                () = self.inner.registry.fills_due() => {}
                 () = stop.cancelled() => return,
             }
             // Whatever is waiting now, including targets a pass of an older round left holding.
             let targets = self.inner.registry.filling();
             let mut filled = 0usize;
             let mut resynced = 0usize;
+            let mut put_off = 0usize;
             let mut fills = futures_util::stream::iter(targets)
                 .map(|target| {
                     let (this, broker) = (&self, &broker);
@@ -105,6 +117,7 @@ impl GapFill {
                 let label = target.label();
                 match outcome {
                     Outcome::Idle => {}
+                    Outcome::PutOff => put_off += 1,
                     Outcome::Filled { messages } => {
                         filled += messages;
                         if messages > 0 {
@@ -125,12 +138,15 @@ impl GapFill {
                     }
                 }
             }
-            tracing::info!(filled, resynced, "gap fill done");
+            tracing::info!(filled, resynced, put_off, "gap fill done");
         }
     }
 
     async fn fill(&self, broker: &Broker, target: &Target) -> Outcome {
         let registry = &self.inner.registry;
+        if !broker.is_ready() {
+            return Outcome::PutOff;
+        }
         let Some((round, from)) = registry.fill_from(target) else {
             return Outcome::Idle;
         };
@@ -148,9 +164,10 @@ impl GapFill {
             };
         };
         let mut history = None;
-        for attempt in 0..READ_TRIES {
-            if attempt > 0 {
-                tokio::time::sleep(RETRY_AFTER).await;
+        for wait in std::iter::once(Duration::ZERO).chain(RETRY_AFTER) {
+            tokio::time::sleep(wait).await;
+            if !broker.is_ready() {
+                return Outcome::PutOff;
             }
             match broker.history(target, from).await {
                 Ok(read) => {

@@ -40,6 +40,9 @@ struct Inner {
     queue: usize,
     // A std Mutex: critical sections are map lookups and `try_send`s, never an `.await`.
     state: Mutex<State>,
+    /// Rung when targets start waiting for a gap fill, or when the broker is back for fills
+    /// that were put off ([`crate::gap_fill`] waits on it).
+    fills_due: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -154,6 +157,7 @@ impl Registry {
                 max_channels: limits.channels_per_socket,
                 queue: limits.socket_queue,
                 state: Mutex::new(State::default()),
+                fills_due: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -282,7 +286,46 @@ impl Registry {
         for target in &targets {
             state.tracks.entry(target.clone()).or_default().begin(round);
         }
+        drop(state);
+        self.wake_fills();
         (round, targets.len())
+    }
+
+    /// One socket of `target` resumed from `from` while its history could not be read: the
+    /// target waits for a fill from there, as after a lost subscription. False when a fill
+    /// cannot stand for the replay: `from` has no epoch to check a history against, or other
+    /// sockets of the target here were already delivered past it (a fill goes to every socket
+    /// of the target, so it would repeat to them what they have).
+    pub fn refill(&self, target: &Target, from: Position) -> bool {
+        if !from.epoch.is_known() {
+            return false;
+        }
+        let mut state = self.lock();
+        if !state.holds(target) {
+            return false;
+        }
+        state.fill_round += 1;
+        let round = state.fill_round;
+        let track = state.tracks.entry(target.clone()).or_default();
+        if track.delivered().is_some_and(|last| last != from) {
+            return false;
+        }
+        track.started(from);
+        track.begin(round);
+        drop(state);
+        self.wake_fills();
+        true
+    }
+
+    /// Asks the gap fill to look at what is waiting (e.g. the broker is back for fills it put
+    /// off while the broker could not answer).
+    pub fn wake_fills(&self) {
+        self.inner.fills_due.notify_one();
+    }
+
+    /// Resolves when fills may be due (see [`Registry::wake_fills`]).
+    pub async fn fills_due(&self) {
+        self.inner.fills_due.notified().await;
     }
 
     /// Where a fill of `target` reads history from, and the round it answers; None when the
@@ -581,6 +624,12 @@ impl Registration {
     /// This socket's stream of `target` starts at `at` (see [`Registry::started`]).
     pub fn started(&self, target: &Target, at: Position) {
         self.registry.started(target, at);
+    }
+
+    /// This socket resumed `target` from `from` without reading its history (see
+    /// [`Registry::refill`]).
+    pub fn refill(&self, target: &Target, from: Position) -> bool {
+        self.registry.refill(target, from)
     }
 
     /// Whether this socket is subscribed to `channel`.

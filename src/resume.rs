@@ -7,6 +7,8 @@
 //! message newer than the replay is in the socket's queue, and everything older was replayed.
 //! A position from another life of a history (another epoch) is never answered with a silent
 //! partial replay: the history is reported lost, and what the new life holds is replayed.
+//! A history the broker cannot read now is not said lost: the session leaves its replay to the
+//! gap fill ([`crate::gap_fill`]), which reads it once the broker answers.
 
 use axum::extract::ws::Utf8Bytes;
 
@@ -58,12 +60,14 @@ pub struct Start {
     pub replay: Vec<Outgoing>,
     /// Histories (`client`, `broadcast`) in which messages may have been lost.
     pub lost: Vec<&'static str>,
+    /// Histories the broker could not read now: not replayed, nothing known lost.
+    pub unread: Vec<&'static str>,
     /// Histories whose replay stopped at the byte budget: newer missed messages were not sent.
     pub cut: Vec<&'static str>,
     pub skip: Skip,
 }
 
-/// Works out the start; a broker that cannot answer means history is unknown, said as lost.
+/// Works out the start; a history the broker cannot answer is left `unread` (not lost).
 /// The replay holds at most `max_bytes` of frames: what a socket may be owed is bounded, not
 /// the whole window of both histories.
 pub async fn start(
@@ -74,7 +78,13 @@ pub async fn start(
     max_bytes: usize,
 ) -> Start {
     let own_target = Target::Client(client.clone());
+    // A broker known to be down is not asked: each read would only wait out its timeout
+    // before the client is greeted.
+    let ready = broker.is_ready();
     let Some(seen) = seen else {
+        if !ready {
+            return Start::default();
+        }
         let welcome = match broker.newest(&[own_target, Target::Broadcast]).await {
             Ok(newest) => Seen {
                 client: newest.first().copied().unwrap_or_default(),
@@ -87,13 +97,17 @@ pub async fn start(
             ..Start::default()
         };
     };
-    let own = broker.history(&own_target, seen.client).await;
-    let all = broker.history(&Target::Broadcast, seen.broadcast).await;
     let mut start = Start {
         welcome: seen,
         skip: Skip(seen),
         ..Start::default()
     };
+    if !ready {
+        start.unread = vec!["client", "broadcast"];
+        return start;
+    }
+    let own = broker.history(&own_target, seen.client).await;
+    let all = broker.history(&Target::Broadcast, seen.broadcast).await;
     let mut entries = Vec::new();
     let mut read_short = Vec::new();
     for (name, history) in [("client", own), ("broadcast", all)] {
@@ -116,7 +130,7 @@ pub async fn start(
                         .map(|(id, payload)| (Position::new(epoch, id), name, payload)),
                 );
             }
-            Err(_) => start.lost.push(name),
+            Err(_) => start.unread.push(name),
         }
     }
     // Both histories share Redis's clock; merging by id replays them in publish order.

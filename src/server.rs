@@ -267,6 +267,7 @@ fn link_observer(
         }
         LinkEvent::Back { after } => {
             metrics.broker_up(true);
+            gap_fill.link_back();
             records.record(
                 Event::Subscribed,
                 None,

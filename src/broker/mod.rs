@@ -167,6 +167,15 @@ impl Broker {
         }
     }
 
+    /// Whether the connection that carries subscriptions is down: a target held now is
+    /// subscribed when it is back, and the resubscribe starts a gap fill for it.
+    pub fn subscriber_down(&self) -> bool {
+        match self {
+            Broker::Memory(_) => false,
+            Broker::Redis(b) => b.subscriber_down(),
+        }
+    }
+
     /// The Redis command connection when the broker is Redis, for what else lives in the same
     /// Redis (the state lab's shared state); multiplexed, so sharing it costs no connection.
     pub fn redis_connection(&self) -> Option<link::CommandLink> {

@@ -267,6 +267,13 @@ impl RedisBroker {
     }
 }
 
+impl RedisBroker {
+    /// See [`super::Broker::subscriber_down`].
+    pub fn subscriber_down(&self) -> bool {
+        !self.inner.health.is_up(link::Connection::Subscriber)
+    }
+}
+
 impl Driver for RedisBroker {
     async fn publish_once(
         &self,

@@ -147,6 +147,32 @@ impl Session {
         Box::pin(self.close_with(end, &mut sink)).await;
     }
 
+    /// Histories the broker could not read for this resume are replayed by the gap fill once it
+    /// can (the socket's queue holds them after the welcome, as any fill); where a fill cannot
+    /// stand for the replay (see [`Registration::refill`]) they are said lost.
+    fn leave_unread_to_fill(&self, start: &mut resume::Start) {
+        for name in std::mem::take(&mut start.unread) {
+            let (target, from) = if name == "client" {
+                (Target::Client(self.client.clone()), start.welcome.client)
+            } else {
+                (Target::Broadcast, start.welcome.broadcast)
+            };
+            if from == crate::cursor::Position::default() {
+                // The client named no position in this history: nothing to replay or lose.
+                continue;
+            }
+            if self.registration.refill(&target, from) {
+                self.delivery.records().record(
+                    Event::Replay,
+                    Some(self.client.as_str()),
+                    format_args!("{name} history unreadable now: replayed once the broker answers"),
+                );
+            } else {
+                start.lost.push(name);
+            }
+        }
+    }
+
     /// Waits for the broker's subscription, works out where the stream starts and greets the
     /// client; None when the socket is gone or was closed here. The greeting is bounded like
     /// everything else a socket is sent: by `replay_timeout` (a client that does not read it in
@@ -156,7 +182,15 @@ impl Session {
         S: Sink<Message, Error = axum::Error> + Unpin,
     {
         let client = self.client.as_str();
-        if let Some(subscribed) = self.registration.subscribed.take() {
+        // With the subscriber connection down the subscription waits for it; a resume is then
+        // left to the gap fill, which runs after the resubscribe, so there is nothing to wait
+        // for.
+        if let Some(subscribed) = self
+            .registration
+            .subscribed
+            .take()
+            .filter(|_| !self.broker.subscriber_down())
+        {
             match tokio::time::timeout(SUBSCRIBE_WAIT, subscribed).await {
                 Ok(Ok(())) => {}
                 Ok(Err(err)) => {
@@ -167,7 +201,7 @@ impl Session {
                 }
             }
         }
-        let start = resume::start(
+        let mut start = resume::start(
             &self.broker,
             &self.client,
             self.delivery.replica(),
@@ -175,6 +209,7 @@ impl Session {
             self.replay.max_bytes,
         )
         .await;
+        self.leave_unread_to_fill(&mut start);
         let greeted = tokio::select! {
             biased;
             () = self.shutdown.cancelled() => Err(End::Shutdown),

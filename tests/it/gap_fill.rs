@@ -427,3 +427,85 @@ async fn a_gap_history_no_longer_holds_closes_the_sockets_with_1012() {
         cluster.records()
     );
 }
+
+/// A client that reconnects (with its cursor) to a replica cut off from Redis is not told its
+/// history was lost: the history could not be read, which is not the same. Its missed
+/// messages are replayed once the replica can read them, in order and once, before live ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_while_the_replica_cannot_read_redis_is_replayed_once_it_can() {
+    let (cluster, proxy) = cluster(true, "1000").await;
+    let proxy = proxy.unwrap();
+    let app1 = cluster.replica_base("app-1").replace("http://", "");
+    let base2 = cluster.replica_base("app-2");
+    let owner = cluster.mint().await;
+    let send = |text: String| {
+        let request = cluster
+            .http
+            .post(format!("{base2}/api/publish/{}", owner.id))
+            .bearer_auth(&owner.token)
+            .header("content-type", "application/json")
+            .body(json!({ "text": text }).to_string());
+        async move { request.send().await.map(|a| a.status()).ok() }
+    };
+    let mut socket = Socket::connect(&app1, &owner, None).await;
+    assert_eq!(send("m0".to_owned()).await, Some(StatusCode::OK));
+    let seen = socket.next_json().await;
+    assert_eq!(seen["text"], "m0", "{seen}");
+    let cursor = seen["cursor"].as_str().unwrap().to_owned();
+    drop(socket);
+
+    proxy.black_hole(true);
+    let cut = Instant::now();
+    while until_ready(&cluster, "app-1", Duration::from_millis(100)).await {
+        assert!(cut.elapsed() < RECOVER_WITHIN, "app-1 noticed the cut");
+    }
+    let missed: Vec<String> = (1..=5).map(|i| format!("m{i}")).collect();
+    for text in &missed {
+        assert_eq!(send(text.clone()).await, Some(StatusCode::OK), "{text}");
+    }
+    let mut resumed =
+        Socket::connect_query(&app1, &owner, None, &format!("&last_id={cursor}")).await;
+    assert_eq!(
+        resumed.welcome["last_id"],
+        cursor.as_str(),
+        "welcomed at its cursor"
+    );
+    let meanwhile = resumed.drain(Duration::from_millis(800)).await;
+    assert!(
+        meanwhile.iter().all(|f| f["type"] != "history_lost"),
+        "not said lost while unreadable: {meanwhile:?}"
+    );
+    proxy.black_hole(false);
+    assert!(
+        until_ready(&cluster, "app-1", RECOVER_WITHIN).await,
+        "app-1 back"
+    );
+    assert_eq!(send("live".to_owned()).await, Some(StatusCode::OK));
+    let mut got = Vec::new();
+    let deadline = Instant::now() + RECOVER_WITHIN;
+    while Instant::now() < deadline && got.last().map(String::as_str) != Some("live") {
+        let Some(frame) = resumed.next_json_within(Duration::from_secs(1)).await else {
+            continue;
+        };
+        assert_ne!(frame["type"], "history_lost", "{frame}");
+        if frame["via"] == "publish" {
+            assert!(frame["cursor"].is_string(), "with its cursor: {frame}");
+            got.push(frame["text"].as_str().unwrap().to_owned());
+        }
+    }
+    let mut want = missed.clone();
+    want.push("live".to_owned());
+    assert_eq!(
+        got,
+        want,
+        "what it missed, once and in order, then live\n{}",
+        cluster.records()
+    );
+    assert!(
+        cluster
+            .records()
+            .contains("client history unreadable now: replayed once the broker answers"),
+        "{}",
+        cluster.records()
+    );
+}

@@ -334,6 +334,19 @@ impl NetCluster {
         n: usize,
         redis_url_of: impl Fn(&Net, &str) -> Option<String>,
     ) -> Option<NetCluster> {
+        Self::build(n, redis_url_of, &[])
+    }
+
+    /// The topology with these settings in every replica's environment.
+    pub fn start_with_settings(n: usize, settings: &[(&str, &str)]) -> Option<NetCluster> {
+        Self::build(n, |_, _| None, settings)
+    }
+
+    fn build(
+        n: usize,
+        redis_url_of: impl Fn(&Net, &str) -> Option<String>,
+        settings: &[(&str, &str)],
+    ) -> Option<NetCluster> {
         let mut hosts = vec!["redis".to_owned(), "nginx".to_owned()];
         hosts.extend((1..=n).map(|i| format!("app-{i}")));
         let names: Vec<&str> = hosts.iter().map(String::as_str).collect();
@@ -356,7 +369,10 @@ impl NetCluster {
                 .join("records.log")
                 .to_string_lossy()
                 .into_owned(),
-            extra: Vec::new(),
+            extra: settings
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         let mut replicas = Vec::new();
         for i in 1..=n {

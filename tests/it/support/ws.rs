@@ -128,6 +128,24 @@ impl Socket {
         }
     }
 
+    /// The next text frame within `limit`; or, if the server closes first, its close code
+    /// (None: no code, or nothing within `limit`).
+    pub async fn next_json_or_close(&mut self, limit: Duration) -> Result<Value, Option<u16>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    return Ok(serde_json::from_str(&text).expect("JSON frame"));
+                }
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    return Err(frame.map(|f| u16::from(f.code)));
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(_)) | None) | Err(_) => return Err(None),
+            }
+        }
+    }
+
     /// Every frame that arrives until `quiet` passes without one.
     pub async fn drain(&mut self, quiet: Duration) -> Vec<Value> {
         let mut frames = Vec::new();
