@@ -342,7 +342,7 @@ async fn a_5s_partition_loses_and_duplicates_nothing_on_live_sockets() {
 async fn killed_subscriber_connections_lose_and_duplicate_nothing() {
     let (cluster, _) = cluster(false, "10000").await;
     let url = cluster.redis.as_ref().unwrap().url();
-    run(cluster, 500, async move {
+    run(cluster, 1000, async move {
         let redis = redis::Client::open(url).unwrap();
         let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
         for _ in 0..5 {
