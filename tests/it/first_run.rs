@@ -241,3 +241,63 @@ async fn every_answer_through_nginx_names_the_replica_that_gave_it() {
         }
     }
 }
+
+/// `scripts/demo`, run with a stand-in `cargo` first on `PATH` that writes down how it was
+/// called (the real one would spend minutes on a release build): what the script asks cargo
+/// for, and what it says meanwhile.
+#[test]
+fn the_demo_shows_its_build_and_passes_its_arguments_to_the_cluster() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let calls = dir.path().join("calls");
+    let cargo = dir.path().join("cargo");
+    std::fs::write(
+        &cargo,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\necho '   Compiling stickyws (stand-in)' >&2\n",
+            calls.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cargo, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let output = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/demo"))
+        .args(["--port", "8080"])
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let calls = std::fs::read_to_string(&calls).unwrap();
+    let calls: Vec<&str> = calls.lines().collect();
+    let build = calls
+        .iter()
+        .find(|c| c.starts_with("build"))
+        .unwrap_or_else(|| panic!("no cargo build in {calls:?}"));
+    // cargo's own progress gets through: no --quiet on the build that takes minutes.
+    assert!(
+        !build.split(' ').any(|a| a == "--quiet" || a == "-q"),
+        "{build}"
+    );
+    assert!(
+        build.contains("stickyws-load"),
+        "the load tool too: {build}"
+    );
+    assert!(
+        stderr.contains("demo: building"),
+        "says what it builds:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("Compiling"),
+        "cargo's output shows:\n{stderr}"
+    );
+    let run = calls.last().unwrap();
+    assert!(
+        run.ends_with("cluster --port 8080"),
+        "arguments reach the cluster: {run}"
+    );
+}
