@@ -4,27 +4,15 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use stickyws_load::LoadArgs;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "stickyws-load",
-    bin_name = "stickyws load",
-    version,
-    about = "Drive traffic against a running deployment and report (or check) what it does"
-)]
-struct Cli {
-    #[command(flatten)]
-    args: LoadArgs,
-}
+use stickyws_load::{command, from_matches};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = command().get_matches();
+    let args = from_matches(&matches).unwrap_or_else(|err| err.exit());
     stickyws::telemetry::init_stderr();
     let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)
-        .and_then(|runtime| runtime.block_on(stickyws_load::run(cli.args)));
+        .and_then(|runtime| runtime.block_on(stickyws_load::run(args)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
