@@ -32,7 +32,7 @@ enum Command {
     /// Drive traffic against a running deployment and report (or check) what it does.
     ///
     /// Runs the `stickyws-load` program beside this one; `stickyws load --help` lists the
-    /// scenarios and their flags.
+    /// scenarios, `stickyws load <scenario> --help` the flags of one.
     // Every argument, `--help` included, is the load tool's to read.
     #[command(disable_help_flag = true)]
     Load {

@@ -5,7 +5,8 @@
 //! part of a replica.
 //!
 //! Scenarios: `tour` (the demo's six buttons, checked), `connect`, `targeted`, `broadcast`,
-//! `sticky`, `failover`, `channel`, `jitter` and `avalanche` (see [`Scenario`]).
+//! `sticky`, `failover`, `channel`, `jitter` and `avalanche` (see [`Scenario`]), each a
+//! subcommand whose `--help` lists only the flags it reads ([`command`], `Scenario::flags`).
 //!
 //! # Layout
 //! - `client`: one client of the deployment — minted once, then HTTP calls and a checked socket.
@@ -53,7 +54,7 @@ use self::report::Report;
 use self::socket::Dialer;
 
 /// `stickyws load <scenario>` flags: every setting any scenario takes. Each scenario's command
-/// ([`command`]) offers only those in [`Scenario::flags`]; the rest keep their defaults.
+/// ([`command`]) offers only those in `Scenario::flags`; the rest keep their defaults.
 #[derive(Debug, Clone, Args)]
 pub struct LoadArgs {
     /// What to run: the subcommand's name, filled in by [`from_matches`].
@@ -207,7 +208,7 @@ const MEASURING_FLAGS: &[&str] = &[
 
 impl Scenario {
     /// The flags (clap ids, the [`LoadArgs`] and [`LoadOptions`] field names) this scenario
-    /// reads, besides [`COMMON_FLAGS`] and, for all but `tour`, [`MEASURING_FLAGS`]: what its
+    /// reads, besides `COMMON_FLAGS` and, for all but `tour`, `MEASURING_FLAGS`: what its
     /// `--help` shows and what it accepts.
     fn flags(self) -> &'static [&'static str] {
         match self {
@@ -479,5 +480,69 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     match tokio::time::timeout(limit + Duration::from_secs(10), work).await {
         Ok(result) => result,
         Err(_) => anyhow::bail!("the run did not finish within {}s", ctx.timeout),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_option() -> Vec<String> {
+        LoadArgs::augment_args(clap::Command::new("all"))
+            .get_arguments()
+            .map(|arg| arg.get_id().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_command_is_well_formed() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_a_scenario_names_is_an_option() {
+        let options = every_option();
+        for scenario in Scenario::value_variants() {
+            for id in scenario
+                .flags()
+                .iter()
+                .chain(COMMON_FLAGS)
+                .chain(MEASURING_FLAGS)
+            {
+                assert!(
+                    options.contains(&id.to_string()),
+                    "{scenario:?}: no option {id}"
+                );
+            }
+        }
+    }
+
+    /// A new option that no scenario lists would be hidden from every `--help` and refused.
+    #[test]
+    fn every_option_belongs_to_some_scenario() {
+        for id in every_option() {
+            assert!(
+                Scenario::value_variants().iter().any(|s| s.takes(&id)),
+                "--{id} is no scenario's: add it to Scenario::flags"
+            );
+        }
+    }
+
+    #[test]
+    fn a_scenario_parses_its_own_flags_and_refuses_another_ones() {
+        let parse = |argv: &[&str]| {
+            let matches = command().try_get_matches_from(argv)?;
+            from_matches(&matches)
+        };
+        let args = parse(&["load", "targeted", "--sockets", "7", "--api-key", "k"]).unwrap();
+        assert_eq!(args.scenario, Scenario::Targeted);
+        assert_eq!(args.options.sockets, 7);
+        assert_eq!(args.options.api_key.as_deref(), Some("k"));
+        let err = parse(&["load", "tour", "--jitter-every", "3"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--jitter-every is not an option of `tour`"),
+            "{err}"
+        );
     }
 }
