@@ -1,7 +1,8 @@
 //! What a newcomer meets in the first minutes: a mistake in the configuration or a busy port is
-//! one readable line (with `RUST_BACKTRACE=1` in the environment too), process logs written to
-//! a file are plain text, a `REDIS_URL` that points at nothing is said out loud while the rest
-//! keeps working, and every answer through nginx says which replica gave it.
+//! one readable line (with `RUST_BACKTRACE=1` in the environment too), for `serve` and for
+//! `cluster`; process logs written to a file are plain text; a `REDIS_URL` that points at
+//! nothing is said out loud while the rest keeps working; every answer through nginx says which
+//! replica gave it; and `scripts/demo` shows its build and hands its arguments to the cluster.
 
 use std::process::Command;
 use std::time::Duration;
@@ -300,4 +301,45 @@ fn the_demo_shows_its_build_and_passes_its_arguments_to_the_cluster() {
         run.ends_with("cluster --port 8080"),
         "arguments reach the cluster: {run}"
     );
+}
+
+#[test]
+fn the_cluster_on_a_busy_port_fails_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind(loopback(0)).unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stickyws"))
+        .args(["cluster", "--port", &port, "--nginx-conf"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/nginx.conf"))
+        .arg("--records-log")
+        .arg(dir.path().join("records.log"))
+        .env("RUST_BACKTRACE", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the cluster on busy port {port} did not give up within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = child.wait_with_output().unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!status.success(), "{all}");
+    let errors: Vec<&str> = all.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "one `error:` line\n{all}");
+    assert!(errors[0].contains(&port), "names the port\n{all}");
+    assert!(!all.contains("backtrace"), "no backtrace\n{all}");
+    drop(busy);
 }
