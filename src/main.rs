@@ -1,7 +1,11 @@
 //! The `stickyws` command: parses the subcommand and hands it to the library; `load` is a
-//! program of its own (the `stickyws-load` crate), which this one runs in its place.
+//! program of its own (the `stickyws-load` crate), which this one runs in its place. A failure
+//! ends the process with one `error: …` line on stderr (the cause chain, joined), whatever
+//! `RUST_BACKTRACE` says: configuration and start-up errors are for the person at the terminal,
+//! not a debugger.
 
 use std::ffi::OsString;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -28,7 +32,7 @@ enum Command {
     /// Drive traffic against a running deployment and report (or check) what it does.
     ///
     /// Runs the `stickyws-load` program beside this one; `stickyws load --help` lists the
-    /// scenarios and their flags.
+    /// scenarios, `stickyws load <scenario> --help` the flags of one.
     // Every argument, `--help` included, is the load tool's to read.
     #[command(disable_help_flag = true)]
     Load {
@@ -37,11 +41,22 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    // Bad flags and `--help` are clap's to print (exit code 2, or 0), before anything runs.
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", stickyws::telemetry::one_line(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     // The load tool sets up its own diagnostics.
     if !matches!(cli.command, Command::Load { .. }) {
-        stickyws::telemetry::init(std::io::stderr);
+        stickyws::telemetry::init_stderr();
     }
     match cli.command {
         Command::Serve(args) => {

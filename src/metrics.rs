@@ -1,7 +1,10 @@
 //! Prometheus metrics: names, help texts and the text exposition served on `/metrics`.
 //!
 //! Counters count events; gauges that describe the process (resident memory, open files) are
-//! read from `/proc` at scrape time rather than kept up to date on every change.
+//! read from `/proc` at scrape time rather than kept up to date on every change. A replica's
+//! exposition names it once, in `stickyws_replica_info{replica="<APP_ID>"} 1`, rather than as a
+//! label on every series: a scrape through nginx can say which replica answered (the
+//! `X-Replica` header says it too), and Prometheus joins the name onto any series by instance.
 
 use std::sync::Arc;
 
@@ -10,6 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
@@ -335,11 +339,28 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Metrics that name no replica (unit tests of the parts that count).
     pub fn new() -> Self {
+        Self::build(None)
+    }
+
+    /// A replica's metrics, its name in `stickyws_replica_info`.
+    pub fn for_replica(replica: &str) -> Self {
+        Self::build(Some(replica))
+    }
+
+    fn build(replica: Option<&str>) -> Self {
         let mut inner = Inner::zeroed();
         let mut root = Registry::default();
         inner.register_process(&mut root);
         let ours = root.sub_registry_with_prefix("stickyws");
+        if let Some(replica) = replica {
+            ours.register(
+                "replica",
+                "The replica that answered this scrape (its APP_ID)",
+                Info::new(vec![("replica".to_owned(), replica.to_owned())]),
+            );
+        }
         inner.register_delivery(ours);
         inner.register_lab(ours);
         inner.create_every_series();
@@ -589,5 +610,15 @@ mod tests {
         );
         assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(!text.contains("stickyws_replica_info"), "{text}");
+    }
+
+    #[test]
+    fn a_replicas_exposition_names_it() {
+        let text = Metrics::for_replica("app-2").render();
+        assert!(
+            text.contains("\nstickyws_replica_info{replica=\"app-2\"} 1\n"),
+            "{text}"
+        );
     }
 }

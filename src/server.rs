@@ -43,6 +43,8 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most bytes of request headers one connection may buffer (hyper's default is about 400 KiB).
 /// Above nginx's own default of 4 × 8 KiB, so what nginx passes on always fits.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// The response header naming the replica that answered (its `APP_ID`), on every response.
+pub const X_REPLICA: axum::http::HeaderName = axum::http::HeaderName::from_static("x-replica");
 
 /// A replica, bound and ready to serve.
 #[derive(Debug)]
@@ -78,7 +80,7 @@ impl Replica {
                  refused by every other replica; set one shared secret for a deployment"
             );
         }
-        let metrics = Metrics::new();
+        let metrics = Metrics::for_replica(&replica);
         // Built in the order messages flow back: sockets, then delivery into them, then the
         // broker whose inbox is that delivery. The registry does not own the broker (each
         // socket's registration carries it), so nothing here needs to be filled in later.
@@ -265,6 +267,23 @@ fn link_observer(
             );
             tracing::warn!(%reason, "broker link lost; reconnecting");
         }
+        LinkEvent::Unreachable { addr, reason } => {
+            metrics.broker_up(false);
+            records.record(
+                Event::BrokerLost,
+                None,
+                format_args!(
+                    "redis at {addr} unreachable at start ({reason}); serving without it, \
+                     /readyz 503 until it answers"
+                ),
+            );
+            tracing::warn!(
+                %addr,
+                %reason,
+                "cannot reach redis (REDIS_URL): serving the page, echo, direct and sockets \
+                 without it; publish and /readyz answer 503 until it answers"
+            );
+        }
         LinkEvent::Back { after } => {
             metrics.broker_up(true);
             gap_fill.link_back();
@@ -323,6 +342,9 @@ async fn serve<S>(
         .max_buf_size(MAX_HEAD_BYTES);
     let connections = tokio_util::task::TaskTracker::new();
     let stop = CancellationToken::new();
+    // Every answer names the replica that gave it, so a scrape or a probe through nginx says
+    // which replica it reached. APP_ID is checked to be header-safe; if it were not, no header.
+    let named = axum::http::HeaderValue::from_str(config.app_id.as_str()).ok();
     tokio::pin!(stopping);
     loop {
         let (stream, addr) = tokio::select! {
@@ -340,8 +362,10 @@ async fn serve<S>(
         let peer = Peer::new(addr, &config.trusted_proxies);
         let app = app.clone();
         let config = config.clone();
+        let named = named.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
             let mut app = app.clone();
+            let named = named.clone();
             let mut request = request.map(axum::body::Body::new);
             request.extensions_mut().insert(peer);
             let refused = request.method() == axum::http::Method::POST && {
@@ -349,17 +373,22 @@ async fn serve<S>(
                 cross_site(headers, peer.scheme(headers), &config.allowed_origins)
             };
             async move {
-                if refused {
-                    return Ok(ApiError::new(
+                let mut response = if refused {
+                    ApiError::new(
                         axum::http::StatusCode::FORBIDDEN,
                         "forbidden_origin",
                         "a cross-site request may not change state here; add its origin to \
                          ALLOWED_ORIGINS to allow it",
                     )
-                    .into_response());
+                    .into_response()
+                } else {
+                    std::future::poll_fn(|cx| app.poll_ready(cx)).await?;
+                    app.call(request).await?
+                };
+                if let Some(named) = named {
+                    response.headers_mut().insert(X_REPLICA, named);
                 }
-                std::future::poll_fn(|cx| app.poll_ready(cx)).await?;
-                app.call(request).await
+                Ok::<_, std::convert::Infallible>(response)
             }
         });
         let connection = http

@@ -57,14 +57,16 @@ impl Client {
         (creds, errors)
     }
 
-    /// `POST /api/clients`: one fresh client. Err is the failure's kind, as the report counts it.
+    /// `POST /api/clients`: one fresh client, with the deployment's API key when given. Err is
+    /// the failure's kind, as the report counts it.
     pub async fn mint(deployment: &Deployment) -> Result<Client, String> {
-        let response = deployment
+        let mut request = deployment
             .http
-            .post(format!("{}/api/clients", deployment.base))
-            .send()
-            .await
-            .map_err(|e| reqwest_kind(&e))?;
+            .post(format!("{}/api/clients", deployment.base));
+        if let Some(key) = &deployment.api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.map_err(|e| reqwest_kind(&e))?;
         let status = response.status();
         if !status.is_success() {
             return Err(format!("http_{}", status.as_u16()));

@@ -21,6 +21,9 @@ pub struct ReplicaFigures {
 pub struct Deployment {
     pub base: String,
     pub http: reqwest::Client,
+    /// Sent as the bearer when minting clients: a deployment limits minting per source address
+    /// (`MINT_RATE`) except with its API key, and a load run mints many from one address.
+    pub api_key: Option<String>,
 }
 
 impl Deployment {
@@ -34,7 +37,16 @@ impl Deployment {
         Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
             http,
+            api_key: None,
         })
+    }
+
+    /// The same deployment, minting with `key` when there is one.
+    pub fn with_api_key(self, key: Option<String>) -> Self {
+        Self {
+            api_key: key,
+            ..self
+        }
     }
 
     /// `GET /` without a cookie: the replica that rendered the page and the two visit counts

@@ -5,7 +5,8 @@
 //! part of a replica.
 //!
 //! Scenarios: `tour` (the demo's six buttons, checked), `connect`, `targeted`, `broadcast`,
-//! `sticky`, `failover`, `channel`, `jitter` and `avalanche` (see [`Scenario`]).
+//! `sticky`, `failover`, `channel`, `jitter` and `avalanche` (see [`Scenario`]), each a
+//! subcommand whose `--help` lists only the flags it reads ([`command`], `Scenario::flags`).
 //!
 //! # Layout
 //! - `client`: one client of the deployment — minted once, then HTTP calls and a checked socket.
@@ -44,7 +45,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::{Args, FromArgMatches, ValueEnum};
 
 use self::cpu::ServerPids;
 use self::deliveries::{Clock, Live};
@@ -52,16 +53,17 @@ use self::deployment::Deployment;
 use self::report::Report;
 use self::socket::Dialer;
 
-/// `stickyws load` flags.
+/// `stickyws load <scenario>` flags: every setting any scenario takes. Each scenario's command
+/// ([`command`]) offers only those in `Scenario::flags`; the rest keep their defaults.
 #[derive(Debug, Clone, Args)]
 pub struct LoadArgs {
-    /// What to run.
-    #[arg(value_enum)]
+    /// What to run: the subcommand's name, filled in by [`from_matches`].
+    #[arg(skip = Scenario::Tour)]
     pub scenario: Scenario,
     /// Front door of the deployment (nginx, or one replica).
     #[arg(long, default_value = "http://127.0.0.1:8000")]
     pub url: String,
-    /// Presses per button (tour).
+    /// Presses per button and per state-lab check.
     #[arg(long, default_value_t = 12)]
     pub count: usize,
     /// Hard limit on the whole run, in seconds.
@@ -119,7 +121,8 @@ pub struct LoadOptions {
     /// channel: Redis to ask `PUBSUB NUMSUB` (default: a measured replica's REDIS_URL).
     #[arg(long)]
     pub redis_url: Option<String>,
-    /// API key for /api/broadcast and channel publishes.
+    /// The deployment's API key: for /api/broadcast and channel publishes, and sent when
+    /// minting clients, which a deployment then does not rate-limit (MINT_RATE).
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Append the results as JSON lines to this file.
@@ -157,7 +160,8 @@ pub struct LoadOptions {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Scenario {
-    /// Presses each of the demo page's six buttons and checks what each one promises.
+    /// Presses each of the demo page's six buttons and the state lab's three checks, and
+    /// checks what each one promises.
     Tour,
     /// Ramps --sockets WebSockets, holds them: connect rate, handshake latency, failures by
     /// kind, sockets and resident memory per socket on each replica.
@@ -188,7 +192,89 @@ pub enum Scenario {
     Avalanche,
 }
 
+/// Flags of every scenario.
+const COMMON_FLAGS: &[&str] = &["url", "timeout"];
+/// Flags of every scenario but `tour`: minting, reporting, measuring the servers.
+const MEASURING_FLAGS: &[&str] = &[
+    "concurrency",
+    "api_key",
+    "source_ips",
+    "json",
+    "plots",
+    "label",
+    "server_pids",
+    "cluster_pid",
+];
+
 impl Scenario {
+    /// The flags (clap ids, the [`LoadArgs`] and [`LoadOptions`] field names) this scenario
+    /// reads, besides `COMMON_FLAGS` and, for all but `tour`, `MEASURING_FLAGS`: what its
+    /// `--help` shows and what it accepts.
+    fn flags(self) -> &'static [&'static str] {
+        match self {
+            Scenario::Tour => &["count"],
+            Scenario::Connect => &["sockets", "connect_concurrency", "connect_rate", "hold"],
+            Scenario::Targeted => &[
+                "sockets",
+                "messages",
+                "rate",
+                "connect_concurrency",
+                "connect_rate",
+                "settle",
+            ],
+            Scenario::Broadcast | Scenario::Sticky => &["sockets", "messages", "rate", "settle"],
+            Scenario::Failover => &[
+                "sockets",
+                "messages",
+                "rate",
+                "connect_concurrency",
+                "connect_rate",
+                "settle",
+                "kill_pid",
+                "drain_pid",
+                "fault_after",
+            ],
+            Scenario::Channel => &[
+                "sockets",
+                "messages",
+                "rate",
+                "connect_concurrency",
+                "settle",
+                "channels",
+                "on_one_replica",
+                "idle",
+                "redis_url",
+            ],
+            Scenario::Jitter => &[
+                "sockets",
+                "messages",
+                "rate",
+                "connect_concurrency",
+                "connect_rate",
+                "settle",
+                "jitter_every",
+                "offline",
+            ],
+            Scenario::Avalanche => &[
+                "sockets",
+                "messages",
+                "rate",
+                "connect_concurrency",
+                "connect_rate",
+                "settle",
+                "kill_pid",
+                "fault_after",
+            ],
+        }
+    }
+
+    /// Whether this scenario's command offers the flag with clap id `id`.
+    fn takes(self, id: &str) -> bool {
+        COMMON_FLAGS.contains(&id)
+            || (self != Scenario::Tour && MEASURING_FLAGS.contains(&id))
+            || self.flags().contains(&id)
+    }
+
     fn name(self) -> &'static str {
         match self {
             Scenario::Tour => "tour",
@@ -202,6 +288,70 @@ impl Scenario {
             Scenario::Avalanche => "avalanche",
         }
     }
+}
+
+/// The `stickyws load` command: a subcommand per scenario, each showing (and accepting) only
+/// its own flags. Every subcommand is built from all of [`LoadArgs`], the other scenarios' flags
+/// hidden, so one struct parses them all and a hidden flag given anyway is refused by
+/// [`from_matches`].
+pub fn command() -> clap::Command {
+    let mut command = clap::Command::new("stickyws-load")
+        .bin_name("stickyws load")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("Drive traffic against a running deployment and report (or check) what it does")
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .subcommand_value_name("SCENARIO")
+        .subcommand_help_heading("Scenarios");
+    for &scenario in Scenario::value_variants() {
+        let about = scenario
+            .to_possible_value()
+            .and_then(|value| value.get_help().cloned());
+        let sub = clap::Command::new(scenario.name())
+            .bin_name(format!("stickyws load {}", scenario.name()));
+        let mut sub = LoadArgs::augment_args(sub).mut_args(|arg| {
+            let shown = scenario.takes(arg.get_id().as_str());
+            arg.hide(!shown)
+        });
+        if let Some(about) = about {
+            sub = sub.about(about);
+        }
+        command = command.subcommand(sub);
+    }
+    command
+}
+
+/// The scenario and its settings from [`command`]'s matches; a flag of another scenario is an
+/// error naming the scenario's `--help`.
+pub fn from_matches(matches: &clap::ArgMatches) -> Result<LoadArgs, clap::Error> {
+    let mut command = command();
+    let Some((name, sub)) = matches.subcommand() else {
+        return Err(command.error(
+            clap::error::ErrorKind::MissingSubcommand,
+            "name a scenario; `stickyws load --help` lists them",
+        ));
+    };
+    let scenario = Scenario::from_str(name, false)
+        .map_err(|e| command.error(clap::error::ErrorKind::InvalidSubcommand, e))?;
+    let mut sub_command = command.find_subcommand(name).cloned().unwrap_or(command);
+    // The arguments, not `sub.ids()`: that also lists the flattened groups.
+    let refused = sub_command.get_arguments().find(|arg| {
+        let id = arg.get_id().as_str();
+        !scenario.takes(id) && sub.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+    });
+    if let Some(arg) = refused {
+        let flag = arg.get_long().unwrap_or(arg.get_id().as_str()).to_owned();
+        return Err(sub_command.error(
+            clap::error::ErrorKind::ArgumentConflict,
+            format!(
+                "--{flag} is not an option of `{name}`; `stickyws load {name} --help` lists \
+                 its options"
+            ),
+        ));
+    }
+    let mut args = LoadArgs::from_arg_matches(sub)?;
+    args.scenario = scenario;
+    Ok(args)
 }
 
 /// What every scenario shares: the target, the run's clock and limits, the counters the
@@ -297,7 +447,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(plots).with_context(|| format!("creating {}", plots.display()))?;
     }
     let ctx = Ctx {
-        deployment: Deployment::new(url.as_str(), args.concurrency)?,
+        deployment: Deployment::new(url.as_str(), args.concurrency)?
+            .with_api_key(args.api_key.clone()),
         dialer: Arc::new(Dialer::new(&url, args.source_ips, Duration::from_secs(10)).await?),
         clock: Clock::start(),
         deadline: Instant::now() + limit,
@@ -329,5 +480,69 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     match tokio::time::timeout(limit + Duration::from_secs(10), work).await {
         Ok(result) => result,
         Err(_) => anyhow::bail!("the run did not finish within {}s", ctx.timeout),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_option() -> Vec<String> {
+        LoadArgs::augment_args(clap::Command::new("all"))
+            .get_arguments()
+            .map(|arg| arg.get_id().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_command_is_well_formed() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_a_scenario_names_is_an_option() {
+        let options = every_option();
+        for scenario in Scenario::value_variants() {
+            for id in scenario
+                .flags()
+                .iter()
+                .chain(COMMON_FLAGS)
+                .chain(MEASURING_FLAGS)
+            {
+                assert!(
+                    options.contains(&id.to_string()),
+                    "{scenario:?}: no option {id}"
+                );
+            }
+        }
+    }
+
+    /// A new option that no scenario lists would be hidden from every `--help` and refused.
+    #[test]
+    fn every_option_belongs_to_some_scenario() {
+        for id in every_option() {
+            assert!(
+                Scenario::value_variants().iter().any(|s| s.takes(&id)),
+                "--{id} is no scenario's: add it to Scenario::flags"
+            );
+        }
+    }
+
+    #[test]
+    fn a_scenario_parses_its_own_flags_and_refuses_another_ones() {
+        let parse = |argv: &[&str]| {
+            let matches = command().try_get_matches_from(argv)?;
+            from_matches(&matches)
+        };
+        let args = parse(&["load", "targeted", "--sockets", "7", "--api-key", "k"]).unwrap();
+        assert_eq!(args.scenario, Scenario::Targeted);
+        assert_eq!(args.options.sockets, 7);
+        assert_eq!(args.options.api_key.as_deref(), Some("k"));
+        let err = parse(&["load", "tour", "--jitter-every", "3"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--jitter-every is not an option of `tour`"),
+            "{err}"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! `stickyws load tour`: presses each of the demo page's six buttons `count` times, like a
-//! visitor, then the state lab's, prints what happened per button, and fails if any button
-//! broke its promise.
+//! visitor, then the state lab's three checks, prints one row for each (what was pressed, what
+//! came back and how, which replicas took it), and fails if any of them broke its promise.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -13,17 +13,33 @@ use stickyws::frame::ReceivedFrame;
 use crate::client::{Client, Socket};
 use crate::deployment::Deployment;
 
-/// What one button did over its presses.
-#[derive(Debug, Default)]
+/// What one button (or state-lab check) did over its presses.
+#[derive(Debug)]
 struct Tally {
     sent: usize,
     /// Requests taken, by replica.
     took: BTreeMap<String, usize>,
-    /// Frames delivered over the socket.
-    delivered: usize,
+    /// Presses whose answer came back as `outcome` says.
+    came_back: usize,
+    /// What `came_back` counts, in words ("answered over HTTP", "arrived on the socket"), so
+    /// no row shows a bare number that means something else on the next row.
+    outcome: &'static str,
 }
 
+/// The table's column headings and widths (the rows are formatted to the same).
+const HEADING: (&str, &str, &str, &str) =
+    ("what was pressed", "sent", "what came back", "taken by");
+
 impl Tally {
+    fn counting(outcome: &'static str) -> Self {
+        Self {
+            sent: 0,
+            took: BTreeMap::new(),
+            came_back: 0,
+            outcome,
+        }
+    }
+
     fn took_by(&mut self, replica: &str) {
         self.sent += 1;
         *self.took.entry(replica.to_owned()).or_default() += 1;
@@ -31,14 +47,22 @@ impl Tally {
 
     fn row(&self, name: &str) -> String {
         let took: Vec<String> = self.took.iter().map(|(r, n)| format!("{r}×{n}")).collect();
-        format!(
-            "{name:<34} {:>4} {:>9}   {}",
-            self.sent,
-            self.delivered,
-            took.join(" ")
+        line(
+            name,
+            &self.sent.to_string(),
+            &format!("{} {}", self.came_back, self.outcome),
+            &took.join(" "),
         )
     }
 }
+
+fn line(name: &str, sent: &str, came_back: &str, took: &str) -> String {
+    format!("{name:<44} {sent:>4}   {came_back:<30} {took}")
+}
+
+const ANSWERED: &str = "answered over HTTP";
+const ARRIVED: &str = "arrived on the socket";
+const HELD_ALL: &str = "answers held every note";
 
 pub(super) async fn run(base: &str, count: usize) -> anyhow::Result<()> {
     let deployment = Deployment::new(base, 1)?;
@@ -61,10 +85,8 @@ pub(super) async fn run(base: &str, count: usize) -> anyhow::Result<()> {
     direct_buttons(d, &me, &mut socket, count, &mut rows, &mut broken).await?;
     state_lab(d, &me, count, &mut rows, &mut broken).await?;
 
-    let mut report = format!(
-        "{:<34} {:>4} {:>9}   {}\n",
-        "button", "sent", "delivered", "taken by"
-    );
+    let (name, sent, came_back, took) = HEADING;
+    let mut report = format!("{}\n", line(name, sent, came_back, took));
     for row in rows {
         let _ = writeln!(report, "{row}");
     }
@@ -73,7 +95,7 @@ pub(super) async fn run(base: &str, count: usize) -> anyhow::Result<()> {
         println!("every button kept its promise");
         Ok(())
     } else {
-        bail!("broken promises:\n  {}", broken.join("\n  "))
+        bail!("broken promises: {}", broken.join("; "))
     }
 }
 
@@ -87,10 +109,15 @@ async fn http_buttons(
     broken: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     // 1. HTTP & round robin: no cookie, answers from changing replicas.
-    let mut t = Tally::default();
+    let mut t = Tally::counting(ANSWERED);
     for i in 0..count {
-        let answer = me.call(d, "echo", None, &format!("rr {i}")).await?;
+        let text = format!("rr {i}");
+        let answer = me.call(d, "echo", None, &text).await?;
         t.took_by(answer["replica"].as_str().unwrap_or("?"));
+        t.came_back += usize::from(answer["text"] == text.as_str());
+    }
+    if t.came_back != count {
+        broken.push(format!("round robin: {} of {count} echoed", t.came_back));
     }
     if count >= 6 && t.took.len() < 2 {
         broken.push(format!(
@@ -98,15 +125,18 @@ async fn http_buttons(
             t.took
         ));
     }
-    rows.push(t.row("1 HTTP & round robin"));
+    rows.push(t.row("button 1 · HTTP & round robin"));
 
     // 2. HTTP & sticky: always the page's replica.
-    let mut t = Tally::default();
+    let mut t = Tally::counting(ANSWERED);
     for i in 0..count {
-        let answer = me
-            .call(d, "echo", Some(page_by), &format!("sticky {i}"))
-            .await?;
+        let text = format!("sticky {i}");
+        let answer = me.call(d, "echo", Some(page_by), &text).await?;
         t.took_by(answer["replica"].as_str().unwrap_or("?"));
+        t.came_back += usize::from(answer["text"] == text.as_str());
+    }
+    if t.came_back != count {
+        broken.push(format!("sticky: {} of {count} echoed", t.came_back));
     }
     if t.took.keys().any(|r| r != page_by) {
         broken.push(format!(
@@ -114,7 +144,7 @@ async fn http_buttons(
             t.took
         ));
     }
-    rows.push(t.row("2 HTTP & sticky"));
+    rows.push(t.row("button 2 · HTTP & sticky"));
 
     Ok(())
 }
@@ -130,26 +160,26 @@ async fn socket_buttons(
 ) -> anyhow::Result<()> {
     let ws_by = socket.replica.clone();
     // 3. WebSocket only: always the socket's replica.
-    let mut t = Tally::default();
+    let mut t = Tally::counting("echoed on the socket");
     for i in 0..count {
         let text = format!("ws {i}");
         socket.send_text(&text).await?;
         t.took_by(&ws_by);
         if expect_frame(socket, &text, "ws", &ws_by).await? {
-            t.delivered += 1;
+            t.came_back += 1;
         }
     }
-    if t.delivered != count {
-        broken.push(format!("websocket: {} of {count} echoed", t.delivered));
+    if t.came_back != count {
+        broken.push(format!("websocket: {} of {count} echoed", t.came_back));
     }
-    rows.push(t.row("3 WebSocket only"));
+    rows.push(t.row("button 3 · WebSocket only"));
 
     // 4. Publish through the broker: always arrives, delivered by the socket's replica.
     let t = pressed_until_arrived(d, me, socket, "publish", None, "publish", count).await?;
-    if t.delivered != count {
-        broken.push(format!("publish: {} of {count} arrived", t.delivered));
+    if t.came_back != count {
+        broken.push(format!("publish: {} of {count} arrived", t.came_back));
     }
-    rows.push(t.row("4 Publish through the broker"));
+    rows.push(t.row("button 4 · Publish through the broker"));
 
     Ok(())
 }
@@ -166,7 +196,7 @@ async fn direct_buttons(
 ) -> anyhow::Result<()> {
     let ws_by = socket.replica.clone();
     // 5. Direct without the cookie: arrives exactly when the request lands on the holder.
-    let mut t = Tally::default();
+    let mut t = Tally::counting(ARRIVED);
     for i in 0..count {
         let text = format!("direct {i}");
         let answer = me.call(d, "direct", None, &text).await?;
@@ -180,21 +210,21 @@ async fn direct_buttons(
             ));
         }
         if promised && expect_frame(socket, &text, "direct", &ws_by).await? {
-            t.delivered += 1;
+            t.came_back += 1;
         }
     }
     if let Some(stray) = socket.next(Duration::from_millis(300)).await? {
         broken.push(format!("a frame nobody promised arrived: {stray:?}"));
     }
-    rows.push(t.row("5 Non-sticky HTTP & in-memory WS"));
+    rows.push(t.row("button 5 · Non-sticky HTTP & in-memory WS"));
 
     // 6. Direct with the cookie: always arrives.
     let sticky = Some(ws_by.as_str());
     let t = pressed_until_arrived(d, me, socket, "direct", sticky, "sticky direct", count).await?;
-    if t.delivered != count {
-        broken.push(format!("sticky direct: {} of {count} arrived", t.delivered));
+    if t.came_back != count {
+        broken.push(format!("sticky direct: {} of {count} arrived", t.came_back));
     }
-    rows.push(t.row("6 Sticky HTTP & in-memory WS"));
+    rows.push(t.row("button 6 · Sticky HTTP & in-memory WS"));
 
     Ok(())
 }
@@ -211,21 +241,21 @@ async fn pressed_until_arrived(
     count: usize,
 ) -> anyhow::Result<Tally> {
     let ws_by = socket.replica.clone();
-    let mut t = Tally::default();
+    let mut t = Tally::counting(ARRIVED);
     for i in 0..count {
         let text = format!("{label} {i}");
         let answer = me.call(d, action, sticky, &text).await?;
         t.took_by(answer["replica"].as_str().unwrap_or("?"));
         if expect_frame(socket, &text, action, &ws_by).await? {
-            t.delivered += 1;
+            t.came_back += 1;
         }
     }
     Ok(t)
 }
 
 /// The state lab: notes kept in each replica's memory or in Redis, sent without the cookie,
-/// and the two visit counters. "delivered" counts answers that held every note sent so far,
-/// and visits that Redis counted.
+/// and the two visit counters: answers that held every note sent so far, and visits that Redis
+/// counted.
 async fn state_lab(
     d: &Deployment,
     me: &Client,
@@ -236,7 +266,7 @@ async fn state_lab(
     // A deployment keeps the newest MAX_NOTES of a client's notes; the tour assumes the default.
     let max_notes = stickyws::limits::Limits::default().max_notes;
     // Local notes: each replica holds only the notes that landed on it.
-    let mut t = Tally::default();
+    let mut t = Tally::counting(HELD_ALL);
     let path = format!("/api/notes/{}/local", me.client_id);
     for i in 0..count {
         let answer = me.post(d, &path, None, &format!("local {i}")).await?;
@@ -249,33 +279,33 @@ async fn state_lab(
                 "local notes: {taker} holds {held}, but {landed_here} landed there"
             ));
         }
-        t.delivered += usize::from(held == i + 1);
+        t.came_back += usize::from(held == i + 1);
     }
-    rows.push(t.row("7 Local state, no cookie"));
+    rows.push(t.row("state lab · local notes, no cookie"));
 
     // Shared notes: whole wherever the request lands.
-    let mut t = Tally::default();
+    let mut t = Tally::counting(HELD_ALL);
     let path = format!("/api/notes/{}/shared", me.client_id);
     for i in 0..count {
         let answer = me.post(d, &path, None, &format!("shared {i}")).await?;
         t.took_by(answer["replica"].as_str().unwrap_or("?"));
         let held = answer["notes"].as_array().map_or(0, Vec::len);
-        t.delivered += usize::from(held == (i + 1).min(max_notes));
+        t.came_back += usize::from(held == (i + 1).min(max_notes));
     }
-    if t.delivered != count {
-        broken.push(format!("shared notes: whole in {} of {count}", t.delivered));
+    if t.came_back != count {
+        broken.push(format!("shared notes: whole in {} of {count}", t.came_back));
     }
-    rows.push(t.row("8 Shared state (Redis), no cookie"));
+    rows.push(t.row("state lab · shared notes (Redis), no cookie"));
 
     // Visits: each replica's own count vs the shared one.
-    let mut t = Tally::default();
+    let mut t = Tally::counting("counted in Redis too");
     let mut local = BTreeMap::new();
     let mut shared = Vec::new();
     for _ in 0..count {
         let (replica, mine, all) = d.visit().await?;
         t.took_by(&replica);
         local.insert(replica, mine);
-        t.delivered += usize::from(all.is_some());
+        t.came_back += usize::from(all.is_some());
         shared.extend(all);
     }
     if shared.windows(2).any(|w| w[1] <= w[0]) {
@@ -284,7 +314,7 @@ async fn state_lab(
     let counts: Vec<String> = local.iter().map(|(r, n)| format!("{r}={n}")).collect();
     rows.push(format!(
         "{} (last seen: {}; shared={})",
-        t.row("9 Visits, no cookie"),
+        t.row("state lab · page visits, no cookie"),
         counts.join(" "),
         shared
             .last()

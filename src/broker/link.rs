@@ -34,8 +34,12 @@ pub enum LinkEvent {
     Subscribed { channels: usize, reconnect: bool },
     /// A connection (subscriber or commands) stopped answering; said once per outage.
     Lost { reason: String },
-    /// Both connections answer again after a [`LinkEvent::Lost`].
+    /// Both connections answer again after a [`LinkEvent::Lost`] or
+    /// [`LinkEvent::Unreachable`].
     Back { after: Duration },
+    /// The first connection attempt after start-up failed (`REDIS_URL` pointing at nothing, or
+    /// Redis not up yet); said once. `addr` is the host and port, never the URL's password.
+    Unreachable { addr: String, reason: String },
 }
 
 /// Receives [`LinkEvent`]s; called from the subscriber task.
@@ -134,6 +138,22 @@ impl Health {
             *lost = Some(Instant::now());
             (self.observer)(LinkEvent::Lost {
                 reason: format!("{}: {reason}", which.as_str()),
+            });
+        }
+    }
+
+    /// The link could not be made at start-up; said once, and the wait counted from here, so
+    /// the [`LinkEvent::Back`] that follows says how long the replica ran without it.
+    pub fn unreachable(&self, addr: &str, reason: &str) {
+        let mut lost = self
+            .lost_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if lost.is_none() && !self.is_ready() {
+            *lost = Some(Instant::now());
+            (self.observer)(LinkEvent::Unreachable {
+                addr: addr.to_owned(),
+                reason: reason.to_owned(),
             });
         }
     }

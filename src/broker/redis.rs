@@ -551,6 +551,7 @@ impl Subscriber {
     async fn run(mut self, stop: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut connected_before = false;
+        let mut said_unreachable = false;
         loop {
             let attempt = tokio::select! {
                 attempt = self.connect() => attempt,
@@ -559,6 +560,11 @@ impl Subscriber {
             let (sink, stream) = match attempt {
                 Ok(halves) => halves,
                 Err(reason) => {
+                    if !connected_before && !said_unreachable {
+                        said_unreachable = true;
+                        let addr = self.client.get_connection_info().addr().to_string();
+                        self.health.unreachable(&addr, &reason);
+                    }
                     let delay = backoff.next_delay();
                     tracing::debug!(%reason, ?delay, "redis subscriber connect failed");
                     if !self.wait_answering(delay, &stop).await {

@@ -211,15 +211,47 @@ fn the_tour_presses_every_button_and_every_promise_holds() {
     let cluster = TestCluster::start(3);
     let stdout = run_load(&cluster, &["tour", "--count", "6", "--timeout", "60"]);
     assert!(stdout.contains("every button kept its promise"), "{stdout}");
-    // Nine rows, one per button of the page and of the state lab, each pressed 6 times.
+    // A heading that fits every row, then nine rows: the page's six buttons and the state
+    // lab's three checks, each pressed 6 times, each saying what its count counts.
+    assert!(
+        stdout.lines().any(|l| l.starts_with("what was pressed")
+            && l.contains("what came back")
+            && !l.contains("delivered")),
+        "{stdout}"
+    );
     let rows: Vec<&str> = stdout
         .lines()
-        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+        .filter(|l| l.starts_with("button ") || l.starts_with("state lab · "))
         .collect();
     assert_eq!(rows.len(), 9, "{stdout}");
-    let shared = rows[7];
+    let row = |starts: &str| {
+        *rows
+            .iter()
+            .find(|r| r.starts_with(starts))
+            .unwrap_or_else(|| panic!("no row {starts}\n{stdout}"))
+    };
+    // The HTTP buttons answer over HTTP, all six: no "delivered 0" beside them.
+    for button in ["button 1 ", "button 2 "] {
+        assert!(
+            row(button).contains(" 6   6 answered over HTTP"),
+            "{stdout}"
+        );
+    }
     assert!(
-        shared.contains("Shared state") && shared.contains(" 6         6 "),
+        row("button 3 ").contains(" 6   6 echoed on the socket"),
+        "{stdout}"
+    );
+    assert!(
+        row("button 4 ").contains(" 6   6 arrived on the socket"),
+        "{stdout}"
+    );
+    assert!(
+        row("button 6 ").contains(" 6   6 arrived on the socket"),
+        "{stdout}"
+    );
+    let shared = row("state lab · shared notes");
+    assert!(
+        shared.contains(" 6   6 answers held every note"),
         "{shared}"
     );
     let records = cluster.records();
@@ -340,4 +372,121 @@ fn jitter_resets_every_socket_and_the_resume_delivers_everything_once() {
     // Something was replayed, so "100 %" means the resume worked, not that nothing was missed.
     assert!(s["replayed"].as_u64().unwrap() > 0, "{s}");
     assert!(s["catch_up"]["samples"].as_u64().unwrap() > 0, "{s}");
+}
+
+/// `stickyws load <scenario> --help`, or with `args`: (success, stdout, stderr).
+fn load_cli(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_stickyws"))
+        .arg("load")
+        .args(args)
+        .env_remove("API_KEY")
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn each_scenarios_help_shows_only_its_own_options() {
+    // (scenario, options its help shows, options of other scenarios it must not show)
+    let cases = [
+        (
+            "tour",
+            &["--url", "--count", "--timeout"][..],
+            &[
+                "--sockets",
+                "--messages",
+                "--api-key",
+                "--jitter-every",
+                "--kill-pid",
+            ][..],
+        ),
+        (
+            "targeted",
+            &[
+                "--url",
+                "--sockets",
+                "--messages",
+                "--rate",
+                "--api-key",
+                "--json",
+            ][..],
+            &[
+                "--count",
+                "--jitter-every",
+                "--kill-pid",
+                "--channels",
+                "--hold",
+            ][..],
+        ),
+        (
+            "jitter",
+            &["--sockets", "--jitter-every", "--offline"][..],
+            &["--count", "--kill-pid", "--channels", "--hold"][..],
+        ),
+        (
+            "channel",
+            &["--channels", "--on-one-replica", "--redis-url"][..],
+            &["--count", "--jitter-every", "--kill-pid", "--hold"][..],
+        ),
+    ];
+    for (scenario, shown, hidden) in cases {
+        let (ok, help, stderr) = load_cli(&[scenario, "--help"]);
+        assert!(ok, "{scenario} --help failed: {stderr}");
+        let flags: Vec<&str> = help
+            .split_whitespace()
+            .filter(|w| w.starts_with("--"))
+            .collect();
+        for flag in shown {
+            assert!(
+                flags.contains(flag),
+                "{scenario} --help lacks {flag}\n{help}"
+            );
+        }
+        for flag in hidden {
+            assert!(
+                !flags.contains(flag),
+                "{scenario} --help shows {flag}\n{help}"
+            );
+        }
+    }
+    // The overview lists the scenarios; another scenario's flag is refused, naming the help.
+    let (_, overview, _) = load_cli(&["--help"]);
+    for scenario in ["tour", "targeted", "channel", "avalanche"] {
+        assert!(overview.contains(&format!("  {scenario} ")), "{overview}");
+    }
+    let (ok, _, stderr) = load_cli(&["tour", "--sockets", "3"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--sockets is not an option of `tour`")
+            && stderr.contains("stickyws load tour --help"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn minting_sends_the_api_key_so_a_mint_limit_does_not_stop_a_run() {
+    // Two new clients a second per address (a burst of four): a run minting 30 from one
+    // address is refused most of them, unless it mints with the API key.
+    let cluster = TestCluster::start_with(2, vec![("MINT_RATE".to_owned(), "2".to_owned())]);
+    let dir = tempfile::tempdir().unwrap();
+    let connect = ["connect", "--sockets", "30", "--hold", "0.1"];
+
+    let with_key = [&connect[..], &["--api-key", API_KEY]].concat();
+    let lines = load(&cluster, dir.path(), &with_key);
+    let s = summary(&lines);
+    assert_eq!(s["opened"], 30, "{s}");
+    assert_eq!(s["failures"], 0, "{s}");
+
+    let without = dir.path().join("without");
+    std::fs::create_dir(&without).unwrap();
+    let lines = load(&cluster, &without, &connect);
+    let s = summary(&lines);
+    assert!(
+        s["opened"].as_u64().unwrap() < 30,
+        "the limit holds without the key: {s}"
+    );
 }

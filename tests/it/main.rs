@@ -10,6 +10,7 @@ mod browser;
 mod channels;
 mod cluster_command;
 mod failover;
+mod first_run;
 mod fuzz_seeds;
 mod gap_fill;
 mod layout;
