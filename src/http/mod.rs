@@ -9,6 +9,7 @@ mod health;
 mod lab;
 mod origin;
 mod page;
+mod records_tail;
 mod state;
 mod timing;
 mod ws;
@@ -58,6 +59,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/notes/{client_id}/shared",
             post(timed(m, lab::add_shared)),
+        )
+        .route(
+            "/api/records/{client_id}",
+            get(timed(m, records_tail::tail)),
         )
         .route("/api/sticky/forget", post(timed(m, lab::forget_cookie)))
         .route("/ws/{client_id}", get(timed(m, ws::upgrade)))

@@ -128,6 +128,11 @@ const ASSETS: &[Asset] = &[
     asset!("stats.js", JS),
     asset!("member.js", JS),
     asset!("room.js", JS),
+    asset!("events.js", JS),
+    asset!("truth.js", JS),
+    asset!("drills.js", JS),
+    asset!("records-log.js", JS),
+    asset!("lessons.js", JS),
 ];
 
 /// The modules that `ENTRY` imports, directly or not: the page preloads them all at once

@@ -482,6 +482,12 @@ async fn local_notes_are_whole_only_with_the_cookie(page: &Browser, page_by: &st
         }
         if replica != page_by {
             assert!(*count < total, "{entry:#}");
+            // A replica holding only part of the notes is no "hit" for the reader.
+            let badges = page
+                .eval("return [...document.querySelectorAll('#lab-note-local .badge')].map((b) => b.textContent);")
+                .await;
+            let badges: Vec<&str> = badges.as_array().unwrap().iter().map(str_of).collect();
+            assert!(!badges.contains(&"hit"), "{badges:?}");
             let shown = words(&page.text("lab-note-local").await);
             let missing = total - *count;
             assert!(
@@ -1125,4 +1131,171 @@ async fn wait_members(page: &Browser, members: &BTreeMap<String, String>) {
          && Object.entries(want).every(([id, r]) => shown[id] === r);"
     );
     page.wait_until("the member list", secs(5), &shown).await;
+}
+
+/// The text of every lesson step, by id, with whether it is done and whether it is next.
+const LESSONS_JS: &str = "return Object.fromEntries([...document.querySelectorAll('#lessons > li')]\
+    .map((li) => [li.dataset.lesson, { done: li.dataset.done, next: li.dataset.next, text: li.textContent }]));";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sentence_follows_what_the_page_knows_now() {
+    let mut cluster = TestCluster::start(3);
+    let driver = Chromedriver::start(cluster.dir.path());
+    let page = open_page(&cluster, &driver, 1280, 900).await;
+    arm_console_check(&page).await;
+    let page_by = page.text("page-by").await;
+    let client_id = page.text("client-id").await;
+    page.wait_until("the topology to draw app-1..app-3", secs(5), DRAWN_JS)
+        .await;
+
+    // A replica's colour is its id's: another replica appearing changes no one's colour.
+    let colours = "return JSON.stringify(window.stickyws.state().replicas\
+                   .filter((r) => r.id !== 'app-0').map((r) => [r.id, r.colour]));";
+    let before = page.eval(colours).await;
+    page.eval(
+        "import('/static/replicas.js').then((m) => { m.noteReplica('app-0'); window.added = true; }); \
+         return true;",
+    )
+    .await;
+    page.wait_until(
+        "app-0 to be noted",
+        secs(5),
+        "return window.added === true;",
+    )
+    .await;
+    assert_eq!(page.eval(colours).await, before);
+    let distinct: BTreeSet<String> = serde_json::from_str::<Vec<(String, String)>>(str_of(&before))
+        .unwrap()
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
+    assert_eq!(distinct.len(), 3, "{before}");
+
+    // The guided path starts at round robin; without drills, the drill steps say so.
+    let lessons = page.eval(LESSONS_JS).await;
+    assert_eq!(lessons["round-robin"]["next"], "true", "{lessons:#}");
+    for drill in ["kill", "drain", "restart", "redis-stop", "redis-start"] {
+        let text = str_of(&lessons[drill]["text"]);
+        assert!(text.contains("does not offer"), "{drill}: {text}");
+    }
+    assert_eq!(page.attr("drills", "hidden").await, "true");
+    page.press("btn-echo-rr", 6).await;
+    page.wait_until("every press to settle", secs(8), SETTLED_JS)
+        .await;
+    page.wait_until(
+        "round robin ticked off",
+        secs(3),
+        "return document.querySelector('[data-lesson=round-robin]').dataset.done === 'true';",
+    )
+    .await;
+
+    // The records log panel shows this client's own lines: the page, its socket, the presses.
+    page.click("btn-records").await;
+    let shown = page
+        .wait_until(
+            "the records log lines",
+            secs(5),
+            "const r = document.getElementById('records'); return r.dataset.state === 'shown' \
+             && [...r.querySelectorAll('.records-line')].map((l) => l.dataset.event);",
+        )
+        .await;
+    let events: BTreeSet<&str> = shown.as_array().unwrap().iter().map(str_of).collect();
+    for event in ["page", "connect", "http-echo"] {
+        assert!(events.contains(event), "{event} not in {events:?}");
+    }
+    let titles = page
+        .eval("return [...document.querySelectorAll('.records-line')].map((l) => l.title);")
+        .await;
+    for line in titles.as_array().unwrap() {
+        assert!(str_of(line).contains(&format!("| {client_id} |")), "{line}");
+    }
+    page.wait_until(
+        "the records lesson ticked off",
+        secs(3),
+        "return document.querySelector('[data-lesson=records]').dataset.done === 'true';",
+    )
+    .await;
+
+    // Before anything fails, the cookie's replica is where sticky requests go.
+    let hint = page.text("notes-cookie-hint").await;
+    assert_eq!(
+        hint,
+        format!("The cookie names {page_by}, so nginx sends these there.")
+    );
+
+    // The page's replica drains (SIGTERM): it closes the socket with 1012 and exits. The page
+    // says it stopped, not that it restarts, and no sentence still sends anything there.
+    let status = cluster
+        .replica(&page_by)
+        .proc
+        .signal_and_wait(nix::sys::signal::Signal::SIGTERM, secs(15));
+    assert!(status.is_some(), "{page_by} did not exit on SIGTERM");
+    let moved = page
+        .wait_until(
+            "the socket to reopen elsewhere",
+            secs(10),
+            &format!(
+                "const s = window.stickyws.state(); \
+                 return s.wsState === 'open' && s.wsBy !== '{page_by}' && s.wsBy;"
+            ),
+        )
+        .await;
+    let moved = str_of(&moved).to_owned();
+    let closed = format!("socket on {page_by} closed: replica stopping (1012)");
+    let said = format!("return (() => {{ {EVENTS_JS} }})().some((e) => e.includes('{closed}'));");
+    page.wait_until("the feed to say the socket closed", secs(3), &said)
+        .await;
+    let events = page.eval(EVENTS_JS).await;
+    let events: Vec<&str> = events.as_array().unwrap().iter().map(str_of).collect();
+    assert!(
+        !events.iter().any(|e| e.contains("restarting")),
+        "{events:#?}"
+    );
+    // At once, without waiting for its announcement to expire.
+    for (id, says) in [
+        ("notes-cookie-hint", "backup"),
+        ("why-btn-echo-sticky", "backup"),
+        ("why-reconnect", "backup"),
+        ("replica-count", page_by.as_str()),
+    ] {
+        let text = page.text(id).await;
+        assert!(text.contains(says), "#{id}: {text}");
+        assert!(!text.contains("sends these there"), "#{id}: {text}");
+    }
+    // Once the replicas' list drops it (announcements live 6 s, the page polls every 3 s).
+    page.wait_until(
+        "the count to drop",
+        secs(12),
+        "return document.getElementById('replica-count').textContent.startsWith('2 replicas announced');",
+    )
+    .await;
+    let node = format!(
+        "return document.querySelector('#topology [data-node-replica=\"{page_by}\"]').dataset.status;"
+    );
+    assert_eq!(page.eval(&node).await, "down");
+    assert_eq!(page.text("ws-by").await, moved);
+
+    // Forgetting the cookie: the sticky buttons and the hints say there is none now.
+    lab_press(&page, "btn-forget").await;
+    for (id, says) in [
+        ("why-btn-echo-sticky", "no sticky cookie now"),
+        ("why-btn-direct-sticky", "no sticky cookie now"),
+        ("notes-cookie-hint", "no sticky cookie now"),
+        ("why-reconnect", "round robin"),
+    ] {
+        let text = page.text(id).await;
+        assert!(text.contains(says), "#{id}: {text}");
+    }
+
+    // A feed longer than its panel says there is more below.
+    page.press("btn-echo-rr", 30).await;
+    page.wait_until("every press to settle", secs(10), SETTLED_JS)
+        .await;
+    page.wait_until(
+        "the feed to say it holds more",
+        secs(3),
+        "return !document.getElementById('feed-more').hidden;",
+    )
+    .await;
+    assert_no_console_errors(&page, |message| is_failed_socket(message, &client_id)).await;
 }

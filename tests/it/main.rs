@@ -17,6 +17,7 @@ mod limits;
 mod link;
 mod load;
 mod partitions;
+mod records_tail;
 mod reliability;
 mod retries;
 mod routing;
