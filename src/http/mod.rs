@@ -3,6 +3,7 @@
 
 mod api;
 mod channels;
+mod drills;
 mod error;
 mod extract;
 mod health;
@@ -60,6 +61,8 @@ pub fn router(state: AppState) -> Router {
             post(timed(m, lab::add_shared)),
         )
         .route("/api/sticky/forget", post(timed(m, lab::forget_cookie)))
+        .route("/api/drills", get(timed(m, drills::state)))
+        .route("/api/drills/{action}", post(timed(m, drills::run)))
         .route("/ws/{client_id}", get(timed(m, ws::upgrade)))
         .route("/healthz", get(timed(m, health::healthz)))
         .route("/readyz", get(timed(m, health::readyz)))
