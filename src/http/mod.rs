@@ -3,6 +3,7 @@
 
 mod api;
 mod channels;
+mod drills;
 mod error;
 mod extract;
 mod health;
@@ -65,6 +66,8 @@ pub fn router(state: AppState) -> Router {
             get(timed(m, records_tail::tail)),
         )
         .route("/api/sticky/forget", post(timed(m, lab::forget_cookie)))
+        .route("/api/drills", get(timed(m, drills::state)))
+        .route("/api/drills/{action}", post(timed(m, drills::run)))
         .route("/ws/{client_id}", get(timed(m, ws::upgrade)))
         .route("/healthz", get(timed(m, health::healthz)))
         .route("/readyz", get(timed(m, health::readyz)))

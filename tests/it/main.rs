@@ -9,6 +9,7 @@ mod api;
 mod browser;
 mod channels;
 mod cluster_command;
+mod drills;
 mod failover;
 mod fuzz_seeds;
 mod gap_fill;
