@@ -15,6 +15,7 @@ import { feedEvent } from './feed.js';
 import { replicasChanged } from './replicas.js';
 import { holdReconnect, whenMessage, whenSocketDown, whenWelcomed } from './socket.js';
 import { brokerHealth } from './truth.js';
+import { visitsSeen } from './visits.js';
 import { emit, on } from './events.js';
 
 /** Replica drills and their buttons' labels; `restart` starts a replica that is down. */
@@ -109,7 +110,11 @@ async function drill(action, body) {
   if (action === 'restart') {
     const listed = state.replicas.get(body.replica);
     const r = state.drills && state.drills.replicas.find((x) => x.id === body.replica);
-    drills.before.set(body.replica, { visits: listed && listed.figures ? listed.figures.visits : 0,
+    // The newest count the page knows: announced figures are up to 2 s old, and the page's
+    // own render (or a visit it made) may be newer.
+    const figure = listed && listed.figures ? Number(listed.figures.visits) || 0 : 0;
+    const seenHere = Number(visitsSeen().local[body.replica]) || 0;
+    drills.before.set(body.replica, { visits: Math.max(figure, seenHere),
       starts: r ? r.starts : 0, at: Date.now() });
   }
   renderDrills();
@@ -165,51 +170,80 @@ function renderDrills() {
   if (status.textContent !== text) status.textContent = text;
   status.classList.toggle('lab-error', !!drills.error);
   if (!s) return;
-  const rows = s.replicas.map((r) => replicaRow(r));
-  rows.push(redisRow(s.redis));
+  // Rows are made once and updated in place: replacing them every second would take a
+  // button away from under a pointer about to press it, and focus from a keyboard.
   const table = $('drills-rows');
-  table.replaceChildren(...rows);
-  $('drill-freeze').disabled = !s.redis || s.redis.state !== 'up' || drills.busy.size > 0;
-  $('drill-redis-stop').disabled = !s.redis || s.redis.state === 'down' || drills.busy.size > 0;
-  $('drill-redis-start').disabled = !s.redis || s.redis.state !== 'down' || drills.busy.size > 0;
+  const rows = s.replicas.map((r) => updateReplicaRow(r));
+  rows.push(updateRedisRow(s.redis));
+  if (rows.some((row, i) => table.children[i] !== row) || table.children.length !== rows.length) {
+    table.replaceChildren(...rows);
+  }
+  const busy = drills.busy.size > 0;
+  $('drill-freeze').disabled = !s.redis || s.redis.state !== 'up' || busy;
+  $('drill-redis-stop').disabled = !s.redis || s.redis.state === 'down' || busy;
+  $('drill-redis-start').disabled = !s.redis || s.redis.state !== 'down' || busy;
   renderRestart();
 }
 
-function replicaRow(r) {
+/** Row elements by replica id ("redis" for Redis's). */
+const rowsBy = new Map();
+
+const setText = (node, text) => { if (node.textContent !== text) node.textContent = text; };
+
+function updateReplicaRow(r) {
+  let row = rowsBy.get(r.id);
+  if (!row) {
+    row = el('li', { class: 'drill-row', 'data-replica-row': r.id },
+      chip(r.id), el('span', { class: 'drill-state' }), el('span', { class: 'badge badge-same', hidden: '' }, 'holds my socket'));
+    const buttons = el('span', { class: 'drill-buttons' });
+    for (const d of REPLICA_DRILLS) {
+      const b = el('button', { type: 'button', class: 'btn btn-small', id: `drill-${d.action}-${r.id}`,
+        'data-testid': `drill-${d.action}-${r.id}`, title: d.title }, d.label);
+      b.addEventListener('click', () => drill(d.action, { replica: r.id }));
+      buttons.append(b);
+    }
+    row.append(buttons);
+    rowsBy.set(r.id, row);
+  }
   const mine = state.wsState === 'open' && state.wsBy === r.id;
   const what = [`${r.state}`];
   if (r.pid) what.push(`pid ${r.pid}`);
   if (r.starts > 1) what.push(`start #${r.starts}`);
   if (r.state !== 'up' && r.since_ms) what.push(`for ${ago(r.since_ms)}`);
   if (r.state === 'down' && r.exit) what.push(r.exit);
-  const row = el('li', { class: 'drill-row', 'data-replica-row': r.id, 'data-state': r.state, 'data-mine': String(mine) },
-    chip(r.id), el('span', { class: 'drill-state' }, what.join(' · ')));
-  if (mine) row.append(el('span', { class: 'badge badge-same' }, 'holds my socket'));
-  const buttons = el('span', { class: 'drill-buttons' });
+  row.dataset.state = r.state;
+  row.dataset.mine = String(mine);
+  setText(row.querySelector('.drill-state'), what.join(' · '));
+  row.querySelector('.badge-same').hidden = !mine;
+  const busy = [...drills.busy].some((k) => k.endsWith(` ${r.id}`));
   for (const d of REPLICA_DRILLS) {
-    const label = d.action === 'restart' && r.state === 'down' ? 'Start' : d.label;
-    const b = el('button', { type: 'button', class: 'btn btn-small', id: `drill-${d.action}-${r.id}`,
-      'data-testid': `drill-${d.action}-${r.id}`, title: d.title }, label);
-    const busy = [...drills.busy].some((k) => k.endsWith(` ${r.id}`));
+    const b = row.querySelector(`#drill-${d.action}-${CSS.escape(r.id)}`);
+    setText(b, d.action === 'restart' && r.state === 'down' ? 'Start' : d.label);
     b.disabled = busy || (d.action !== 'restart' && r.state !== 'up' && r.state !== 'draining')
       || (d.action === 'drain' && r.state === 'draining');
-    b.addEventListener('click', () => drill(d.action, { replica: r.id }));
-    buttons.append(b);
   }
-  row.append(buttons);
   return row;
 }
 
-function redisRow(redis) {
+function updateRedisRow(redis) {
+  let row = rowsBy.get('redis');
+  if (!row) {
+    row = el('li', { class: 'drill-row drill-redis', id: 'drill-redis-row', 'data-testid': 'drill-redis-row' },
+      el('span', { class: 'chip chip-redis' }, 'Redis'), el('span', { class: 'drill-state' }),
+      el('p', { class: 'drill-explain', hidden: '' }));
+    rowsBy.set('redis', row);
+  }
   const health = brokerHealth();
   const what = redis ? [redis.state] : ['not supervised'];
   if (redis && redis.pid) what.push(`pid ${redis.pid}`);
   if (redis && redis.port) what.push(`port ${redis.port}`);
   if (redis && redis.state !== 'up' && redis.since_ms) what.push(`for ${ago(redis.since_ms)}`);
-  const row = el('li', { class: 'drill-row drill-redis', id: 'drill-redis-row', 'data-testid': 'drill-redis-row',
-    'data-state': redis ? redis.state : '', 'data-health': health.state },
-  el('span', { class: 'chip chip-redis' }, 'Redis'), el('span', { class: 'drill-state' }, what.join(' · ')));
-  if (health.state !== 'up') row.append(el('p', { class: 'drill-explain' }, health.detail));
+  row.dataset.state = redis ? redis.state : '';
+  row.dataset.health = health.state;
+  setText(row.querySelector('.drill-state'), what.join(' · '));
+  const explain = row.querySelector('.drill-explain');
+  explain.hidden = health.state === 'up';
+  setText(explain, health.detail);
   return row;
 }
 

@@ -13,7 +13,7 @@ use fantoccini::Locator;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::support::browser::{Browser, Chromedriver};
+use crate::support::browser::{Browser, Chromedriver, DemoCluster};
 use crate::support::{Client, TestCluster};
 
 const REPLICAS: [&str; 3] = ["app-1", "app-2", "app-3"];
@@ -1298,4 +1298,260 @@ async fn every_sentence_follows_what_the_page_knows_now() {
     )
     .await;
     assert_no_console_errors(&page, |message| is_failed_socket(message, &client_id)).await;
+}
+
+/// A page on the real `stickyws cluster`, once its drills panel shows the supervisor's rows.
+async fn open_drills_page(cluster: &DemoCluster, driver: &Chromedriver) -> Browser {
+    let page = driver.open(1280, 900).await;
+    page.goto(&format!("{}/", cluster.url)).await;
+    page.wait_until("the page's socket to open", secs(15), OPEN_JS)
+        .await;
+    page.wait_until(
+        "the drills panel with three replicas",
+        secs(5),
+        "return !document.getElementById('drills').hidden \
+         && document.querySelectorAll('#drills-rows [data-replica-row]').length === 3;",
+    )
+    .await;
+    page.wait_until(
+        "three replicas up",
+        secs(5),
+        "return document.getElementById('replica-count').textContent.startsWith('3 of 3 replicas up');",
+    )
+    .await;
+    page
+}
+
+/// Holds once the feed says the drill `action` was carried out; its outcome ("ok", "error").
+fn drill_done_js(action: &str) -> String {
+    format!(
+        "const d = document.querySelector('#feed > li[data-drill=\"{action}\"][data-drill-outcome]'); \
+         return d && d.dataset.drillOutcome;"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_kill_moves_the_socket_and_recovers_what_was_published_while_away() {
+    let cluster = DemoCluster::start().await;
+    let driver = Chromedriver::start(cluster.dir.path());
+    let page = open_drills_page(&cluster, &driver).await;
+    arm_console_check(&page).await;
+    let ws_by = page.text("ws-by").await;
+    let client_id = page.text("client-id").await;
+    let mine =
+        format!("return document.querySelector('[data-replica-row=\"{ws_by}\"]').dataset.mine;");
+    assert_eq!(
+        page.eval(&mine).await,
+        "true",
+        "the row of my socket's replica is marked"
+    );
+    assert_eq!(page.attr("away-armed", "checked").await, "true");
+
+    page.click(&format!("drill-kill-{ws_by}")).await;
+    let outcome = page
+        .wait_until("the kill to be done", secs(5), &drill_done_js("kill"))
+        .await;
+    assert_eq!(outcome, "ok");
+    let answered = std::time::Instant::now();
+    // The count and the picture follow the supervisor within a second of its answer.
+    page.wait_until(
+        "the count to drop",
+        secs(2),
+        "return document.getElementById('replica-count').textContent.startsWith('2 of 3 replicas up');",
+    )
+    .await;
+    let dropped = answered.elapsed();
+    assert!(dropped < Duration::from_millis(1500), "took {dropped:?}");
+    eprintln!("replica count dropped {dropped:?} after the kill was answered");
+    let node = format!(
+        "return document.querySelector('#topology [data-node-replica=\"{ws_by}\"]').dataset.status;"
+    );
+    assert_eq!(page.eval(&node).await, "down");
+
+    // The socket moves; the five published while it was down all come back.
+    let moved = page
+        .wait_until(
+            "the socket to reopen elsewhere",
+            secs(15),
+            &format!(
+                "const s = window.stickyws.state(); \
+                 return s.wsState === 'open' && s.wsBy !== '{ws_by}' && s.wsBy;"
+            ),
+        )
+        .await;
+    let moved = str_of(&moved).to_owned();
+    let result = page
+        .wait_until(
+            "5 of 5 recovered",
+            secs(10),
+            "const r = document.getElementById('away-result').dataset; \
+             return r.state === 'back' && r.recovered === '5' && r;",
+        )
+        .await;
+    assert_eq!(result["sent"], "5", "{result}");
+    assert_eq!(result["failed"], "0", "{result}");
+    assert_eq!(
+        result["replayed"], "5",
+        "the reconnect waited for them: {result}"
+    );
+    let said = words(&page.text("away-recovered").await);
+    assert!(said.starts_with("5 of 5 recovered"), "{said}");
+    assert!(said.contains(&format!("on {moved}")), "{said}");
+
+    // Nothing still claims the dead replica: not the header, the hints, the buttons' reasons.
+    assert_eq!(page.text("ws-by").await, moved);
+    for id in ["notes-cookie-hint", "why-btn-echo-sticky", "why-reconnect"] {
+        let text = page.text(id).await;
+        assert!(
+            !text.contains("sends these there") && !text.contains("puts it back there"),
+            "#{id}: {text}"
+        );
+        if page.text("page-by").await == ws_by {
+            assert!(
+                text.contains("down") || text.contains("backup"),
+                "#{id}: {text}"
+            );
+        }
+    }
+    let kill_step = page.eval(LESSONS_JS).await["kill"].clone();
+    assert_eq!(kill_step["done"], "true", "{kill_step:#}");
+    assert_no_console_errors(&page, |message| is_failed_socket(message, &client_id)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_drain_and_restart_a_replica_whose_counter_starts_over() {
+    let cluster = DemoCluster::start().await;
+    let driver = Chromedriver::start(cluster.dir.path());
+    let page = open_drills_page(&cluster, &driver).await;
+    let page_by = page.text("page-by").await;
+    let other = REPLICAS
+        .iter()
+        .find(|r| **r != page_by)
+        .unwrap()
+        .to_string();
+
+    // Drain another replica: it exits, the row and the count say so.
+    page.click(&format!("drill-drain-{other}")).await;
+    page.wait_until("the drain to be done", secs(20), &drill_done_js("drain"))
+        .await;
+    let row =
+        format!("return document.querySelector('[data-replica-row=\"{other}\"]').dataset.state;");
+    page.wait_until(
+        "the drained replica down",
+        secs(15),
+        &format!("return ((() => {{ {row} }})()) === 'down';"),
+    )
+    .await;
+    assert!(
+        page.text("replica-count")
+            .await
+            .starts_with("2 of 3 replicas up")
+    );
+    // Start it again from its row: the same button now says Start.
+    assert_eq!(page.text(&format!("drill-restart-{other}")).await, "Start");
+
+    // Restart the page's own replica, which counted this page's visit: once back, its
+    // counter has started over, and the page says so.
+    let before = page.attr("lab-visits", "data-shared").await;
+    assert!(!before.is_empty());
+    page.click(&format!("drill-restart-{page_by}")).await;
+    let shown = page
+        .wait_until(
+            "the restart and its counter starting over",
+            secs(30),
+            "const n = document.getElementById('drill-restart'); return !n.hidden && { ...n.dataset };",
+        )
+        .await;
+    assert_eq!(shown["replica"], page_by.as_str(), "{shown}");
+    let (was, now): (u64, u64) = (
+        str_of(&shown["before"]).parse().unwrap(),
+        str_of(&shown["after"]).parse().unwrap(),
+    );
+    assert!(was >= 1 && now < was, "{shown}");
+    let said = words(&page.text("drill-restart").await);
+    assert!(
+        said.contains(&format!("was {was} and started over at {now}")),
+        "{said}"
+    );
+    let restart_step = page.eval(LESSONS_JS).await["restart"].clone();
+    assert_eq!(restart_step["done"], "true", "{restart_step:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_redis_stop_turns_the_box_red_refuses_publishes_and_keeps_the_rest_working() {
+    let cluster = DemoCluster::start().await;
+    let driver = Chromedriver::start(cluster.dir.path());
+    let page = open_drills_page(&cluster, &driver).await;
+    let health = "return document.querySelector('#topology [data-node=\"redis\"]').dataset.health;";
+    assert_eq!(page.eval(health).await, "up");
+
+    page.click("drill-redis-stop").await;
+    page.wait_until("Redis stopped", secs(5), &drill_done_js("redis-stop"))
+        .await;
+    page.wait_until(
+        "the Redis box red",
+        secs(2),
+        &format!("return ((() => {{ {health} }})()) === 'down';"),
+    )
+    .await;
+    assert_eq!(page.attr("drill-redis-row", "data-health").await, "down");
+    let why = page.text("why-btn-publish").await;
+    assert!(why.contains("503"), "{why}");
+
+    // A publish is refused with 503, said why; echo, the socket and in-memory delivery work.
+    for button in ["btn-publish", "btn-echo-rr", "btn-ws", "btn-direct-sticky"] {
+        page.click(button).await;
+    }
+    page.wait_until("every press to settle", secs(10), SETTLED_JS)
+        .await;
+    let presses = page.eval(PRESSES_JS).await;
+    let presses = presses.as_array().unwrap();
+    let of = |button: &str| entries_of(presses, button)[0].clone();
+    assert_eq!(of("btn-publish")["outcome"], "error");
+    let note = page
+        .eval("return document.querySelector('#feed > li[data-button=btn-publish] .entry-note').textContent;")
+        .await;
+    assert!(
+        str_of(&note).contains("503") && str_of(&note).contains("still work"),
+        "{note}"
+    );
+    assert_eq!(of("btn-echo-rr")["outcome"], "answered");
+    assert_eq!(of("btn-ws")["outcome"], "delivered");
+    assert_eq!(of("btn-direct-sticky")["outcome"], "delivered");
+
+    // Redis back: the box turns green again and publishes go through.
+    page.click("drill-redis-start").await;
+    page.wait_until("Redis started", secs(10), &drill_done_js("redis-start"))
+        .await;
+    page.wait_until(
+        "the Redis box green again",
+        secs(15),
+        &format!("return ((() => {{ {health} }})()) === 'up';"),
+    )
+    .await;
+    page.wait_until(
+        "a publish to go through",
+        secs(15),
+        "document.getElementById('btn-publish').click(); \
+         return [...document.querySelectorAll('#feed > li[data-button=btn-publish]')]\
+         .some((li) => li.dataset.outcome === 'delivered');",
+    )
+    .await;
+
+    // Frozen for 2 s: amber while it holds every request, green once it resumes.
+    page.eval("document.getElementById('drill-freeze-seconds').value = '2'; return true;")
+        .await;
+    page.click("drill-freeze").await;
+    page.wait_until(
+        "the Redis box frozen",
+        secs(3),
+        &format!("return ((() => {{ {health} }})()) === 'frozen';"),
+    )
+    .await;
+    page.wait_until(
+        "the Redis box green after the freeze",
+        secs(15),
+        &format!("return ((() => {{ {health} }})()) === 'up';"),
+    )
+    .await;
 }
