@@ -8,7 +8,7 @@ export const GROUPS = [
     note: 'Nothing is kept between requests, so any replica can answer.',
     buttons: [
       { id: 'btn-echo-rr', label: 'HTTP & round robin', kind: 'echo', cookie: false,
-        why: 'No cookie, so nginx takes turns: each answer comes from the next replica, and that is fine for stateless HTTP.' },
+        why: 'No cookie, so nginx takes turns among the replicas that are up (turns shared with every other request it gets), and that is fine for stateless HTTP.' },
       { id: 'btn-echo-sticky', label: 'HTTP & sticky', kind: 'echo', cookie: true,
         why: (now) => {
           if (!now.cookie) return 'This page has no sticky cookie now, so nginx spreads these round robin like the button above; reload the page to get one again.';

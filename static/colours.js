@@ -23,11 +23,11 @@ function hash(text) {
 }
 
 /** A hue for the id: ids ending in a number ("app-3", "app-3.w2") step by the golden angle
- *  from that number, so neighbours (app-1, app-2, app-3) are far apart on the wheel; other ids
+ *  from that number (app-1 blue), so neighbours (app-1, app-2, app-3) are far apart on the wheel; other ids
  *  take their hash's hue. */
 export function hueOf(id) {
   const m = /(\d+)(?:\.w(\d+))?$/.exec(id);
-  if (m) return (250 + Number(m[1]) * 137.508 + (m[2] ? Number(m[2]) * 23 : 0)) % 360;
+  if (m) return (112.5 + Number(m[1]) * 137.508 + (m[2] ? Number(m[2]) * 23 : 0)) % 360;
   return hash(id) % 360;
 }
 

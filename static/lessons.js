@@ -15,7 +15,7 @@ import { splitSeen } from './split.js';
 import { roomSnapshot } from './room.js';
 import { drillsDone, drillsOn } from './drills.js';
 import { recordsShown } from './records-log.js';
-import { brokerHealth } from './truth.js';
+import { brokerHealth, isUp, statusOf } from './truth.js';
 
 const seen = { broadcast: false, otherTab: null, recovered: false, publish503: false, restarted: false };
 
@@ -33,8 +33,9 @@ function steps() {
     { id: 'round-robin', title: 'Round robin', done: replicasIn(tally('btn-echo-rr').took) >= 2,
       todo: 'Press “HTTP & round robin” a few times: the answers come from different replicas.' },
     { id: 'sticky', title: 'Sticky', done: tally('btn-echo-sticky').answered > 0,
-      todo: state.cookie ? `Press “HTTP & sticky”: with the cookie naming ${state.cookie}, it answers every time (while it is up).`
-        : 'This page has no sticky cookie now; reload it to get one, then press “HTTP & sticky”.' },
+      todo: !state.cookie ? 'This page has no sticky cookie now; reload it to get one, then press “HTTP & sticky”.'
+        : isUp(state.cookie) ? `Press “HTTP & sticky”: the cookie names ${state.cookie}, so ${state.cookie} answers every time.`
+          : `Press “HTTP & sticky”: the cookie names ${state.cookie}, which is ${statusOf(state.cookie)}, so nginx answers from a backup; reload the page for a cookie naming a live replica.` },
     { id: 'socket', title: 'A socket lives in one process', done: tally('btn-ws').delivered > 0,
       todo: on_ ? `Press “WebSocket only”: ${on_}, which holds your socket, answers on it.` : 'Wait for the socket to open, then press “WebSocket only”.' },
     { id: 'lost', title: 'In-memory delivery is lost without stickiness', done: tally('btn-direct-rr').notDelivered > 0,
@@ -120,4 +121,12 @@ function render() {
     return li;
   });
   $('lessons').replaceChildren(...items);
+  const at = next ? list.indexOf(next) + 1 : 0;
+  const line = $('lesson-next');
+  line.dataset.lesson = next ? next.id : '';
+  if (next) line.replaceChildren(el('span', { class: 'lesson-mark' }, String(at)), el('b', {}, next.title), ` — ${next.todo}`);
+  else line.replaceChildren(el('b', {}, 'Every lesson done.'), ' Open a second tab, or run a drill again and watch the page.');
+  $('lesson-dots').replaceChildren(...list.map((s, i) => el('li', {
+    class: 'lesson-dot', 'data-done': String(s.done), 'data-next': String(s === next), title: s.title,
+  }, s.done ? '✓' : String(i + 1))));
 }

@@ -46,7 +46,7 @@ export function countText() {
     const up = names.filter((n) => supervised(n) === 'up').length;
     const other = names.filter((n) => supervised(n) && supervised(n) !== 'up')
       .map((n) => `${n} ${supervised(n)}`);
-    return `${up} of ${names.length} replicas up${other.length ? ` (${other.join(', ')})` : ''} · the supervisor’s view, ≤ 1 s old`;
+    return `${up} of ${names.length} replicas up${other.length ? ` · ${other.join(', ')}` : ''} · live from the supervisor`;
   }
   const listed = names.filter((n) => state.replicas.get(n) && state.replicas.get(n).live);
   const gone = listed.filter((n) => state.unreachable.has(n));

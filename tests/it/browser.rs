@@ -1415,7 +1415,15 @@ async fn drill_kill_moves_the_socket_and_recovers_what_was_published_while_away(
     }
     let kill_step = page.eval(LESSONS_JS).await["kill"].clone();
     assert_eq!(kill_step["done"], "true", "{kill_step:#}");
-    assert_no_console_errors(&page, |message| is_failed_socket(message, &client_id)).await;
+    // nginx does not try a POST again on another replica, so a publish that reached the dead
+    // one fails with 502; the page tries it again with the same Idempotency-Key.
+    let retried = |message: &str| {
+        message.contains("/api/publish/") && (message.contains(" 502") || message.contains(" 504"))
+    };
+    assert_no_console_errors(&page, |message| {
+        is_failed_socket(message, &client_id) || retried(message)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1554,4 +1562,100 @@ async fn drill_redis_stop_turns_the_box_red_refuses_publishes_and_keeps_the_rest
         &format!("return ((() => {{ {health} }})()) === 'up';"),
     )
     .await;
+}
+
+/// `docs/drill-{kill,restart,redis}.png` (1280x900, the page's top) and
+/// `docs/drill-{kill,restart,redis}-narrow.png` (a 390x844 phone: the picture, the drills panel
+/// and the feed), each right after its drill on the real `stickyws cluster`. As with
+/// [`screenshots_of_the_page_in_use`], docs/ is written only with `STICKYWS_SCREENSHOTS=1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "renders docs/drill-*.png; run scripts/screenshots"]
+async fn screenshots_of_each_drill() {
+    let cluster = DemoCluster::start().await;
+    let out = if std::env::var("STICKYWS_SCREENSHOTS").as_deref() == Ok("1") {
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/docs"))
+    } else {
+        cluster.dir.path().to_owned()
+    };
+    let driver = Chromedriver::start(cluster.dir.path());
+    let page = open_drills_page(&cluster, &driver).await;
+    let still = "return document.querySelectorAll('.trail, .miss').length === 0 \
+                 && document.getAnimations().every((a) => a.playState !== 'running');";
+    let shoot = |name: &'static str| {
+        let (page, out) = (&page, out.clone());
+        async move {
+            page.wait_until("the animations to end", secs(5), still)
+                .await;
+            page.eval("window.scrollTo(0, 0); return true;").await;
+            std::fs::write(out.join(format!("{name}.png")), page.screenshot().await).unwrap();
+            page.viewport(390, 844, true).await;
+            let narrow =
+                "return document.querySelector('#topology svg').viewBox.baseVal.width < 400;";
+            page.wait_until("the narrow layout", secs(5), narrow).await;
+            let shot = page.screenshot_of(".side").await;
+            std::fs::write(out.join(format!("{name}-narrow.png")), shot).unwrap();
+            page.viewport(1280, 900, false).await;
+        }
+    };
+    for button in [
+        "btn-echo-rr",
+        "btn-echo-rr",
+        "btn-echo-rr",
+        "btn-publish",
+        "btn-direct-rr",
+    ] {
+        page.click(button).await;
+        page.wait_until("the press to settle", secs(5), SETTLED_JS)
+            .await;
+    }
+
+    // Kill the socket's replica, publishing while away: moved, 5 of 5 recovered.
+    let ws_by = page.text("ws-by").await;
+    page.click(&format!("drill-kill-{ws_by}")).await;
+    page.wait_until(
+        "5 of 5 recovered",
+        secs(20),
+        "const r = document.getElementById('away-result').dataset; \
+         return r.state === 'back' && r.recovered === '5';",
+    )
+    .await;
+    page.click("btn-publish").await;
+    page.wait_until("the press to settle", secs(5), SETTLED_JS)
+        .await;
+    shoot("drill-kill").await;
+
+    // Start it again (Restart on a down replica starts it), then restart the page's replica.
+    page.click(&format!("drill-restart-{ws_by}")).await;
+    page.wait_until(
+        "the replica back",
+        secs(20),
+        "return document.getElementById('replica-count').textContent.startsWith('3 of 3 replicas up');",
+    )
+    .await;
+    let page_by = page.text("page-by").await;
+    page.click(&format!("drill-restart-{page_by}")).await;
+    page.wait_until(
+        "the counter starting over",
+        secs(30),
+        "return !document.getElementById('drill-restart').hidden;",
+    )
+    .await;
+    shoot("drill-restart").await;
+
+    // Redis stopped: the box red, a publish refused with 503, echo and the socket working.
+    page.click("drill-redis-stop").await;
+    page.wait_until("Redis stopped", secs(5), &drill_done_js("redis-stop"))
+        .await;
+    page.wait_until(
+        "the Redis box red",
+        secs(3),
+        "return document.querySelector('#topology [data-node=\"redis\"]').dataset.health === 'down';",
+    )
+    .await;
+    for button in ["btn-publish", "btn-echo-rr", "btn-ws", "btn-direct-sticky"] {
+        page.click(button).await;
+        page.wait_until("the press to settle", secs(5), SETTLED_JS)
+            .await;
+    }
+    shoot("drill-redis").await;
 }
