@@ -309,11 +309,14 @@ async function publishOnce(text, key) {
 
 function countAway(frame) {
   const a = drills.away;
-  if (!a || frame.via !== 'publish' || !a.texts.includes(frame.text) || a.got.has(frame.text)) return;
+  if (!a || frame.via !== 'publish' || !a.texts.includes(frame.text)) return '';
+  const named = 'Published by this page while its socket was away';
+  if (a.got.has(frame.text)) return named;
   a.got.add(frame.text);
   if (frame.replayed) a.replayed += 1; else a.live += 1;
   renderAway();
   if (a.got.size === a.sent && a.sent === a.n) emit('lesson', 'recovered');
+  return named;
 }
 
 function renderAway() {

@@ -35,9 +35,16 @@ export function noteUnreachable(name) {
   replicasChanged();
 }
 
+/** Marks a replica that said it is stopping (it closed the page's socket with 1012/1001). */
+export function noteStopping(name) {
+  if (!name || state.stopping.has(name)) return;
+  state.stopping.add(name);
+  replicasChanged();
+}
+
 /** Redraws what shows the replicas and the broker, if any of it changed. */
 export function replicasChanged() {
-  const now = JSON.stringify([[...state.replicas].map(([n, r]) => [n, r.live, r.sockets]), [...state.unreachable],
+  const now = JSON.stringify([[...state.replicas].map(([n, r]) => [n, r.live, r.sockets]), [...state.unreachable], [...state.stopping],
     state.drills && state.drills.replicas.map((r) => [r.id, r.state]), brokerHealth().state]);
   if (now !== drawn) {
     drawn = now;
@@ -73,7 +80,12 @@ export async function refreshReplicas() {
   }
   // Without the broker a replica only knows itself; then absence says nothing.
   if (data.complete !== false) {
-    for (const [name, r] of state.replicas) if (!listed.has(name)) r.live = false;
+    for (const [name, r] of state.replicas) {
+      if (listed.has(name)) continue;
+      r.live = false;
+      // Gone now: if it comes back it is a new process, which has not said it is stopping.
+      state.stopping.delete(name);
+    }
   }
   state.stats = { replica: data.replica || '', complete: data.complete !== false };
   state.broker = data.broker && typeof data.broker.up === 'boolean'

@@ -9,7 +9,7 @@ import { recolour } from './colours.js';
 import { state } from './state.js';
 import { drawSocketLine } from './topology.js';
 import { feedEvent, feedMessage } from './feed.js';
-import { noteReplica, noteUnreachable, refreshReplicas } from './replicas.js';
+import { noteReplica, noteStopping, noteUnreachable, refreshReplicas, replicasChanged } from './replicas.js';
 import { emit } from './events.js';
 import { settle } from './presses.js';
 import { advanceCursor, parseCursor } from './cursors.js';
@@ -30,7 +30,8 @@ export function whenChannelFrame(listener) {
 }
 
 /** Called with every message frame for this client (after duplicates are dropped), before
- *  the feed shows it: the drills panel counts the messages it published while away. */
+ *  the feed shows it: the drills panel counts the messages it published while away, and
+ *  returns what to call one of them in the feed (a listener returning nothing names none). */
 const messageListeners = [];
 
 export function whenMessage(listener) {
@@ -139,6 +140,8 @@ function onWelcome(frame) {
   // nginx routed around the replica the socket broke off from: the page saw it fail.
   if (brokeOn && brokeOn !== frame.replica) noteUnreachable(brokeOn);
   brokeOn = '';
+  // A replica that takes a new socket is not stopping (any more).
+  if (state.stopping.delete(frame.replica)) replicasChanged();
   state.wsBy = frame.replica;
   // Where the histories stood when the page first connected; later welcomes echo the cursors.
   if (!state.lastId && parseCursor(frame.last_id)) state.lastId = frame.last_id;
@@ -171,9 +174,11 @@ function onMessage(frame) {
   if (!advanceCursor(frame)) { state.duplicates += 1; return; }
   noteReplica(frame.from);
   noteReplica(frame.replica);
-  for (const listener of messageListeners) listener(frame);
+  // A listener that recognises the message (one the page published itself) names it.
+  let what = '';
+  for (const listener of messageListeners) what = listener(frame) || what;
   const p = state.pending.get(frame.text);
-  if (!p) { feedMessage(frame); return; }
+  if (!p) { feedMessage(frame, what); return; }
   p.frame = frame;
   // A press over HTTP waits for its answer too; it names the replica that took the request.
   if (p.def.kind === 'ws' || p.responded || p.outcome === 'lost') settle(p, 'delivered');
@@ -199,6 +204,8 @@ function onClose(ws, e) {
   if (was) {
     feedEvent(`socket on ${was} closed: ${why}`, 'warn');
     brokeOn = e.code === 1000 ? '' : was;
+    // 1012 also asks a socket whose missed messages cannot be filled to resume elsewhere.
+    if ((e.code === 1012 || e.code === 1001) && !/resume/i.test(e.reason)) noteStopping(was);
     for (const listener of downListeners) listener(was, e.code);
   }
   if (state.unloading) { setWsState('closed'); return; }

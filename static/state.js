@@ -41,4 +41,7 @@ export const state = {
   /** Replicas this page saw fail: its socket there broke off and nginx put the next one
    *  elsewhere. Cleared when the replica is heard from again (an answer or a frame). */
   unreachable: new Set(),
+  /** Replicas that said they are stopping (closed this page's socket with 1012 or 1001),
+   *  until the page's socket lands there again or the replicas' list drops them. */
+  stopping: new Set(),
 };

@@ -110,8 +110,9 @@ function drawReplica(layer, name, b) {
   const g = drawNode(layer, 'replica', b, name, sub);
   g.dataset.nodeReplica = name;
   g.dataset.status = s;
-  g.classList.toggle('down', !live && s !== 'draining');
-  g.style.setProperty('--c', live || s === 'draining' ? colourOf(name) : GREY);
+  const leaving = s === 'draining' || s === 'stopping';
+  g.classList.toggle('down', !live && !leaving);
+  g.style.setProperty('--c', live || leaving ? colourOf(name) : GREY);
 }
 
 /** The lasting line from the browser to the replica that holds the socket. */

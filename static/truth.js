@@ -19,12 +19,13 @@ export function supervised(name) {
   return r ? r.state : '';
 }
 
-/** up | down | draining | starting | unreachable | listed: the page's best knowledge. */
+/** up | down | draining | starting | stopping | unreachable | listed: the page's best knowledge. */
 export function statusOf(name) {
   const s = supervised(name);
   if (s) return s;
   const r = state.replicas.get(name);
   if (!r || !r.live) return 'down';
+  if (state.stopping.has(name)) return 'stopping';
   if (state.unreachable.has(name)) return 'unreachable';
   return 'listed';
 }
@@ -49,9 +50,12 @@ export function countText() {
     return `${up} of ${names.length} replicas up${other.length ? ` · ${other.join(', ')}` : ''} · live from the supervisor`;
   }
   const listed = names.filter((n) => state.replicas.get(n) && state.replicas.get(n).live);
-  const gone = listed.filter((n) => state.unreachable.has(n));
-  const base = `${listed.length} replica${listed.length === 1 ? '' : 's'} announced in the last 6 s`;
-  return gone.length ? `${base}; ${gone.join(', ')} broke off this page’s socket` : base;
+  const stopping = listed.filter((n) => state.stopping.has(n));
+  const gone = listed.filter((n) => state.unreachable.has(n) && !state.stopping.has(n));
+  let text = `${listed.length} replica${listed.length === 1 ? '' : 's'} announced in the last 6 s`;
+  if (stopping.length) text += `; ${stopping.join(', ')} said ${stopping.length === 1 ? 'it is' : 'they are'} stopping`;
+  if (gone.length) text += `; ${gone.join(', ')} broke off this page’s socket`;
+  return text;
 }
 
 /** Where nginx sends a request that carries the page's cookie, in one clause. */
@@ -60,6 +64,7 @@ export function stickyRoute() {
   const c = state.cookie;
   const s = statusOf(c);
   if (s === 'down' || s === 'starting') return `the cookie names ${c}, which is ${s === 'down' ? 'down' : 'still starting'}, so nginx sends these to a backup replica`;
+  if (s === 'stopping') return `the cookie names ${c}, which said it is stopping, so nginx sends these to a backup replica once it has gone`;
   if (s === 'unreachable') return `the cookie names ${c}, which broke off this page’s socket, so nginx likely sends these to a backup replica`;
   return `the cookie names ${c}, so nginx sends these there`;
 }

@@ -1297,6 +1297,25 @@ async fn every_sentence_follows_what_the_page_knows_now() {
         "return !document.getElementById('feed-more').hidden;",
     )
     .await;
+
+    // A second tab of this page: a client of its own, which the first tab learns of.
+    let first = page.client.window().await.unwrap();
+    let tab = page.client.new_window(true).await.unwrap();
+    page.client.switch_to_window(tab.handle).await.unwrap();
+    page.goto(&format!("{}/", cluster.base())).await;
+    page.wait_until("the second tab's socket to open", secs(10), OPEN_JS)
+        .await;
+    let second_id = page.text("client-id").await;
+    assert_ne!(second_id, client_id);
+    page.client.switch_to_window(first).await.unwrap();
+    let step = page
+        .wait_until(
+            "the second tab's step ticked off",
+            secs(5),
+            "const s = document.querySelector('[data-lesson=\"second-tab\"]');              return s.dataset.done === 'true' && s.textContent;",
+        )
+        .await;
+    assert!(str_of(&step).contains(&second_id[..8]), "{step}");
     assert_no_console_errors(&page, |message| is_failed_socket(message, &client_id)).await;
 }
 
@@ -1394,6 +1413,17 @@ async fn drill_kill_moves_the_socket_and_recovers_what_was_published_while_away(
         result["replayed"], "5",
         "the reconnect waited for them: {result}"
     );
+    let named = page
+        .eval(&format!("return (() => {{ {MESSAGES_JS} }})().filter((m) => m.text.includes('away ')).map((m) => m.text);"))
+        .await;
+    let named = named.as_array().unwrap();
+    assert_eq!(named.len(), 5, "{named:#?}");
+    for text in named {
+        assert!(
+            str_of(text).starts_with("Published by this page while its socket was away"),
+            "{text}"
+        );
+    }
     let said = words(&page.text("away-recovered").await);
     assert!(said.starts_with("5 of 5 recovered"), "{said}");
     assert!(said.contains(&format!("on {moved}")), "{said}");
