@@ -59,6 +59,20 @@ pub struct ServeArgs {
     #[arg(long, env = "DRAIN_TIMEOUT", default_value_t = 10)]
     pub drain_timeout: u64,
 
+    /// The fault-drill supervisor this replica forwards `/api/drills*` to (http://host:port);
+    /// `stickyws cluster` sets it. Unset: drills are off.
+    #[arg(long, env = "DRILLS_URL")]
+    pub drills_url: Option<String>,
+
+    /// The supervisor's per-run token: sent with every forwarded drill, accepted from the page.
+    #[arg(long, env = "DRILLS_TOKEN", hide_env_values = true)]
+    pub drills_token: Option<String>,
+
+    /// "on" allows drills on a non-loopback BIND (with DRILLS_URL set); "off" or unset: only
+    /// on a loopback BIND.
+    #[arg(long, env = "DRILLS", default_value = "off")]
+    pub drills: String,
+
     #[command(flatten)]
     pub limits: Limits,
 }
@@ -86,6 +100,12 @@ pub enum ConfigError {
     BadTrustedProxies(String),
     #[error("DRAIN_TIMEOUT must be between 1 and 3600 seconds, got {0}")]
     BadDrainTimeout(u64),
+    #[error("DRILLS_URL must be http://<host>:<port>, got {0:?}")]
+    BadDrillsUrl(String),
+    #[error("DRILLS_TOKEN must be printable ASCII without spaces")]
+    BadDrillsToken,
+    #[error("DRILLS must be on or off, got {0:?}")]
+    BadDrills(String),
 }
 
 /// Where the signing secret came from: a random one works for a single replica only.
@@ -114,7 +134,76 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     pub trusted_proxies: TrustedProxies,
     pub drain_timeout: std::time::Duration,
+    /// Fault drills: `Some` only when enabled (see [`Drills::enabled`]).
+    pub drills: Option<Drills>,
     pub limits: Limits,
+}
+
+/// Where this replica forwards fault drills, and the token it sends with them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Drills {
+    /// `host:port` of the supervisor's control server.
+    pub supervisor: String,
+    /// The supervisor's per-run token; `None`: only the API key opens `/api/drills*`, and
+    /// the supervisor will refuse what is forwarded.
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for Drills {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Drills")
+            .field("supervisor", &self.supervisor)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl Drills {
+    /// Drills answer only where a supervisor was named, and then only on a loopback BIND
+    /// unless switched on explicitly: a replica reachable from elsewhere must not hand out
+    /// the power to kill its neighbours by default.
+    fn enabled(
+        url: Option<&str>,
+        token: Option<String>,
+        bind: SocketAddr,
+        switch: &str,
+    ) -> Result<Option<Drills>, ConfigError> {
+        let on = match switch {
+            "on" => true,
+            "off" | "" => false,
+            other => return Err(ConfigError::BadDrills(other.to_owned())),
+        };
+        let Some(url) = url else { return Ok(None) };
+        let supervisor = parse_drills_url(url)?;
+        if !(bind.ip().is_loopback() || on) {
+            return Ok(None);
+        }
+        // It travels in a header line: nothing that could end or split one.
+        if token
+            .as_deref()
+            .is_some_and(|t| !t.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(ConfigError::BadDrillsToken);
+        }
+        let token = token.filter(|t| !t.is_empty());
+        Ok(Some(Drills { supervisor, token }))
+    }
+}
+
+/// `http://host:port` (a trailing `/` allowed) → `host:port`.
+fn parse_drills_url(url: &str) -> Result<String, ConfigError> {
+    let bad = || ConfigError::BadDrillsUrl(url.to_owned());
+    let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = authority.rsplit_once(':').ok_or_else(bad)?;
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']' | b':'));
+    if !host_ok || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(bad());
+    }
+    Ok(authority.to_owned())
 }
 
 impl fmt::Debug for Config {
@@ -132,6 +221,7 @@ impl fmt::Debug for Config {
             .field("allowed_origins", &self.allowed_origins)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("drain_timeout", &self.drain_timeout)
+            .field("drills", &self.drills)
             .field("limits", &self.limits)
             .finish()
     }
@@ -179,6 +269,12 @@ impl Config {
         }
         let trusted_proxies =
             TrustedProxies::parse(&args.trusted_proxies).map_err(ConfigError::BadTrustedProxies)?;
+        let drills = Drills::enabled(
+            args.drills_url.as_deref(),
+            args.drills_token,
+            args.bind,
+            &args.drills,
+        )?;
         let records_log = match args.records_log.as_str() {
             "" | "off" => None,
             path => Some(PathBuf::from(path)),
@@ -195,6 +291,7 @@ impl Config {
             threads,
             trusted_proxies,
             drain_timeout: std::time::Duration::from_secs(args.drain_timeout),
+            drills,
             allowed_origins: args
                 .allowed_origins
                 .into_iter()
@@ -397,6 +494,56 @@ mod tests {
             parse(&["--app-id", "a", "--threads", "0"]).unwrap_err(),
             ConfigError::BadThreads(0)
         );
+    }
+
+    #[test]
+    fn drills_need_a_supervisor_and_a_loopback_bind_or_the_switch() {
+        let url = "http://127.0.0.1:4100";
+        let off = parse(&["--app-id", "a", "--bind", "127.0.0.1:8000"]).unwrap();
+        assert_eq!(off.drills, None, "no DRILLS_URL: off");
+        let local = parse(&[
+            "--app-id",
+            "a",
+            "--bind",
+            "127.0.0.1:8000",
+            "--drills-url",
+            url,
+            "--drills-token",
+            "t0k",
+        ])
+        .unwrap();
+        assert_eq!(
+            local.drills,
+            Some(Drills {
+                supervisor: "127.0.0.1:4100".to_owned(),
+                token: Some("t0k".to_owned())
+            })
+        );
+        assert!(!format!("{local:?}").contains("t0k"));
+        let public = parse(&["--app-id", "a", "--drills-url", url]).unwrap();
+        assert_eq!(public.drills, None, "0.0.0.0 without DRILLS=on: off");
+        let switched = parse(&["--app-id", "a", "--drills-url", url, "--drills", "on"]).unwrap();
+        assert!(switched.drills.is_some());
+        assert_eq!(
+            parse(&["--app-id", "a", "--drills", "yes"]).unwrap_err(),
+            ConfigError::BadDrills("yes".to_owned())
+        );
+        for bad in [
+            "127.0.0.1:4100",
+            "https://h:1",
+            "http://h",
+            "http://h:0",
+            "http://h:1/x",
+        ] {
+            assert!(
+                matches!(
+                    parse(&["--app-id", "a", "--drills-url", bad]),
+                    Err(ConfigError::BadDrillsUrl(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(parse(&["--app-id", "a", "--drills-url", "http://supervisor:9/"]).is_ok());
     }
 
     #[test]

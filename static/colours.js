@@ -1,23 +1,43 @@
-// Replicas and their colours: each replica seen gets a colour by its place in the sorted list,
-// and chips naming a replica are recoloured when that list changes. Which replicas exist is
-// state.js's (filled by replicas.js); drawing them is topology.js's.
+// Replicas and their colours: a replica's colour is computed from its id alone (its number, or
+// a hash of the id when it has none, turned into a hue), so every tab, and every page a
+// replica renders, shows one replica in one colour whatever else it has seen. Which replicas
+// exist is state.js's (filled by replicas.js); drawing them is topology.js's.
 
 import { el } from './dom.js';
 import { byName } from './format.js';
 import { state } from './state.js';
 
-// Distinct, readable on white (>= 4.5:1 as text), given out by the replica's sorted index.
-const PALETTE = ['#1d64c8', '#c2410c', '#13795b', '#7e3fae',
-  '#b81d6b', '#0b7285', '#946200', '#5b4a9e'];
-
 export const replicaNames = () => [...state.replicas.keys()].sort(byName);
 
-export function colourOf(name) {
-  const i = replicaNames().indexOf(name);
-  return i < 0 ? '#5f6b7a' : PALETTE[i % PALETTE.length];
+/** The colour of a replica that is down, or of a name that is no replica. */
+export const GREY = '#5f6b7a';
+
+/** FNV-1a over the id's UTF-16 units: small, stable, the same in every browser. */
+function hash(text) {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i += 1) {
+    h ^= text.charCodeAt(i);
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h;
 }
 
-/** A coloured chip naming a replica; recoloured whenever the set of replicas changes. */
+/** A hue for the id: ids ending in a number ("app-3", "app-3.w2") step by the golden angle
+ *  from that number (app-1 blue), so neighbours (app-1, app-2, app-3) are far apart on the wheel; other ids
+ *  take their hash's hue. */
+export function hueOf(id) {
+  const m = /(\d+)(?:\.w(\d+))?$/.exec(id);
+  if (m) return (112.5 + Number(m[1]) * 137.508 + (m[2] ? Number(m[2]) * 23 : 0)) % 360;
+  return hash(id) % 360;
+}
+
+/** Dark enough on white for text (OKLCH lightness 0.5 is about 6:1) at every hue. */
+export function colourOf(name) {
+  if (!name) return GREY;
+  return `oklch(0.5 0.16 ${hueOf(name).toFixed(1)})`;
+}
+
+/** A coloured chip naming a replica. */
 export function chip(name) {
   const node = el('span', { class: 'chip', 'data-replica': name });
   node.textContent = name;
@@ -25,6 +45,7 @@ export function chip(name) {
   return node;
 }
 
+/** Colours every node naming a replica (those drawn before the replica was known, too). */
 export function recolour() {
   for (const node of document.querySelectorAll('[data-replica]')) {
     if (node.dataset.replica) node.style.setProperty('--c', colourOf(node.dataset.replica));

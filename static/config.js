@@ -6,6 +6,10 @@ const body = document.body;
 export const PAGE_BY = body.dataset.replica;
 export const CLIENT_ID = body.dataset.clientId;
 export const TOKEN = body.dataset.token;
+/** The per-run token of `stickyws cluster`'s fault drills; empty where drills are off. */
+export const DRILLS_TOKEN = body.dataset.drillsToken || '';
+/** The supervisor's state is polled this often, so the picture follows a drill within 1 s. */
+export const DRILLS_POLL_MS = 1000;
 
 /** How long a message that should reach the socket may take before it counts as lost. */
 export const DELIVERY_TIMEOUT_MS = 3000;

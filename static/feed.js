@@ -28,9 +28,10 @@ const MESSAGE_FROM_ELSEWHERE = {
   broadcast: 'Broadcast', publish: 'Published from elsewhere', direct: 'Direct message from elsewhere',
 };
 
-/** A message that no press of this page sent: a broadcast, or a publish by a script. */
-export function feedMessage(frame) {
-  const what = MESSAGE_FROM_ELSEWHERE[frame.via] || `A ${frame.via} message from elsewhere`;
+/** A message that no press of this page sent: a broadcast, a publish by a script, or one the
+ *  drills panel published while the socket was away (`named` says so). */
+export function feedMessage(frame, named = '') {
+  const what = named || MESSAGE_FROM_ELSEWHERE[frame.via] || `A ${frame.via} message from elsewhere`;
   const item = feedEvent(`${what}, taken by ${frame.from}, delivered by ${frame.replica}: ${frame.text}`,
     frame.replayed ? 'recovered' : 'info');
   item.dataset.via = frame.via;

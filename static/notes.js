@@ -2,7 +2,7 @@
 // without the sticky cookie, and whether each answer holds every note so far. Also the cookie
 // toggle's wording, which split.js asks to refresh when the cookie is forgotten.
 
-import { CLIENT_ID, MAX_NOTES, PAGE_BY } from './config.js';
+import { CLIENT_ID, MAX_NOTES } from './config.js';
 import { $, el } from './dom.js';
 import { plural, seqOf } from './format.js';
 import { chip } from './colours.js';
@@ -11,6 +11,8 @@ import { countsLine } from './tallies.js';
 import { errorLine, labBadge, labEntry, line } from './lab-common.js';
 import { noteReplica, refreshReplicas } from './replicas.js';
 import { postJson } from './request.js';
+import { stickyRoute } from './truth.js';
+import { on, emit } from './events.js';
 
 /** Per store, every note known to be added (sent and answered, or seen in an answer). */
 const notesOf = {
@@ -25,7 +27,11 @@ export function buildNotes() {
   renderNotes('local', null);
   renderNotes('shared', null);
   renderCookieChoice();
+  on('health', renderCookieChoice);
 }
+
+/** Notes rebuilt by a replica that had never seen this client, for the guided path. */
+export const notesRebuilt = () => notesOf.local.tally.rebuilt;
 
 async function addNote(store) {
   const notes = notesOf[store];
@@ -55,6 +61,7 @@ async function addNote(store) {
   notes.tally.by[answer.replica] = (notes.tally.by[answer.replica] || 0) + 1;
   if (answer.hit) notes.tally.hits += 1;
   if (answer.rebuilt) notes.tally.rebuilt += 1;
+  if (answer.rebuilt && store === 'local') emit('lesson', 'rebuilt');
   noteReplica(answer.replica);
   Object.assign(entry.item.dataset, { store, replica: answer.replica, hit: answer.hit, rebuilt: answer.rebuilt,
     count: answer.count, total: answer.total, whole: answer.whole, cookie: answer.cookie });
@@ -76,8 +83,11 @@ function judgeNotes(expected, kept) {
     count: kept.length, total: all.length, whole: missing.length === 0 };
 }
 
+/** "hit" only for an answer that had every note: a replica that knew this client but holds
+ *  only some of its notes is a partial copy, not a hit for the person reading. */
 function stateBadge(store, a) {
-  if (a.hit) return labBadge('hit', 'hit');
+  if (a.hit && a.whole) return labBadge('hit', 'hit');
+  if (a.hit) return labBadge('missing', 'partial copy');
   return store === 'shared' ? labBadge('new', 'new') : labBadge('rebuilt', 'rebuilt');
 }
 
@@ -121,10 +131,12 @@ function renderNotes(store, a, error = '') {
 export function renderCookieChoice() {
   const without = $('notes-no-cookie').checked || !state.cookie;
   for (const sub of document.querySelectorAll('[data-cookie-label]')) {
-    sub.textContent = without ? 'without my cookie' : 'with my cookie';
+    const text = without ? 'without my cookie' : 'with my cookie';
+    if (sub.textContent !== text) sub.textContent = text;
   }
-  $('notes-cookie-hint').textContent = !state.cookie
+  const hint = !state.cookie
     ? 'This page has no sticky cookie now, so these go round robin either way.'
     : without ? 'nginx spreads these round robin over the replicas.'
-      : `The cookie names ${PAGE_BY}, so nginx sends these there.`;
+      : `${stickyRoute().replace(/^./, (c) => c.toUpperCase())}.`;
+  if ($('notes-cookie-hint').textContent !== hint) $('notes-cookie-hint').textContent = hint;
 }

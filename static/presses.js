@@ -12,6 +12,8 @@ import { newTally, renderTally } from './tallies.js';
 import { addToFeed, renderEntry } from './feed.js';
 import { animateOutcome, animateRequest } from './topology.js';
 import { noteReplica } from './replicas.js';
+import { brokerHealth, isUp, stickyRoute, statusOf } from './truth.js';
+import { emit, on } from './events.js';
 import { postJson } from './request.js';
 
 /** The buttons, each with its reason and an empty tally, in their groups. */
@@ -28,9 +30,27 @@ export function buildGroups() {
       const tally = el('div', { class: 'tally', id: `tally-${def.id}`, 'data-testid': `tally-${def.id}`,
         'data-button': def.id });
       section.append(el('div', { class: 'experiment' }, button,
-        el('div', { class: 'experiment-body' }, el('p', { class: 'why', id: `why-${def.id}` }, def.why), tally)));
+        el('div', { class: 'experiment-body' }, el('p', { class: 'why', id: `why-${def.id}` }), tally)));
     }
     host.append(section);
+  }
+  renderWhys();
+  on('health', renderWhys);
+}
+
+/** Each button's reason as it is true now. */
+function renderWhys() {
+  const cookieStatus = state.cookie ? statusOf(state.cookie) : '';
+  const now = {
+    cookie: state.cookie, cookieStatus, cookieUp: !state.cookie || isUp(state.cookie),
+    wsBy: state.wsState === 'open' ? state.wsBy : '', broker: brokerHealth().state,
+  };
+  for (const group of GROUPS) {
+    for (const def of group.buttons) {
+      const text = typeof def.why === 'function' ? def.why(now) : def.why;
+      const node = $(`why-${def.id}`);
+      if (node && node.textContent !== text) node.textContent = text;
+    }
   }
 }
 
@@ -76,7 +96,7 @@ async function sendOverHttp(p) {
     data = await postJson(`/api/${kind}/${encodeURIComponent(CLIENT_ID)}`, { text: p.text }, cookie);
   } catch (err) {
     if (p.frame) settle(p, 'delivered');
-    else settle(p, 'error', err.message);
+    else settle(p, 'error', refusal(kind, err));
     return;
   }
   if (p.outcome !== 'pending') return;
@@ -99,14 +119,25 @@ async function sendOverHttp(p) {
   }
 }
 
+/** A failed request, with why when the reason is a lesson: a publish refused while Redis is
+ *  away is the broker outage, which the in-memory paths do not share. */
+function refusal(kind, err) {
+  if (err.status === 503 && (kind === 'publish' || err.code === 'broker_unavailable' || err.code === 'outcome_unknown')) {
+    emit('lesson', 'publish-503');
+    return `${err.message} — Redis is unreachable, so no replica can publish (503); ` +
+      'HTTP echo, the in-memory buttons and the socket’s own echo do not need Redis and still work';
+  }
+  return err.message;
+}
+
 /** Why a sticky request did not reach the page's replica, when that happens. */
 function stickyNote(p) {
   if (!p.def.cookie || p.def.kind === 'ws' || p.took === PAGE_BY) return '';
   if (!state.cookie) return 'this page forgot its sticky cookie, so nginx spread the request';
-  const r = state.replicas.get(PAGE_BY);
-  return r && !r.live
-    ? `${PAGE_BY}, named by the cookie, is down, so nginx used a backup`
-    : `the cookie names ${PAGE_BY}, but nginx used a backup`;
+  const s = statusOf(PAGE_BY);
+  return s === 'up' || s === 'listed'
+    ? `the cookie names ${PAGE_BY}, but nginx used a backup`
+    : `${stickyRoute()}`;
 }
 
 /** Gives a press its final outcome, once; updates its entry, its tally and the picture.

@@ -14,7 +14,7 @@ export function postJson(url, payload, withCookie) {
 }
 
 /** fetch, then the JSON answer; any failure (network, status, not JSON) is thrown as one
- *  readable Error, the server's `{"error"}` included. */
+ *  readable Error, the server's `{"error"}` included (and its status and code as fields). */
 export async function request(url, init) {
   let res;
   try {
@@ -25,7 +25,11 @@ export async function request(url, init) {
   const data = await res.json().catch(() => null);
   if (!res.ok) {
     const e = data && data.error;
-    throw new Error(e ? `${res.status} ${e.code}: ${e.message}` : `HTTP ${res.status} ${res.statusText}`.trim());
+    const err = new Error(e ? `${res.status} ${e.code}: ${e.message}` : `HTTP ${res.status} ${res.statusText}`.trim());
+    // Callers that explain a refusal (a 503 from a broker outage, a 409 drill) branch on these.
+    err.status = res.status;
+    err.code = e ? e.code : '';
+    throw err;
   }
   if (!data) throw new Error('the answer was not JSON');
   return data;

@@ -9,7 +9,8 @@ import { recolour } from './colours.js';
 import { state } from './state.js';
 import { drawSocketLine } from './topology.js';
 import { feedEvent, feedMessage } from './feed.js';
-import { noteReplica, refreshReplicas } from './replicas.js';
+import { noteReplica, noteStopping, noteUnreachable, refreshReplicas, replicasChanged } from './replicas.js';
+import { emit } from './events.js';
 import { settle } from './presses.js';
 import { advanceCursor, parseCursor } from './cursors.js';
 
@@ -27,6 +28,34 @@ const channelListeners = [];
 export function whenChannelFrame(listener) {
   channelListeners.push(listener);
 }
+
+/** Called with every message frame for this client (after duplicates are dropped), before
+ *  the feed shows it: the drills panel counts the messages it published while away, and
+ *  returns what to call one of them in the feed (a listener returning nothing names none). */
+const messageListeners = [];
+
+export function whenMessage(listener) {
+  messageListeners.push(listener);
+}
+
+/** Called with (replica, close code) when the socket breaks off, before it reconnects. */
+const downListeners = [];
+
+export function whenSocketDown(listener) {
+  downListeners.push(listener);
+}
+
+/** Work the next reconnect waits for (at most RECONNECT_HOLD_MS): publishing while away. */
+let held = null;
+const RECONNECT_HOLD_MS = 15000;
+
+export function holdReconnect(promise) {
+  const limit = new Promise((resolve) => setTimeout(resolve, RECONNECT_HOLD_MS));
+  held = Promise.race([promise.catch(() => {}), limit]).finally(() => { held = null; });
+}
+
+/** The replica whose socket broke off, until the next welcome says where nginx went. */
+let brokeOn = '';
 
 /** Sends a frame on the page's socket; false when it is not open. */
 export function sendFrame(frame) {
@@ -70,6 +99,7 @@ function setWsState(next, detail = '') {
   }
   $('ws-split').classList.toggle('split-stale', next !== 'open');
   drawSocketLine();
+  emit('health');
 }
 
 export function connect() {
@@ -107,6 +137,11 @@ function onHistoryLost(frame) {
 
 function onWelcome(frame) {
   const previous = state.wsBy;
+  // nginx routed around the replica the socket broke off from: the page saw it fail.
+  if (brokeOn && brokeOn !== frame.replica) noteUnreachable(brokeOn);
+  brokeOn = '';
+  // A replica that takes a new socket is not stopping (any more).
+  if (state.stopping.delete(frame.replica)) replicasChanged();
   state.wsBy = frame.replica;
   // Where the histories stood when the page first connected; later welcomes echo the cursors.
   if (!state.lastId && parseCursor(frame.last_id)) state.lastId = frame.last_id;
@@ -139,23 +174,40 @@ function onMessage(frame) {
   if (!advanceCursor(frame)) { state.duplicates += 1; return; }
   noteReplica(frame.from);
   noteReplica(frame.replica);
+  // A listener that recognises the message (one the page published itself) names it.
+  let what = '';
+  for (const listener of messageListeners) what = listener(frame) || what;
   const p = state.pending.get(frame.text);
-  if (!p) { feedMessage(frame); return; }
+  if (!p) { feedMessage(frame, what); return; }
   p.frame = frame;
   // A press over HTTP waits for its answer too; it names the replica that took the request.
   if (p.def.kind === 'ws' || p.responded || p.outcome === 'lost') settle(p, 'delivered');
 }
 
+/** Said when the replica gave no reason of its own. 1012 is the protocol's "service
+ *  restart", but a replica sends it whenever it stops: whether anything starts it again is
+ *  not the socket's to know, so the page does not claim it. */
 const CLOSE_REASONS = {
-  1000: 'closed normally', 1001: 'server going away', 1006: 'connection lost',
-  1011: 'server error', 1012: 'replica restarting', 1013: 'replica busy, try again later',
+  1000: 'closed normally', 1001: 'replica going away', 1006: 'connection lost (the replica did not close it)',
+  1011: 'server error', 1012: 'replica stopping', 1013: 'replica busy, try again later',
 };
 
 function onClose(ws, e) {
   if (ws !== state.ws) return;
   state.ws = null;
-  const why = CLOSE_REASONS[e.code] || `closed (${e.code})`;
-  if (state.wsState === 'open') feedEvent(`socket on ${state.wsBy} closed: ${why} (${e.code})`, 'warn');
+  // A stopping replica says "restarting" (1012's name in the protocol) whether or not
+  // anything will start it again: the page says only what it knows, that it stopped.
+  const reason = e.code === 1012 && /restart/i.test(e.reason) ? '' : e.reason;
+  const said = reason || CLOSE_REASONS[e.code] || 'closed';
+  const why = said.includes(`(${e.code})`) ? said : `${said} (${e.code})`;
+  const was = state.wsState === 'open' ? state.wsBy : '';
+  if (was) {
+    feedEvent(`socket on ${was} closed: ${why}`, 'warn');
+    brokeOn = e.code === 1000 ? '' : was;
+    // 1012 also asks a socket whose missed messages cannot be filled to resume elsewhere.
+    if ((e.code === 1012 || e.code === 1001) && !/resume/i.test(e.reason)) noteStopping(was);
+    for (const listener of downListeners) listener(was, e.code);
+  }
   if (state.unloading) { setWsState('closed'); return; }
   scheduleReconnect(why);
 }
@@ -168,6 +220,11 @@ function scheduleReconnect(why) {
   const until = performance.now() + delay;
   const tick = () => {
     const left = until - performance.now();
+    if (left <= 0 && held) {
+      setWsState('reconnecting', `${why}; waiting for the publishes made while away`);
+      held.then(() => { if (!state.ws) state.retryTimer = setTimeout(tick, 0); });
+      return;
+    }
     if (left <= 0) { connect(); return; }
     setWsState('reconnecting', `${why}; retrying in ${Math.ceil(left / 1000)} s`);
     state.retryTimer = setTimeout(tick, Math.min(left, 250));

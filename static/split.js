@@ -10,6 +10,8 @@ import { errorLine, labBadge, labEntry, line } from './lab-common.js';
 import { renderCookieChoice } from './notes.js';
 import { isConnecting, reopen, whenWelcomed } from './socket.js';
 import { request } from './request.js';
+import { isUp, statusOf } from './truth.js';
+import { emit, on } from './events.js';
 
 /** What the page has seen of its cookie and of where its socket landed. */
 const seen = {
@@ -17,6 +19,8 @@ const seen = {
   forgotBy: '',
   landing: null,
   landings: 0,
+  /** Welcomes that landed away from the page's replica. */
+  splits: 0,
   /** The feed entry of a reconnect made on purpose, filled by the next welcome. */
   pendingReopen: null,
 };
@@ -30,6 +34,25 @@ export function buildSplit() {
   whenWelcomed(landed);
   renderCookie();
   renderLanding();
+  renderReconnectWhy();
+  on('health', () => { renderReconnectWhy(); renderCookie(); });
+}
+
+/** Whether the page has seen its socket land away from the page's replica, for the path. */
+export const splitSeen = () => seen.splits > 0;
+
+/** What reconnecting will do, given the cookie now. Round robin in nginx is shared by every
+ *  request it gets (this page's own polling too), so the page does not promise where it lands. */
+function renderReconnectWhy() {
+  let text;
+  if (!state.cookie) {
+    text = 'Closes and reopens the socket. With no cookie nginx picks the replica round robin, a turn shared with every other request (this page polls too), so where it lands cannot be told in advance: press it a few times and the split comes and goes.';
+  } else if (!isUp(state.cookie)) {
+    text = `Closes and reopens the socket. The cookie names ${state.cookie}, which is ${statusOf(state.cookie)}, so nginx puts it on a backup replica.`;
+  } else {
+    text = `Closes and reopens the socket. The cookie names ${state.cookie}, so nginx puts it back there: forget the cookie first to see it land elsewhere.`;
+  }
+  if ($('why-reconnect').textContent !== text) $('why-reconnect').textContent = text;
 }
 
 async function forgetCookie() {
@@ -54,8 +77,10 @@ async function forgetCookie() {
 function renderCookie(error = '') {
   const node = $('cookie-state');
   node.dataset.cookie = state.cookie ? 'set' : 'none';
+  const down = state.cookie && !isUp(state.cookie)
+    ? ` ${state.cookie} is ${statusOf(state.cookie)} now, so nginx sends what carries it to a backup.` : '';
   const rows = [state.cookie
-    ? line('Your cookie: ', el('code', {}, `sticky=${state.cookie}`), ', set when ', chip(state.cookie), ' rendered this page.')
+    ? line('Your cookie: ', el('code', {}, `sticky=${state.cookie}`), ', set when ', chip(state.cookie), ` rendered this page.${down}`)
     : line('Your cookie: ', el('b', {}, 'none'), seen.forgotBy ? ` (cleared by ${seen.forgotBy}). ` : '. ',
       'Reload the page to get one again.')];
   if (error) rows.push(errorLine(`Forgetting failed: ${error}`));
@@ -82,6 +107,7 @@ function landed(frame, first) {
   if (rebuilt) message = first ? `${frame.replica} started your state` : `${frame.replica} had never seen you: state rebuilt`;
   seen.landing = { replica: frame.replica, page, same, rebuilt, message };
   seen.landings += 1;
+  if (!same) { seen.splits += 1; emit('lesson', 'split'); }
   const split = $('ws-split');
   split.dataset.split = same ? 'same' : 'split';
   split.textContent = same ? 'same replica' : 'split';

@@ -5,7 +5,8 @@
 
 import { PAGE_BY } from './config.js';
 import { $, svg } from './dom.js';
-import { colourOf, replicaNames } from './colours.js';
+import { colourOf, GREY } from './colours.js';
+import { allReplicas, brokerHealth, statusOf } from './truth.js';
 import { state } from './state.js';
 
 const topo = { svg: null, nodes: {}, vertical: false, layers: {} };
@@ -44,7 +45,7 @@ const pathOf = (pts) => 'M' + pts.map((p) => p.map((v) => v.toFixed(1)).join(' '
 
 export function drawTopology() {
   const host = $('topology');
-  const names = replicaNames();
+  const names = allReplicas();
   topo.vertical = isNarrow(host);
   const { width, height, nodes } = layout(names, topo.vertical);
   topo.nodes = nodes;
@@ -65,7 +66,11 @@ export function drawTopology() {
   }
   drawNode(layers.nodes, 'browser', browser, 'Browser', 'this page');
   drawNode(layers.nodes, 'nginx', nginx, 'nginx', 'routes on cookie');
-  drawNode(layers.nodes, 'redis', redis, 'Redis', 'pub/sub');
+  const health = brokerHealth();
+  const redisNode = drawNode(layers.nodes, 'redis', redis, 'Redis',
+    health.state === 'unknown' ? 'pub/sub' : health.state);
+  redisNode.dataset.health = health.state;
+  redisNode.append(svg('title', {}, `Redis: ${health.detail}`));
   for (const name of names) drawReplica(layers.nodes, name, nodes[name]);
 
   topo.svg = root;
@@ -77,12 +82,13 @@ export function drawTopology() {
 function describeTopology(names) {
   const parts = names.map((n) => {
     const r = state.replicas.get(n);
-    if (!r.live) return `${n} (down)`;
-    return r.sockets == null ? n : `${n} (${r.sockets} socket${r.sockets === 1 ? '' : 's'})`;
+    const s = statusOf(n);
+    if (s !== 'up' && s !== 'listed') return `${n} (${s})`;
+    return !r || r.sockets == null ? n : `${n} (${r.sockets} socket${r.sockets === 1 ? '' : 's'})`;
   });
   const socket = state.wsState === 'open' ? `Your WebSocket is held by ${state.wsBy}.` : 'Your WebSocket is not connected.';
   return `The browser reaches nginx, which forwards to the replicas ${parts.join(', ')}; ` +
-    `Redis links the replicas. This page was rendered by ${PAGE_BY}. ${socket}`;
+    `Redis links the replicas (${brokerHealth().detail}). This page was rendered by ${PAGE_BY}. ${socket}`;
 }
 
 function drawNode(layer, key, b, title, sub) {
@@ -97,12 +103,16 @@ function drawNode(layer, key, b, title, sub) {
 
 function drawReplica(layer, name, b) {
   const r = state.replicas.get(name);
-  let sub = r.live ? (r.sockets == null ? 'live' : `${r.sockets} socket${r.sockets === 1 ? '' : 's'}`) : 'down';
+  const s = statusOf(name);
+  const live = s === 'up' || s === 'listed';
+  let sub = live ? (!r || r.sockets == null ? 'up' : `${r.sockets} socket${r.sockets === 1 ? '' : 's'}`) : s;
   if (name === PAGE_BY) sub += ' · page';
   const g = drawNode(layer, 'replica', b, name, sub);
   g.dataset.nodeReplica = name;
-  g.classList.toggle('down', !r.live);
-  g.style.setProperty('--c', r.live ? colourOf(name) : '#8a94a3');
+  g.dataset.status = s;
+  const leaving = s === 'draining' || s === 'stopping';
+  g.classList.toggle('down', !live && !leaving);
+  g.style.setProperty('--c', live || leaving ? colourOf(name) : GREY);
 }
 
 /** The lasting line from the browser to the replica that holds the socket. */

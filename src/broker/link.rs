@@ -75,6 +75,9 @@ pub struct Health {
     /// said (start-up with Redis away is not a loss: nothing was there to lose). Under a lock so
     /// "lost" and "back" are said in the order they happened.
     lost_since: Mutex<Option<Instant>>,
+    /// The last reason a connection was said to fail, for [`Health::detail`]; kept after the
+    /// link is back only to be overwritten by the next failure.
+    last_failure: Mutex<Option<String>>,
     observer: LinkObserver,
 }
 
@@ -93,6 +96,7 @@ impl Health {
             subscriber: AtomicBool::new(false),
             commands: AtomicBool::new(false),
             lost_since: Mutex::new(None),
+            last_failure: Mutex::new(None),
             observer,
         }
     }
@@ -113,6 +117,27 @@ impl Health {
         self.is_up(Connection::Subscriber) && self.is_up(Connection::Commands)
     }
 
+    /// One short sentence on the link as it is now: what `/api/stats` shows beside readiness.
+    pub fn detail(&self) -> String {
+        if self.is_ready() {
+            return "connected and subscribed".to_owned();
+        }
+        let down: Vec<&str> = [Connection::Subscriber, Connection::Commands]
+            .into_iter()
+            .filter(|which| !self.is_up(*which))
+            .map(Connection::as_str)
+            .collect();
+        let last = self
+            .last_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match last {
+            Some(reason) => format!("{} not answering ({reason})", down.join(" and ")),
+            None => format!("{} not connected yet", down.join(" and ")),
+        }
+    }
+
     /// The subscriber connection is subscribed again; `event` says to what.
     pub fn subscribed(&self, event: LinkEvent) {
         self.subscriber.store(true, Ordering::Relaxed);
@@ -130,6 +155,11 @@ impl Health {
     /// other one failing too adds nothing a reader needs.
     pub fn down(&self, which: Connection, reason: &str) {
         let was_up = self.flag(which).swap(false, Ordering::Relaxed);
+        *self
+            .last_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) =
+            Some(format!("{}: {reason}", which.as_str()));
         let mut lost = self
             .lost_since
             .lock()

@@ -176,6 +176,14 @@ impl Broker {
         }
     }
 
+    /// This replica's own view of its broker link right now, in a few words.
+    pub fn link_detail(&self) -> String {
+        match self {
+            Broker::Memory(_) => "in-process broker (this replica only)".to_owned(),
+            Broker::Redis(b) => b.link_detail(),
+        }
+    }
+
     /// The Redis command connection when the broker is Redis, for what else lives in the same
     /// Redis (the state lab's shared state); multiplexed, so sharing it costs no connection.
     pub fn redis_connection(&self) -> Option<link::CommandLink> {

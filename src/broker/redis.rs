@@ -260,6 +260,11 @@ impl RedisBroker {
         self.inner.conn.clone()
     }
 
+    /// The link in one short sentence (see [`Health::detail`]).
+    pub fn link_detail(&self) -> String {
+        self.inner.health.detail()
+    }
+
     /// Each connection's state, for tests that tell the two watchers apart.
     #[cfg(test)]
     pub(crate) fn health(&self) -> Arc<Health> {

@@ -86,12 +86,15 @@ pub(super) async fn forget_cookie(State(state): State<AppState>, headers: Header
 }
 
 /// `GET /api/stats`: every replica's key figures, this one's read now and the others' as they
-/// last announced them (every 2 s), with the shared visit count.
+/// last announced them (every 2 s), with the shared visit count and this replica's own view of
+/// its broker link (`broker.up` is what `/readyz` reads).
 pub(super) async fn stats(State(state): State<AppState>) -> Json<Value> {
+    use crate::broker::Driver;
     let (list, complete) = state.presence.all().await;
     let shared_visits = state.lab.shared_visits().await;
     Json(json!({
         "replica": &*state.replica,
+        "broker": {"up": state.broker.is_ready(), "detail": state.broker.link_detail()},
         "replicas": list,
         "complete": complete,
         "shared_visits": shared_visits,

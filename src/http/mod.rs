@@ -3,12 +3,14 @@
 
 mod api;
 mod channels;
+mod drills;
 mod error;
 mod extract;
 mod health;
 mod lab;
 mod origin;
 mod page;
+mod records_tail;
 mod state;
 mod timing;
 mod ws;
@@ -59,7 +61,13 @@ pub fn router(state: AppState) -> Router {
             "/api/notes/{client_id}/shared",
             post(timed(m, lab::add_shared)),
         )
+        .route(
+            "/api/records/{client_id}",
+            get(timed(m, records_tail::tail)),
+        )
         .route("/api/sticky/forget", post(timed(m, lab::forget_cookie)))
+        .route("/api/drills", get(timed(m, drills::state)))
+        .route("/api/drills/{action}", post(timed(m, drills::run)))
         .route("/ws/{client_id}", get(timed(m, ws::upgrade)))
         .route("/healthz", get(timed(m, health::healthz)))
         .route("/readyz", get(timed(m, health::readyz)))

@@ -39,6 +39,9 @@ struct Page<'a> {
     state_ttl_secs: u64,
     state_max_entries: u64,
     max_notes: usize,
+    /// The cluster's per-run drills token when drills are on here, else empty: the page shows
+    /// its fault drills only when it has one.
+    drills_token: &'a str,
     /// The page's script, and the modules it imports, to preload.
     entry: &'static str,
     modules: Vec<&'static str>,
@@ -59,6 +62,12 @@ pub(super) async fn index(State(state): State<AppState>) -> Result<Response, Api
         state_ttl_secs: limits.state_ttl_secs,
         state_max_entries: limits.state_max_entries,
         max_notes: limits.max_notes,
+        drills_token: state
+            .config
+            .drills
+            .as_ref()
+            .and_then(|d| d.token.as_deref())
+            .unwrap_or_default(),
         entry: ENTRY,
         modules: imported_modules(),
     };
@@ -128,6 +137,11 @@ const ASSETS: &[Asset] = &[
     asset!("stats.js", JS),
     asset!("member.js", JS),
     asset!("room.js", JS),
+    asset!("events.js", JS),
+    asset!("truth.js", JS),
+    asset!("drills.js", JS),
+    asset!("records-log.js", JS),
+    asset!("lessons.js", JS),
 ];
 
 /// The modules that `ENTRY` imports, directly or not: the page preloads them all at once

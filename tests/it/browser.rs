@@ -13,7 +13,7 @@ use fantoccini::Locator;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::support::browser::{Browser, Chromedriver};
+use crate::support::browser::{Browser, Chromedriver, DemoCluster};
 use crate::support::{Client, TestCluster};
 
 const REPLICAS: [&str; 3] = ["app-1", "app-2", "app-3"];
@@ -482,6 +482,12 @@ async fn local_notes_are_whole_only_with_the_cookie(page: &Browser, page_by: &st
         }
         if replica != page_by {
             assert!(*count < total, "{entry:#}");
+            // A replica holding only part of the notes is no "hit" for the reader.
+            let badges = page
+                .eval("return [...document.querySelectorAll('#lab-note-local .badge')].map((b) => b.textContent);")
+                .await;
+            let badges: Vec<&str> = badges.as_array().unwrap().iter().map(str_of).collect();
+            assert!(!badges.contains(&"hit"), "{badges:?}");
             let shown = words(&page.text("lab-note-local").await);
             let missing = total - *count;
             assert!(
@@ -1125,4 +1131,561 @@ async fn wait_members(page: &Browser, members: &BTreeMap<String, String>) {
          && Object.entries(want).every(([id, r]) => shown[id] === r);"
     );
     page.wait_until("the member list", secs(5), &shown).await;
+}
+
+/// The text of every lesson step, by id, with whether it is done and whether it is next.
+const LESSONS_JS: &str = "return Object.fromEntries([...document.querySelectorAll('#lessons > li')]\
+    .map((li) => [li.dataset.lesson, { done: li.dataset.done, next: li.dataset.next, text: li.textContent }]));";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sentence_follows_what_the_page_knows_now() {
+    let mut cluster = TestCluster::start(3);
+    let driver = Chromedriver::start(cluster.dir.path());
+    let page = open_page(&cluster, &driver, 1280, 900).await;
+    arm_console_check(&page).await;
+    let page_by = page.text("page-by").await;
+    let client_id = page.text("client-id").await;
+    page.wait_until("the topology to draw app-1..app-3", secs(5), DRAWN_JS)
+        .await;
+
+    // A replica's colour is its id's: another replica appearing changes no one's colour.
+    let colours = "return JSON.stringify(window.stickyws.state().replicas\
+                   .filter((r) => r.id !== 'app-0').map((r) => [r.id, r.colour]));";
+    let before = page.eval(colours).await;
+    page.eval(
+        "import('/static/replicas.js').then((m) => { m.noteReplica('app-0'); window.added = true; }); \
+         return true;",
+    )
+    .await;
+    page.wait_until(
+        "app-0 to be noted",
+        secs(5),
+        "return window.added === true;",
+    )
+    .await;
+    assert_eq!(page.eval(colours).await, before);
+    let distinct: BTreeSet<String> = serde_json::from_str::<Vec<(String, String)>>(str_of(&before))
+        .unwrap()
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
+    assert_eq!(distinct.len(), 3, "{before}");
+
+    // The guided path starts at round robin; without drills, the drill steps say so.
+    let lessons = page.eval(LESSONS_JS).await;
+    assert_eq!(lessons["round-robin"]["next"], "true", "{lessons:#}");
+    for drill in ["kill", "drain", "restart", "redis-stop", "redis-start"] {
+        let text = str_of(&lessons[drill]["text"]);
+        assert!(text.contains("does not offer"), "{drill}: {text}");
+    }
+    assert_eq!(page.attr("drills", "hidden").await, "true");
+    page.press("btn-echo-rr", 6).await;
+    page.wait_until("every press to settle", secs(8), SETTLED_JS)
+        .await;
+    page.wait_until(
+        "round robin ticked off",
+        secs(3),
+        "return document.querySelector('[data-lesson=round-robin]').dataset.done === 'true';",
+    )
+    .await;
+
+    // The records log panel shows this client's own lines: the page, its socket, the presses.
+    page.click("btn-records").await;
+    let shown = page
+        .wait_until(
+            "the records log lines",
+            secs(5),
+            "const r = document.getElementById('records'); return r.dataset.state === 'shown' \
+             && [...r.querySelectorAll('.records-line')].map((l) => l.dataset.event);",
+        )
+        .await;
+    let events: BTreeSet<&str> = shown.as_array().unwrap().iter().map(str_of).collect();
+    for event in ["page", "connect", "http-echo"] {
+        assert!(events.contains(event), "{event} not in {events:?}");
+    }
+    let titles = page
+        .eval("return [...document.querySelectorAll('.records-line')].map((l) => l.title);")
+        .await;
+    for line in titles.as_array().unwrap() {
+        assert!(str_of(line).contains(&format!("| {client_id} |")), "{line}");
+    }
+    page.wait_until(
+        "the records lesson ticked off",
+        secs(3),
+        "return document.querySelector('[data-lesson=records]').dataset.done === 'true';",
+    )
+    .await;
+
+    // Before anything fails, the cookie's replica is where sticky requests go.
+    let hint = page.text("notes-cookie-hint").await;
+    assert_eq!(
+        hint,
+        format!("The cookie names {page_by}, so nginx sends these there.")
+    );
+
+    // The page's replica drains (SIGTERM): it closes the socket with 1012 and exits. The page
+    // says it stopped, not that it restarts, and no sentence still sends anything there.
+    let status = cluster
+        .replica(&page_by)
+        .proc
+        .signal_and_wait(nix::sys::signal::Signal::SIGTERM, secs(15));
+    assert!(status.is_some(), "{page_by} did not exit on SIGTERM");
+    let moved = page
+        .wait_until(
+            "the socket to reopen elsewhere",
+            secs(10),
+            &format!(
+                "const s = window.stickyws.state(); \
+                 return s.wsState === 'open' && s.wsBy !== '{page_by}' && s.wsBy;"
+            ),
+        )
+        .await;
+    let moved = str_of(&moved).to_owned();
+    let closed = format!("socket on {page_by} closed: replica stopping (1012)");
+    let said = format!("return (() => {{ {EVENTS_JS} }})().some((e) => e.includes('{closed}'));");
+    page.wait_until("the feed to say the socket closed", secs(3), &said)
+        .await;
+    let events = page.eval(EVENTS_JS).await;
+    let events: Vec<&str> = events.as_array().unwrap().iter().map(str_of).collect();
+    assert!(
+        !events.iter().any(|e| e.contains("restarting")),
+        "{events:#?}"
+    );
+    // At once, without waiting for its announcement to expire.
+    for (id, says) in [
+        ("notes-cookie-hint", "backup"),
+        ("why-btn-echo-sticky", "backup"),
+        ("why-reconnect", "backup"),
+        ("replica-count", page_by.as_str()),
+    ] {
+        let text = page.text(id).await;
+        assert!(text.contains(says), "#{id}: {text}");
+        assert!(!text.contains("sends these there"), "#{id}: {text}");
+    }
+    // Once the replicas' list drops it (announcements live 6 s, the page polls every 3 s).
+    page.wait_until(
+        "the count to drop",
+        secs(12),
+        "return document.getElementById('replica-count').textContent.startsWith('2 replicas announced');",
+    )
+    .await;
+    let node = format!(
+        "return document.querySelector('#topology [data-node-replica=\"{page_by}\"]').dataset.status;"
+    );
+    assert_eq!(page.eval(&node).await, "down");
+    assert_eq!(page.text("ws-by").await, moved);
+
+    // Forgetting the cookie: the sticky buttons and the hints say there is none now.
+    lab_press(&page, "btn-forget").await;
+    for (id, says) in [
+        ("why-btn-echo-sticky", "no sticky cookie now"),
+        ("why-btn-direct-sticky", "no sticky cookie now"),
+        ("notes-cookie-hint", "no sticky cookie now"),
+        ("why-reconnect", "round robin"),
+    ] {
+        let text = page.text(id).await;
+        assert!(text.contains(says), "#{id}: {text}");
+    }
+
+    // A feed longer than its panel says there is more below.
+    page.press("btn-echo-rr", 30).await;
+    page.wait_until("every press to settle", secs(10), SETTLED_JS)
+        .await;
+    page.wait_until(
+        "the feed to say it holds more",
+        secs(3),
+        "return !document.getElementById('feed-more').hidden;",
+    )
+    .await;
+
+    // A second tab of this page: a client of its own, which the first tab learns of.
+    let first = page.client.window().await.unwrap();
+    let tab = page.client.new_window(true).await.unwrap();
+    page.client.switch_to_window(tab.handle).await.unwrap();
+    page.goto(&format!("{}/", cluster.base())).await;
+    page.wait_until("the second tab's socket to open", secs(10), OPEN_JS)
+        .await;
+    let second_id = page.text("client-id").await;
+    assert_ne!(second_id, client_id);
+    page.client.switch_to_window(first).await.unwrap();
+    let step = page
+        .wait_until(
+            "the second tab's step ticked off",
+            secs(5),
+            "const s = document.querySelector('[data-lesson=\"second-tab\"]');              return s.dataset.done === 'true' && s.textContent;",
+        )
+        .await;
+    assert!(str_of(&step).contains(&second_id[..8]), "{step}");
+    assert_no_console_errors(&page, |message| is_failed_socket(message, &client_id)).await;
+}
+
+/// A page on the real `stickyws cluster`, once its drills panel shows the supervisor's rows.
+async fn open_drills_page(cluster: &DemoCluster, driver: &Chromedriver) -> Browser {
+    let page = driver.open(1280, 900).await;
+    page.goto(&format!("{}/", cluster.url)).await;
+    page.wait_until("the page's socket to open", secs(15), OPEN_JS)
+        .await;
+    page.wait_until(
+        "the drills panel with three replicas",
+        secs(5),
+        "return !document.getElementById('drills').hidden \
+         && document.querySelectorAll('#drills-rows [data-replica-row]').length === 3;",
+    )
+    .await;
+    page.wait_until(
+        "three replicas up",
+        secs(5),
+        "return document.getElementById('replica-count').textContent.startsWith('3 of 3 replicas up');",
+    )
+    .await;
+    page
+}
+
+/// Holds once the feed says the drill `action` was carried out; its outcome ("ok", "error").
+fn drill_done_js(action: &str) -> String {
+    format!(
+        "const d = document.querySelector('#feed > li[data-drill=\"{action}\"][data-drill-outcome]'); \
+         return d && d.dataset.drillOutcome;"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_kill_moves_the_socket_and_recovers_what_was_published_while_away() {
+    let cluster = DemoCluster::start().await;
+    let driver = Chromedriver::start(cluster.dir.path());
+    let page = open_drills_page(&cluster, &driver).await;
+    arm_console_check(&page).await;
+    let ws_by = page.text("ws-by").await;
+    let client_id = page.text("client-id").await;
+    let mine =
+        format!("return document.querySelector('[data-replica-row=\"{ws_by}\"]').dataset.mine;");
+    assert_eq!(
+        page.eval(&mine).await,
+        "true",
+        "the row of my socket's replica is marked"
+    );
+    assert_eq!(page.attr("away-armed", "checked").await, "true");
+
+    page.click(&format!("drill-kill-{ws_by}")).await;
+    let outcome = page
+        .wait_until("the kill to be done", secs(5), &drill_done_js("kill"))
+        .await;
+    assert_eq!(outcome, "ok");
+    let answered = std::time::Instant::now();
+    // The count and the picture follow the supervisor within a second of its answer.
+    page.wait_until(
+        "the count to drop",
+        secs(2),
+        "return document.getElementById('replica-count').textContent.startsWith('2 of 3 replicas up');",
+    )
+    .await;
+    let dropped = answered.elapsed();
+    assert!(dropped < Duration::from_millis(1500), "took {dropped:?}");
+    eprintln!("replica count dropped {dropped:?} after the kill was answered");
+    let node = format!(
+        "return document.querySelector('#topology [data-node-replica=\"{ws_by}\"]').dataset.status;"
+    );
+    assert_eq!(page.eval(&node).await, "down");
+
+    // The socket moves; the five published while it was down all come back.
+    let moved = page
+        .wait_until(
+            "the socket to reopen elsewhere",
+            secs(15),
+            &format!(
+                "const s = window.stickyws.state(); \
+                 return s.wsState === 'open' && s.wsBy !== '{ws_by}' && s.wsBy;"
+            ),
+        )
+        .await;
+    let moved = str_of(&moved).to_owned();
+    let result = page
+        .wait_until(
+            "5 of 5 recovered",
+            secs(10),
+            "const r = document.getElementById('away-result').dataset; \
+             return r.state === 'back' && r.recovered === '5' && r;",
+        )
+        .await;
+    assert_eq!(result["sent"], "5", "{result}");
+    assert_eq!(result["failed"], "0", "{result}");
+    assert_eq!(
+        result["replayed"], "5",
+        "the reconnect waited for them: {result}"
+    );
+    let named = page
+        .eval(&format!("return (() => {{ {MESSAGES_JS} }})().filter((m) => m.text.includes('away ')).map((m) => m.text);"))
+        .await;
+    let named = named.as_array().unwrap();
+    assert_eq!(named.len(), 5, "{named:#?}");
+    for text in named {
+        assert!(
+            str_of(text).starts_with("Published by this page while its socket was away"),
+            "{text}"
+        );
+    }
+    let said = words(&page.text("away-recovered").await);
+    assert!(said.starts_with("5 of 5 recovered"), "{said}");
+    assert!(said.contains(&format!("on {moved}")), "{said}");
+
+    // Nothing still claims the dead replica: not the header, the hints, the buttons' reasons.
+    assert_eq!(page.text("ws-by").await, moved);
+    for id in ["notes-cookie-hint", "why-btn-echo-sticky", "why-reconnect"] {
+        let text = page.text(id).await;
+        assert!(
+            !text.contains("sends these there") && !text.contains("puts it back there"),
+            "#{id}: {text}"
+        );
+        if page.text("page-by").await == ws_by {
+            assert!(
+                text.contains("down") || text.contains("backup"),
+                "#{id}: {text}"
+            );
+        }
+    }
+    let kill_step = page.eval(LESSONS_JS).await["kill"].clone();
+    assert_eq!(kill_step["done"], "true", "{kill_step:#}");
+    // nginx does not try a POST again on another replica, so a publish that reached the dead
+    // one fails with 502; the page tries it again with the same Idempotency-Key.
+    let retried = |message: &str| {
+        message.contains("/api/publish/") && (message.contains(" 502") || message.contains(" 504"))
+    };
+    assert_no_console_errors(&page, |message| {
+        is_failed_socket(message, &client_id) || retried(message)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_drain_and_restart_a_replica_whose_counter_starts_over() {
+    let cluster = DemoCluster::start().await;
+    let driver = Chromedriver::start(cluster.dir.path());
+    let page = open_drills_page(&cluster, &driver).await;
+    let page_by = page.text("page-by").await;
+    let other = REPLICAS
+        .iter()
+        .find(|r| **r != page_by)
+        .unwrap()
+        .to_string();
+
+    // Drain another replica: it exits, the row and the count say so.
+    page.click(&format!("drill-drain-{other}")).await;
+    page.wait_until("the drain to be done", secs(20), &drill_done_js("drain"))
+        .await;
+    let row =
+        format!("return document.querySelector('[data-replica-row=\"{other}\"]').dataset.state;");
+    page.wait_until(
+        "the drained replica down",
+        secs(15),
+        &format!("return ((() => {{ {row} }})()) === 'down';"),
+    )
+    .await;
+    assert!(
+        page.text("replica-count")
+            .await
+            .starts_with("2 of 3 replicas up")
+    );
+    // Start it again from its row: the same button now says Start.
+    assert_eq!(page.text(&format!("drill-restart-{other}")).await, "Start");
+
+    // Restart the page's own replica, which counted this page's visit: once back, its
+    // counter has started over, and the page says so.
+    let before = page.attr("lab-visits", "data-shared").await;
+    assert!(!before.is_empty());
+    page.click(&format!("drill-restart-{page_by}")).await;
+    let shown = page
+        .wait_until(
+            "the restart and its counter starting over",
+            secs(30),
+            "const n = document.getElementById('drill-restart'); return !n.hidden && { ...n.dataset };",
+        )
+        .await;
+    assert_eq!(shown["replica"], page_by.as_str(), "{shown}");
+    let (was, now): (u64, u64) = (
+        str_of(&shown["before"]).parse().unwrap(),
+        str_of(&shown["after"]).parse().unwrap(),
+    );
+    assert!(was >= 1 && now < was, "{shown}");
+    let said = words(&page.text("drill-restart").await);
+    assert!(
+        said.contains(&format!("was {was} and started over at {now}")),
+        "{said}"
+    );
+    let restart_step = page.eval(LESSONS_JS).await["restart"].clone();
+    assert_eq!(restart_step["done"], "true", "{restart_step:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_redis_stop_turns_the_box_red_refuses_publishes_and_keeps_the_rest_working() {
+    let cluster = DemoCluster::start().await;
+    let driver = Chromedriver::start(cluster.dir.path());
+    let page = open_drills_page(&cluster, &driver).await;
+    let health = "return document.querySelector('#topology [data-node=\"redis\"]').dataset.health;";
+    assert_eq!(page.eval(health).await, "up");
+
+    page.click("drill-redis-stop").await;
+    page.wait_until("Redis stopped", secs(5), &drill_done_js("redis-stop"))
+        .await;
+    page.wait_until(
+        "the Redis box red",
+        secs(2),
+        &format!("return ((() => {{ {health} }})()) === 'down';"),
+    )
+    .await;
+    assert_eq!(page.attr("drill-redis-row", "data-health").await, "down");
+    let why = page.text("why-btn-publish").await;
+    assert!(why.contains("503"), "{why}");
+
+    // A publish is refused with 503, said why; echo, the socket and in-memory delivery work.
+    for button in ["btn-publish", "btn-echo-rr", "btn-ws", "btn-direct-sticky"] {
+        page.click(button).await;
+    }
+    page.wait_until("every press to settle", secs(10), SETTLED_JS)
+        .await;
+    let presses = page.eval(PRESSES_JS).await;
+    let presses = presses.as_array().unwrap();
+    let of = |button: &str| entries_of(presses, button)[0].clone();
+    assert_eq!(of("btn-publish")["outcome"], "error");
+    let note = page
+        .eval("return document.querySelector('#feed > li[data-button=btn-publish] .entry-note').textContent;")
+        .await;
+    assert!(
+        str_of(&note).contains("503") && str_of(&note).contains("still work"),
+        "{note}"
+    );
+    assert_eq!(of("btn-echo-rr")["outcome"], "answered");
+    assert_eq!(of("btn-ws")["outcome"], "delivered");
+    assert_eq!(of("btn-direct-sticky")["outcome"], "delivered");
+
+    // Redis back: the box turns green again and publishes go through.
+    page.click("drill-redis-start").await;
+    page.wait_until("Redis started", secs(10), &drill_done_js("redis-start"))
+        .await;
+    page.wait_until(
+        "the Redis box green again",
+        secs(15),
+        &format!("return ((() => {{ {health} }})()) === 'up';"),
+    )
+    .await;
+    page.wait_until(
+        "a publish to go through",
+        secs(15),
+        "document.getElementById('btn-publish').click(); \
+         return [...document.querySelectorAll('#feed > li[data-button=btn-publish]')]\
+         .some((li) => li.dataset.outcome === 'delivered');",
+    )
+    .await;
+
+    // Frozen for 2 s: amber while it holds every request, green once it resumes.
+    page.eval("document.getElementById('drill-freeze-seconds').value = '2'; return true;")
+        .await;
+    page.click("drill-freeze").await;
+    page.wait_until(
+        "the Redis box frozen",
+        secs(3),
+        &format!("return ((() => {{ {health} }})()) === 'frozen';"),
+    )
+    .await;
+    page.wait_until(
+        "the Redis box green after the freeze",
+        secs(15),
+        &format!("return ((() => {{ {health} }})()) === 'up';"),
+    )
+    .await;
+}
+
+/// `docs/drill-{kill,restart,redis}.png` (1280x900, the page's top) and
+/// `docs/drill-{kill,restart,redis}-narrow.png` (a 390x844 phone: the picture, the drills panel
+/// and the feed), each right after its drill on the real `stickyws cluster`. As with
+/// [`screenshots_of_the_page_in_use`], docs/ is written only with `STICKYWS_SCREENSHOTS=1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "renders docs/drill-*.png; run scripts/screenshots"]
+async fn screenshots_of_each_drill() {
+    let cluster = DemoCluster::start().await;
+    let out = if std::env::var("STICKYWS_SCREENSHOTS").as_deref() == Ok("1") {
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/docs"))
+    } else {
+        cluster.dir.path().to_owned()
+    };
+    let driver = Chromedriver::start(cluster.dir.path());
+    let page = open_drills_page(&cluster, &driver).await;
+    let still = "return document.querySelectorAll('.trail, .miss').length === 0 \
+                 && document.getAnimations().every((a) => a.playState !== 'running');";
+    let shoot = |name: &'static str| {
+        let (page, out) = (&page, out.clone());
+        async move {
+            page.wait_until("the animations to end", secs(5), still)
+                .await;
+            page.eval("window.scrollTo(0, 0); return true;").await;
+            std::fs::write(out.join(format!("{name}.png")), page.screenshot().await).unwrap();
+            page.viewport(390, 844, true).await;
+            let narrow =
+                "return document.querySelector('#topology svg').viewBox.baseVal.width < 400;";
+            page.wait_until("the narrow layout", secs(5), narrow).await;
+            let shot = page.screenshot_of(".side").await;
+            std::fs::write(out.join(format!("{name}-narrow.png")), shot).unwrap();
+            page.viewport(1280, 900, false).await;
+        }
+    };
+    for button in [
+        "btn-echo-rr",
+        "btn-echo-rr",
+        "btn-echo-rr",
+        "btn-publish",
+        "btn-direct-rr",
+    ] {
+        page.click(button).await;
+        page.wait_until("the press to settle", secs(5), SETTLED_JS)
+            .await;
+    }
+
+    // Kill the socket's replica, publishing while away: moved, 5 of 5 recovered.
+    let ws_by = page.text("ws-by").await;
+    page.click(&format!("drill-kill-{ws_by}")).await;
+    page.wait_until(
+        "5 of 5 recovered",
+        secs(20),
+        "const r = document.getElementById('away-result').dataset; \
+         return r.state === 'back' && r.recovered === '5';",
+    )
+    .await;
+    page.click("btn-publish").await;
+    page.wait_until("the press to settle", secs(5), SETTLED_JS)
+        .await;
+    shoot("drill-kill").await;
+
+    // Start it again (Restart on a down replica starts it), then restart the page's replica.
+    page.click(&format!("drill-restart-{ws_by}")).await;
+    page.wait_until(
+        "the replica back",
+        secs(20),
+        "return document.getElementById('replica-count').textContent.startsWith('3 of 3 replicas up');",
+    )
+    .await;
+    let page_by = page.text("page-by").await;
+    page.click(&format!("drill-restart-{page_by}")).await;
+    page.wait_until(
+        "the counter starting over",
+        secs(30),
+        "return !document.getElementById('drill-restart').hidden;",
+    )
+    .await;
+    shoot("drill-restart").await;
+
+    // Redis stopped: the box red, a publish refused with 503, echo and the socket working.
+    page.click("drill-redis-stop").await;
+    page.wait_until("Redis stopped", secs(5), &drill_done_js("redis-stop"))
+        .await;
+    page.wait_until(
+        "the Redis box red",
+        secs(3),
+        "return document.querySelector('#topology [data-node=\"redis\"]').dataset.health === 'down';",
+    )
+    .await;
+    for button in ["btn-publish", "btn-echo-rr", "btn-ws", "btn-direct-sticky"] {
+        page.click(button).await;
+        page.wait_until("the press to settle", secs(5), SETTLED_JS)
+            .await;
+    }
+    shoot("drill-redis").await;
 }

@@ -408,3 +408,56 @@ fn request(
     }
     serde_json::from_str(&body).map_err(|err| std::io::Error::other(format!("{err}: {body}")))
 }
+
+/// The real `stickyws cluster --port 0` (Redis, three replicas, nginx, and the supervisor
+/// whose fault drills the page drives), as a newcomer runs it; stopped with SIGTERM on drop,
+/// as Ctrl-C would, and killed if it does not stop in time.
+pub struct DemoCluster {
+    pub proc: Proc,
+    /// `http://127.0.0.1:<port>`, without a trailing slash.
+    pub url: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl DemoCluster {
+    pub async fn start() -> DemoCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stickyws"));
+        command
+            .args(["cluster", "--port", "0", "--nginx-conf"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/nginx.conf"))
+            .arg("--records-log")
+            .arg(dir.path().join("records.log"))
+            .arg("--logs-dir")
+            .arg(dir.path().join("logs"));
+        let proc = Proc::spawn("cluster", &mut command, dir.path());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let url = loop {
+            let log = std::fs::read_to_string(dir.path().join("cluster.log")).unwrap_or_default();
+            if let Some(url) = log.lines().find_map(|l| l.trim().strip_prefix("open ")) {
+                break url.trim().trim_end_matches('/').to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not print its URL\n{}",
+                proc.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        DemoCluster { proc, url, dir }
+    }
+}
+
+impl Drop for DemoCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.proc.log_tail());
+        }
+        let stopped = self
+            .proc
+            .signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(20));
+        if stopped.is_none() {
+            self.proc.kill();
+        }
+    }
+}
