@@ -22,6 +22,7 @@ use super::error::ApiError;
 use super::extract::bearer;
 use crate::config::Drills;
 use crate::ops::drills::{self, BadDrill, FROM_HEADER};
+use crate::records::Event;
 
 /// How long the supervisor may take (a restart answers within 15 s).
 const SUPERVISOR_WITHIN: Duration = Duration::from_secs(20);
@@ -102,7 +103,17 @@ pub(super) async fn run(
     match checked.await {
         Ok((drills, body)) => {
             let path = format!("/drills/{action}");
-            forward(&state, drills, "POST", &path, &body).await
+            let answer = forward(&state, drills, "POST", &path, &body).await;
+            let target = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|b| b["replica"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| "redis".to_owned());
+            state.records.record(
+                Event::Drill,
+                None,
+                format_args!("{action} {target}: supervisor answered {}", answer.status()),
+            );
+            answer
         }
         Err(err) => err.into_response(),
     }

@@ -407,6 +407,8 @@ fn start_replicas(
             ("WORKERS", "1".to_owned()),
             ("DRILLS_URL", format!("http://{drills}")),
             ("DRILLS_TOKEN", plan.token.to_owned()),
+            // The logs are files for people to read: no colour codes in them.
+            ("NO_COLOR", "1".to_owned()),
         ];
         if let Some(threads) = threads {
             env.push(("THREADS", threads.to_string()));

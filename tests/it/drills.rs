@@ -360,6 +360,16 @@ async fn a_killed_replica_shows_down_within_a_second_the_site_keeps_answering_an
         .filter(|p| alive(*p))
         .collect();
     assert_eq!(left, Vec::<u32>::new(), "processes outlived the cluster");
+    let records = std::fs::read_to_string(cluster._dir.path().join("records.log")).unwrap();
+    assert!(
+        records.contains(&format!(
+            "| app-1 | {:<15} | - | restart app-2: supervisor answered 200 OK",
+            "drill"
+        )),
+        "{records}"
+    );
+    let log = std::fs::read_to_string(cluster._dir.path().join("cluster.log")).unwrap();
+    assert!(log.contains("Process logs kept in"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
