@@ -688,3 +688,106 @@ async fn drills_are_off_in_serve_alone_and_on_a_public_bind_unless_switched_on()
     assert_eq!(body["error"]["code"], "supervisor_unreachable");
     assert_eq!(token, "t0ken");
 }
+
+/// Kills the cluster's process group when the test ends, however it ends.
+struct Group(std::process::Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let group = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_keys_restart_a_replica_and_redis_and_the_end_of_input_changes_nothing() {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("cluster.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut cluster = Group(
+        Command::new(env!("CARGO_BIN_EXE_stickyws"))
+            .args([
+                "cluster",
+                "--port",
+                "0",
+                "--records-log",
+                "off",
+                "--nginx-conf",
+            ])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/nginx.conf"))
+            .arg("--logs-dir")
+            .arg(dir.path().join("logs"))
+            .process_group(0)
+            .stdin(std::process::Stdio::piped())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let wait_for = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !read_log().contains(what) {
+            assert!(Instant::now() < deadline, "no {what:?} in\n{}", read_log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for("open http://");
+    let banner = read_log();
+    assert!(
+        banner.contains("1..N restart app-N"),
+        "the banner names the keys\n{banner}"
+    );
+    let pid_of = |text: &str, name: &str| -> String {
+        text.lines()
+            .rev()
+            .filter(|l| l.split_whitespace().next() == Some(name))
+            .find_map(|l| l.split_whitespace().nth(3).map(str::to_owned))
+            .unwrap()
+    };
+    let (app1, redis) = (pid_of(&banner, "app-1"), pid_of(&banner, "redis"));
+    let mut stdin = cluster.0.stdin.take().unwrap();
+    stdin.write_all(b"1\n").unwrap();
+    wait_for("restart app-1: done");
+    stdin.write_all(b"r\n").unwrap();
+    wait_for("redis-start redis: done");
+    stdin.write_all(b"nonsense\n").unwrap();
+    wait_for("unknown key \"nonsense\"");
+    stdin.write_all(b"s\n").unwrap();
+    drop(stdin);
+    std::thread::sleep(Duration::from_millis(500));
+    let after = read_log();
+    // The state table printed last names new PIDs for both.
+    assert_ne!(pid_of(&after, "app-1"), app1, "{after}");
+    assert_ne!(pid_of(&after, "redis"), redis, "{after}");
+    assert!(
+        after.contains("redis exited (signal 9 (SIGKILL))"),
+        "{after}"
+    );
+    // End of input: the cluster keeps serving.
+    let url = banner
+        .lines()
+        .find_map(|l| l.strip_prefix("open "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
+    assert!(matches!(cluster.0.try_wait(), Ok(None)), "{}", read_log());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(cluster.0.id() as i32),
+        Signal::SIGINT,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Ok(Some(status)) = cluster.0.try_wait() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the cluster did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}\n{}", read_log());
+}
