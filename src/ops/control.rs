@@ -246,10 +246,18 @@ impl Control {
             .start(spec, RunState::Starting)
             .map_err(|err| Refused::Failed(format!("{err:#}")))?;
         let left = RESTART_WITHIN.saturating_sub(started.elapsed());
-        super::cluster::wait_http_ok(addr, "/healthz", left).await;
+        let answers = super::cluster::wait_http_ok(addr, "/healthz", left).await;
         // Slow to answer is still running: up, as far as the table can tell.
         self.sup
             .set_state_if(name, pid, &[RunState::Starting], RunState::Up);
+        if answers {
+            // nginx keeps a replica that failed out of rotation for its fail_timeout (10 s by
+            // default); a reload starts fresh workers that try it at once. Old workers finish
+            // the requests and sockets they hold.
+            if self.sup.signal("nginx", Signal::SIGHUP).is_ok() {
+                println!("{name} is back; nginx reloaded so it sends {name} traffic at once");
+            }
+        }
         Ok(())
     }
 
