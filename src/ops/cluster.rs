@@ -22,10 +22,10 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::control::{self, Control};
-use super::drills::{Drill, ReplicaId};
 use super::host::{self, free_port};
 use super::supervisor::{Role, RunState, Spec, Supervisor};
 use super::{nginx_conf, redis_server};
+use crate::drill::{Drill, ReplicaId};
 
 /// `stickyws cluster` flags.
 #[derive(Debug, Clone, Args)]
@@ -116,7 +116,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     let nginx = host::find("nginx", "nginx", Some("nginx"))?;
     let replicas = u8::try_from(args.replicas)
         .ok()
-        .filter(|n| (1..=super::drills::MAX_REPLICA).contains(n))
+        .filter(|n| (1..=crate::drill::MAX_REPLICA).contains(n))
         .context("--replicas must be between 1 and 99")?;
     let conf = std::fs::read_to_string(&args.nginx_conf).with_context(|| {
         format!(
