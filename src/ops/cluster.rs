@@ -206,6 +206,9 @@ async fn start_and_wait(
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
+            // Ctrl-C reaches the children too (one process group): stop before reporting their
+            // exits as if they were news.
+            biased;
             () = &mut signal => return Ok(()),
             _ = tick.tick() => {
                 if let Some(nginx) = report_exits(sup) {

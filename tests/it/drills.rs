@@ -752,8 +752,25 @@ async fn terminal_keys_restart_a_replica_and_redis_and_the_end_of_input_changes_
     let mut stdin = cluster.0.stdin.take().unwrap();
     stdin.write_all(b"1\n").unwrap();
     wait_for("restart app-1: done");
+    // Redis dying by itself is reported; the cluster goes on and `r` starts it again.
+    let redis_pid: i32 = redis.parse().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(redis_pid), Signal::SIGKILL).unwrap();
+    wait_for("redis exited (signal 9 (SIGKILL))");
+    assert!(matches!(cluster.0.try_wait(), Ok(None)), "{}", read_log());
     stdin.write_all(b"r\n").unwrap();
     wait_for("redis-start redis: done");
+    assert!(
+        !read_log().contains("redis-stop redis"),
+        "it was down: only started"
+    );
+    // On a running Redis, `r` stops it and starts it again.
+    stdin.write_all(b"r\n").unwrap();
+    wait_for("redis-stop redis: done");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while read_log().matches("redis-start redis: done").count() < 2 {
+        assert!(Instant::now() < deadline, "{}", read_log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     stdin.write_all(b"nonsense\n").unwrap();
     wait_for("unknown key \"nonsense\"");
     stdin.write_all(b"s\n").unwrap();
