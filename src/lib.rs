@@ -24,6 +24,8 @@
 //! - [`token`]: client ids and the HMAC tokens proving who may act as one.
 //! - [`records`]: the shared, human-readable records log.  [`metrics`]: Prometheus metrics.
 //! - [`shutdown`], [`backoff`], [`telemetry`]: signals and draining, retry delays, diagnostics.
+//! - [`drill`]: the fault drills' wire model (kill, drain, restart, Redis stop/start/freeze),
+//!   checked alike by a replica's `/api/drills*` and the cluster's control server.
 //! - [`ops`]: what runs beside replicas on one machine — `stickyws cluster` (the local demo
 //!   without Docker), `WORKERS=N` sharing a port, the nginx.conf rewrite, starting `redis-server`.
 //!
@@ -58,6 +60,7 @@ pub mod config;
 pub mod continuity;
 pub mod cursor;
 pub mod delivery;
+pub mod drill;
 pub mod frame;
 pub mod gap_fill;
 pub mod http;

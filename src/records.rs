@@ -42,6 +42,8 @@ pub enum Event {
     CacheMiss,
     Rebuild,
     Evict,
+    /// A fault drill this replica forwarded to the cluster's supervisor.
+    Drill,
     Stop,
 }
 
@@ -73,6 +75,7 @@ impl Event {
             Event::CacheMiss => "cache-miss",
             Event::Rebuild => "rebuild",
             Event::Evict => "evict",
+            Event::Drill => "drill",
             Event::Stop => "stop",
         }
     }

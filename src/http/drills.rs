@@ -2,8 +2,8 @@
 //! bearer, the body) and forwards it to the supervisor that started it (`stickyws cluster`'s
 //! control server, at `DRILLS_URL`), then passes the supervisor's answer back with its own name.
 //!
-//! Carrying a drill out is the supervisor's ([`crate::ops::control`]); the drills' bodies and
-//! bounds are [`crate::ops::drills`]', checked on both sides. Where drills are off (no
+//! Carrying a drill out is the supervisor's (`stickyws cluster`'s control server); the drills'
+//! bodies and bounds are [`crate::drill`]'s, checked on both sides. Where drills are off (no
 //! `DRILLS_URL`, or a non-loopback `BIND` without `DRILLS=on`) every route answers 404
 //! `drills_off`, before any credential is looked at.
 
@@ -21,7 +21,8 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::bearer;
 use crate::config::Drills;
-use crate::ops::drills::{self, BadDrill, FROM_HEADER};
+use crate::drill::{self as drills, BadDrill, FROM_HEADER};
+use crate::records::Event;
 
 /// How long the supervisor may take (a restart answers within 15 s).
 const SUPERVISOR_WITHIN: Duration = Duration::from_secs(20);
@@ -30,12 +31,7 @@ const MAX_ANSWER_BYTES: u64 = 256 * 1024;
 
 impl From<BadDrill> for ApiError {
     fn from(bad: BadDrill) -> Self {
-        let status = match bad {
-            BadDrill::UnknownAction(_) => StatusCode::NOT_FOUND,
-            BadDrill::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        ApiError::new(status, bad.code(), bad.to_string())
+        ApiError::new(bad.status(), bad.code(), bad.to_string())
     }
 }
 
@@ -102,7 +98,17 @@ pub(super) async fn run(
     match checked.await {
         Ok((drills, body)) => {
             let path = format!("/drills/{action}");
-            forward(&state, drills, "POST", &path, &body).await
+            let answer = forward(&state, drills, "POST", &path, &body).await;
+            let target = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|b| b["replica"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| "redis".to_owned());
+            state.records.record(
+                Event::Drill,
+                None,
+                format_args!("{action} {target}: supervisor answered {}", answer.status()),
+            );
+            answer
         }
         Err(err) => err.into_response(),
     }

@@ -22,10 +22,10 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::control::{self, Control};
-use super::drills::{Drill, ReplicaId};
 use super::host::{self, free_port};
 use super::supervisor::{Role, RunState, Spec, Supervisor};
 use super::{nginx_conf, redis_server};
+use crate::drill::{Drill, ReplicaId};
 
 /// `stickyws cluster` flags.
 #[derive(Debug, Clone, Args)]
@@ -116,7 +116,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     let nginx = host::find("nginx", "nginx", Some("nginx"))?;
     let replicas = u8::try_from(args.replicas)
         .ok()
-        .filter(|n| (1..=super::drills::MAX_REPLICA).contains(n))
+        .filter(|n| (1..=crate::drill::MAX_REPLICA).contains(n))
         .context("--replicas must be between 1 and 99")?;
     let conf = std::fs::read_to_string(&args.nginx_conf).with_context(|| {
         format!(
@@ -206,6 +206,9 @@ async fn start_and_wait(
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
+            // Ctrl-C reaches the children too (one process group): stop before reporting their
+            // exits as if they were news.
+            biased;
             () = &mut signal => return Ok(()),
             _ = tick.tick() => {
                 if let Some(nginx) = report_exits(sup) {
@@ -407,6 +410,8 @@ fn start_replicas(
             ("WORKERS", "1".to_owned()),
             ("DRILLS_URL", format!("http://{drills}")),
             ("DRILLS_TOKEN", plan.token.to_owned()),
+            // The logs are files for people to read: no colour codes in them.
+            ("NO_COLOR", "1".to_owned()),
         ];
         if let Some(threads) = threads {
             env.push(("THREADS", threads.to_string()));

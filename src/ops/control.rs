@@ -3,7 +3,7 @@
 //! terminal's keys.
 //!
 //! `GET /drills` answers the process table; `POST /drills/{action}` checks the body
-//! ([`super::drills`]), acts on [`super::supervisor`]'s children and answers the state after.
+//! ([`crate::drill`]), acts on [`super::supervisor`]'s children and answers the state after.
 //! Only the replicas the cluster started know the address and the token; the page reaches this
 //! through them.
 
@@ -23,9 +23,8 @@ use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::drills::{self, BadDrill, Drill, FROM_HEADER, ReplicaId};
 use super::supervisor::{NotApplicable, RunState, Supervisor, now_ms};
-use crate::http::{ApiError, bearer};
+use crate::drill::{self as drills, BadDrill, Drill, FROM_HEADER, ReplicaId};
 
 /// A drained replica has this long to exit during a restart before it is killed.
 const DRAIN_WITHIN: Duration = Duration::from_secs(5);
@@ -58,20 +57,27 @@ pub enum Refused {
     Failed(String),
 }
 
+/// The contract's error shape, `{"error": {"code", "message"}}` (the replicas' own is in
+/// `crate::http`, which a supervisor does not run).
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let message = message.into();
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
 impl Refused {
-    fn into_error(self) -> ApiError {
+    fn into_response(self) -> Response {
+        let message = self.message();
         match self {
-            Refused::Bad(bad) => ApiError::from(bad),
-            Refused::UnknownReplica(id) => ApiError::bad_request(
-                "unknown_replica",
-                format!("{id} is not one of this cluster's replicas"),
-            ),
-            Refused::NotApplicable(why) => {
-                ApiError::new(StatusCode::CONFLICT, "not_applicable", why)
+            Refused::Bad(bad) => error(bad.status(), bad.code(), message),
+            Refused::UnknownReplica(_) => {
+                error(StatusCode::BAD_REQUEST, "unknown_replica", message)
             }
-            Refused::Failed(why) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "drill_failed", why)
-            }
+            Refused::NotApplicable(_) => error(StatusCode::CONFLICT, "not_applicable", message),
+            Refused::Failed(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "drill_failed", message),
         }
     }
 
@@ -246,10 +252,18 @@ impl Control {
             .start(spec, RunState::Starting)
             .map_err(|err| Refused::Failed(format!("{err:#}")))?;
         let left = RESTART_WITHIN.saturating_sub(started.elapsed());
-        super::cluster::wait_http_ok(addr, "/healthz", left).await;
+        let answers = super::cluster::wait_http_ok(addr, "/healthz", left).await;
         // Slow to answer is still running: up, as far as the table can tell.
         self.sup
             .set_state_if(name, pid, &[RunState::Starting], RunState::Up);
+        if answers {
+            // nginx keeps a replica that failed out of rotation for its fail_timeout (10 s by
+            // default); a reload starts fresh workers that try it at once. Old workers finish
+            // the requests and sockets they hold.
+            if self.sup.signal("nginx", Signal::SIGHUP).is_ok() {
+                println!("{name} is back; nginx reloaded so it sends {name} traffic at once");
+            }
+        }
         Ok(())
     }
 
@@ -308,7 +322,11 @@ impl Control {
     fn authorized(&self, headers: &HeaderMap) -> bool {
         use sha2::{Digest, Sha256};
         use subtle::ConstantTimeEq;
-        bearer(headers).is_some_and(|given| {
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        given.is_some_and(|given| {
             Sha256::digest(given.as_bytes())
                 .ct_eq(&Sha256::digest(self.token.as_bytes()))
                 .into()
@@ -323,8 +341,14 @@ pub async fn serve(control: Control, stop: CancellationToken) -> anyhow::Result<
     let app = Router::new()
         .route("/drills", get(state))
         .route("/drills/{action}", post(drill))
-        .fallback(|| async { ApiError::not_found() })
-        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
+        })
         .layer(axum::extract::DefaultBodyLimit::max(drills::MAX_BODY_BYTES))
         .with_state(control);
     tokio::spawn(async move {
@@ -338,8 +362,9 @@ pub async fn serve(control: Control, stop: CancellationToken) -> anyhow::Result<
     Ok(addr)
 }
 
-fn unauthorized() -> ApiError {
-    ApiError::unauthorized(
+fn unauthorized() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
         "bad_token",
         "send Authorization: Bearer <the cluster's drills token>",
     )
@@ -347,7 +372,7 @@ fn unauthorized() -> ApiError {
 
 async fn state(State(control): State<Control>, headers: HeaderMap) -> Response {
     if !control.authorized(&headers) {
-        return unauthorized().into_response();
+        return unauthorized();
     }
     Json(control.sup.snapshot()).into_response()
 }
@@ -359,12 +384,10 @@ async fn drill(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if !control.authorized(&headers) {
-        return unauthorized().into_response();
+        return unauthorized();
     }
     let Ok(body) = body else {
-        return Refused::Bad(BadDrill::TooLarge(drills::MAX_BODY_BYTES + 1))
-            .into_error()
-            .into_response();
+        return Refused::Bad(BadDrill::TooLarge(drills::MAX_BODY_BYTES + 1)).into_response();
     };
     let from = headers.get(FROM_HEADER).and_then(|v| v.to_str().ok());
     let parsed = drills::parse(&action, &body).map_err(Refused::Bad);
@@ -378,6 +401,6 @@ async fn drill(
             );
             Json(answer).into_response()
         }
-        Err(refused) => refused.into_error().into_response(),
+        Err(refused) => refused.into_response(),
     }
 }

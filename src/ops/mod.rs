@@ -9,7 +9,6 @@
 //! - [`cluster`]: `stickyws cluster`, the whole topology as supervised children.
 //! - [`supervisor`]: the cluster's process table: start again on the same port, reap, signal.
 //! - [`control`]: the cluster's control server, which runs the fault drills.
-//! - [`drills`]: the drills' wire model, checked alike by the replica and the control server.
 //! - [`workers`]: `WORKERS=N`, several replica processes sharing one port.
 //! - [`nginx_conf`]: the shipped `nginx.conf` with only addresses and the listen port rewritten.
 //! - [`redis_server`]: the one way a real `redis-server` is started (cluster and tests alike).
@@ -17,7 +16,6 @@
 
 pub mod cluster;
 pub mod control;
-pub mod drills;
 pub mod host;
 pub mod nginx_conf;
 pub mod redis_server;

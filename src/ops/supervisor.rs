@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -146,6 +147,8 @@ pub struct Supervisor {
     table: Arc<Mutex<Vec<Slot>>>,
     /// The run's log folder, kept after exit.
     logs: Arc<PathBuf>,
+    /// Set by [`Supervisor::stop_all`]: a drill still running (a restart) starts nothing more.
+    stopping: Arc<AtomicBool>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -174,6 +177,7 @@ impl Supervisor {
         Self {
             table: Arc::new(Mutex::new(Vec::new())),
             logs: Arc::new(logs),
+            stopping: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -195,6 +199,9 @@ impl Supervisor {
             .open(&log)
             .with_context(|| format!("opening {}", log.display()))?;
         let mut table = self.lock();
+        if self.stopping.load(Ordering::Relaxed) {
+            anyhow::bail!("the cluster is stopping");
+        }
         let index = table.iter().position(|s| s.spec.name == spec.name);
         if let Some(i) = index {
             if table[i].child.is_some() {
@@ -398,6 +405,8 @@ impl Supervisor {
     pub async fn stop_all(&self, grace: Duration) -> Vec<String> {
         {
             let table = self.lock();
+            // Under the lock: a start either finished before (and is stopped here) or fails.
+            self.stopping.store(true, Ordering::Relaxed);
             for slot in table.iter().rev() {
                 let Some(pid) = slot.pid.filter(|_| slot.child.is_some()) else {
                     continue;

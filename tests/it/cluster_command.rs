@@ -52,7 +52,9 @@ fn start(dir: &std::path::Path) -> (Proc, String) {
             concat!(env!("CARGO_MANIFEST_DIR"), "/nginx.conf"),
         ])
         .arg("--records-log")
-        .arg(dir.join("records.log"));
+        .arg(dir.join("records.log"))
+        .arg("--logs-dir")
+        .arg(dir.join("logs"));
     let proc = Proc::spawn("cluster", &mut command, dir);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

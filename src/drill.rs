@@ -2,8 +2,8 @@
 //! `/api/drills/{action}` from the page and the cluster's control server that carries it out.
 //! Which drills exist, the body each takes, and the limits on both.
 //!
-//! Running a drill (signals, restarts) is [`super::control`]'s; forwarding one is the replica's
-//! (`crate::http`).
+//! Running a drill (signals, restarts) is [`crate::ops::control`]'s; forwarding one is the
+//! replica's (`/api/drills*` in [`crate::http`]). This module uses neither, so both use it.
 
 use serde::Deserialize;
 
@@ -113,6 +113,17 @@ pub enum BadDrill {
 }
 
 impl BadDrill {
+    /// The answer's status: 404 for a drill that does not exist, 413 for a body over the limit,
+    /// 400 for anything else wrong in it.
+    pub fn status(&self) -> axum::http::StatusCode {
+        use axum::http::StatusCode;
+        match self {
+            BadDrill::UnknownAction(_) => StatusCode::NOT_FOUND,
+            BadDrill::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
     /// The contract's error code.
     pub fn code(&self) -> &'static str {
         match self {
