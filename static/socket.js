@@ -195,8 +195,8 @@ const CLOSE_REASONS = {
 function onClose(ws, e) {
   if (ws !== state.ws) return;
   state.ws = null;
-  // A stopping replica says "restarting" (1012's name in the protocol) whether or not
-  // anything will start it again: the page says only what it knows, that it stopped.
+  // Older replicas said "restarting" (1012's name in the protocol) whether or not anything
+  // would start them again: the page says only what it knows, that the replica stopped.
   const reason = e.code === 1012 && /restart/i.test(e.reason) ? '' : e.reason;
   const said = reason || CLOSE_REASONS[e.code] || 'closed';
   const why = said.includes(`(${e.code})`) ? said : `${said} (${e.code})`;

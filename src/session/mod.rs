@@ -261,7 +261,7 @@ impl Session {
                 let _ = tokio::time::timeout(CLOSE_WAIT, sink.flush()).await;
             }
             End::Shutdown => {
-                let reason = "replica restarting";
+                let reason = "replica stopping";
                 close(sink, close_code::SERVICE_RESTART, reason, CLOSE_WAIT).await;
             }
             End::Fault(code) => {
