@@ -111,6 +111,18 @@ fn run_folder(logs_dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Runs the cluster until Ctrl-C, SIGTERM or nginx exiting.
+/// The port nginx is to listen on is free, checked before anything starts: nginx itself would
+/// retry its bind five times and print each failure.
+fn port_free(port: u16) -> anyhow::Result<()> {
+    match std::net::TcpListener::bind(("127.0.0.1", port)) {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => {
+            bail!("port {port} is in use; pass --port N (e.g. scripts/demo --port 8080)")
+        }
+        Err(err) => Err(err).with_context(|| format!("checking that port {port} is free")),
+    }
+}
+
 pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     let redis = redis_server::program()?;
     let nginx = host::find("nginx", "nginx", Some("nginx"))?;
@@ -143,6 +155,9 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
         }
         std::path::absolute(&args.records_log)?
     };
+    if args.port != 0 {
+        port_free(args.port)?;
+    }
     let me = std::env::current_exe().context("locating the stickyws binary")?;
     let sup = Supervisor::new(run_folder(&args.logs_dir)?);
     let stop = CancellationToken::new();

@@ -339,7 +339,11 @@ fn the_cluster_on_a_busy_port_fails_in_one_line() {
     assert!(!status.success(), "{all}");
     let errors: Vec<&str> = all.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "one `error:` line\n{all}");
-    assert!(errors[0].contains(&port), "names the port\n{all}");
+    assert_eq!(
+        errors[0],
+        format!("error: port {port} is in use; pass --port N (e.g. scripts/demo --port 8080)"),
+        "names the port and the way out\n{all}"
+    );
     assert!(!all.contains("backtrace"), "no backtrace\n{all}");
     drop(busy);
 }
