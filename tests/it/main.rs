@@ -17,6 +17,7 @@ mod limits;
 mod link;
 mod load;
 mod partitions;
+mod redis_cluster;
 mod reliability;
 mod retries;
 mod routing;
