@@ -471,7 +471,9 @@ enum Ended {
 
 impl Subscriber {
     async fn run(mut self, stop: CancellationToken) {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        // Short: after a failover the promoted master serves within a second or two, and every
+        // attempt until then costs one probe per held target.
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
         let mut subscribed_before = false;
         loop {
             let attempt = tokio::select! {
@@ -502,12 +504,34 @@ impl Subscriber {
     /// `SSUBSCRIBE`s the broadcast channel and every held target, each confirmed by the shard
     /// that owns it now. A channel this connection already has is confirmed again at no cost.
     async fn subscribe_all(&mut self) -> Result<(), String> {
-        let mut channels = vec![cluster_keys::pubsub_channel(&Target::Broadcast)];
-        channels.extend(self.held.iter().map(cluster_keys::pubsub_channel));
-        for chunk in channels.chunks(MAX_BATCH) {
-            self.ssubscribe(chunk, true).await?;
+        let mut targets = vec![Target::Broadcast];
+        targets.extend(self.held.iter().cloned());
+        for chunk in targets.chunks(MAX_BATCH) {
+            self.owners_answer(chunk).await?;
+            let channels: Vec<String> = chunk.iter().map(cluster_keys::pubsub_channel).collect();
+            self.ssubscribe(&channels, true).await?;
         }
         Ok(())
+    }
+
+    /// Succeeds once the master owning each target's slot answers. While a master is away the
+    /// connection places subscriptions on its replica, which hears the shard's messages, but
+    /// the history the gap fill must read is only served by a master: until the replica is
+    /// promoted (or the master back) the loss is not over. A read of the target's stream key
+    /// goes to the slot's master, following `MOVED` and refreshing the slot map as needed.
+    async fn owners_answer(&self, targets: &[Target]) -> Result<(), String> {
+        let probes = targets.iter().map(|target| {
+            let mut conn = self.conn.clone();
+            let stream = cluster_keys::keys(target).stream;
+            async move { conn.exists::<_, bool>(stream).await }
+        });
+        match tokio::time::timeout(RESPONSE_TIMEOUT, join_all(probes)).await {
+            Ok(results) => match results.into_iter().find_map(Result::err) {
+                None => Ok(()),
+                Some(err) => Err(format!("a shard has no master answering: {err}")),
+            },
+            Err(_) => Err("a shard's master did not answer in time".to_owned()),
+        }
     }
 
     /// (Un)subscribes `channels`, one command each (each is in its own slot), all in flight

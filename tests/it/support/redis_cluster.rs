@@ -109,3 +109,27 @@ impl OnRedisCluster {
             .unwrap_or_else(|| panic!("no master serves the slot of {key}"))
     }
 }
+
+/// The next text frame within `limit`: Ok(None) when quiet, Err(why) once the server closed
+/// the socket (a client then reconnects with its cursor).
+pub async fn next_or_close(
+    socket: &mut super::Socket,
+    limit: Duration,
+) -> Result<Option<serde_json::Value>, String> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let Ok(message) = tokio::time::timeout_at(deadline, socket.ws.next()).await else {
+            return Ok(None);
+        };
+        match message {
+            Some(Ok(Message::Text(text))) => return Ok(Some(serde_json::from_str(&text).unwrap())),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Close(frame))) => return Err(format!("{frame:?}")),
+            Some(Ok(other)) => return Err(format!("unexpected {other:?}")),
+            Some(Err(err)) => return Err(err.to_string()),
+            None => return Err("closed".to_owned()),
+        }
+    }
+}
