@@ -41,6 +41,10 @@ pub struct ClusterArgs {
     /// Start from an empty records log instead of appending.
     #[arg(long)]
     pub fresh_log: bool,
+    /// Run the broker on a local Redis Cluster (six nodes: 3 masters, 3 replicas) instead of
+    /// one Redis.
+    #[arg(long)]
+    pub redis_cluster: bool,
 }
 
 /// One supervised child.
@@ -247,14 +251,23 @@ async fn start_and_wait(
     children: &mut Children,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let redis_port = start_redis(redis, children)?;
-    let replicas = start_replicas(args.replicas, me, records_log, redis_port, children)?;
+    // `--redis-cluster`: six nodes instead of one Redis, killed (by PID) when this returns.
+    let nodes = super::redis_cluster::if_asked(args.redis_cluster, children.dir.path())?;
+    let (broker, redis_shown) = match &nodes {
+        Some(nodes) => (("REDIS_CLUSTER_NODES", nodes.seeds()), nodes.banner()),
+        None => {
+            let port = start_redis(redis, children)?;
+            let url = format!("redis://127.0.0.1:{port}");
+            (("REDIS_URL", url), format!("Redis 127.0.0.1:{port}"))
+        }
+    };
+    let replicas = start_replicas(args.replicas, me, records_log, &broker, children)?;
     wait_replicas_ready(&replicas.addrs, children).await?;
     let listen = start_nginx(args.port, conf, nginx, &replicas.addrs, children).await?;
     print_banner(
         started,
         listen,
-        redis_port,
+        &redis_shown,
         &replicas,
         records_log,
         children,
@@ -302,7 +315,7 @@ fn start_replicas(
     count: usize,
     me: &Path,
     records_log: &Path,
-    redis_port: u16,
+    broker: &(&'static str, String),
     children: &mut Children,
 ) -> anyhow::Result<Replicas> {
     let secret = hex::encode(rand::random::<[u8; 32]>());
@@ -318,7 +331,7 @@ fn start_replicas(
         let mut env = vec![
             ("APP_ID", format!("app-{i}")),
             ("BIND", addr.to_string()),
-            ("REDIS_URL", format!("redis://127.0.0.1:{redis_port}")),
+            (broker.0, broker.1.clone()),
             ("STICKY_SECRET", secret.clone()),
             ("API_KEY", api_key.clone()),
             ("RECORDS_LOG", records_log.to_string_lossy().into_owned()),
@@ -398,7 +411,7 @@ async fn start_nginx(
 fn print_banner(
     started: Instant,
     listen: SocketAddr,
-    redis_port: u16,
+    redis: &str,
     replicas: &Replicas,
     records_log: &Path,
     children: &Children,
@@ -409,7 +422,7 @@ fn print_banner(
         started.elapsed().as_secs_f64()
     );
     println!(
-        "  nginx {listen} → app-1..app-{} ({}), Redis 127.0.0.1:{redis_port}",
+        "  nginx {listen} → app-1..app-{} ({}), {redis}",
         replicas.addrs.len(),
         replicas
             .addrs

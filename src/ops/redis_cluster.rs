@@ -185,6 +185,32 @@ impl RedisCluster {
     }
 }
 
+/// `stickyws cluster --redis-cluster`: the local cluster in `dir`, when asked for.
+pub fn if_asked(asked: bool, dir: &Path) -> Result<Option<RedisCluster>, ClusterError> {
+    asked
+        .then(|| RedisCluster::start(&dir.join("redis-cluster")))
+        .transpose()
+}
+
+impl RedisCluster {
+    /// How `stickyws cluster` names it on its banner: every node, masters first.
+    pub fn banner(&self) -> String {
+        let masters = self.masters();
+        let replicas: Vec<String> = self
+            .ports()
+            .into_iter()
+            .filter(|port| !masters.contains(port))
+            .map(|port| port.to_string())
+            .collect();
+        let masters: Vec<String> = masters.iter().map(u16::to_string).collect();
+        format!(
+            "Redis Cluster on 127.0.0.1: masters {}, replicas {}",
+            masters.join(" "),
+            replicas.join(" ")
+        )
+    }
+}
+
 /// One inline command and its whole reply as text (a bulk string's body, or a few lines of an
 /// array's), read until the server pauses; None when the node does not answer.
 pub fn inline(addr: SocketAddr, command: &str) -> Option<String> {

@@ -404,3 +404,96 @@ async fn a_master_killed_is_replaced_by_its_replica_and_deliveries_resume() {
             .collect::<Vec<_>>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stickyws_cluster_redis_cluster_runs_the_replicas_on_six_nodes_and_sigterm_stops_them() {
+    use crate::cluster_command::{children_of, wait_all_gone};
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_stickyws"));
+    command
+        .args([
+            "cluster",
+            "--redis-cluster",
+            "--replicas",
+            "2",
+            "--port",
+            "0",
+        ])
+        .args([
+            "--nginx-conf",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/nginx.conf"),
+        ])
+        .arg("--records-log")
+        .arg(dir.path().join("records.log"))
+        .env("API_KEY", API_KEY);
+    let mut cluster = crate::support::process::Proc::spawn("cluster", &mut command, dir.path());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (url, banner) = loop {
+        let log = std::fs::read_to_string(dir.path().join("cluster.log")).unwrap_or_default();
+        if let Some(url) = log.lines().find_map(|l| l.split("open ").nth(1)) {
+            break (url.trim().trim_end_matches('/').to_owned(), log.clone());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no URL printed\n{}",
+            cluster.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        banner.contains("Redis Cluster on 127.0.0.1: masters"),
+        "{banner}"
+    );
+    let children = children_of(cluster.pid());
+    assert_eq!(
+        children.len(),
+        9,
+        "six redis nodes, two replicas, nginx: {children:?}\n{}",
+        cluster.log_tail()
+    );
+
+    // A client's message goes through the cluster to its socket.
+    let http = reqwest::Client::new();
+    let minted: serde_json::Value = http
+        .post(format!("{url}/api/clients"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let client = crate::support::Client {
+        id: minted["client_id"].as_str().unwrap().to_owned(),
+        token: minted["token"].as_str().unwrap().to_owned(),
+    };
+    let host = url.trim_start_matches("http://");
+    let mut socket = Socket::connect(host, &client, None).await;
+    let answer: serde_json::Value = http
+        .post(format!("{url}/api/publish/{}", client.id))
+        .bearer_auth(API_KEY)
+        .header("content-type", "application/json")
+        .body(json!({ "text": "via the cluster" }).to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["receivers"], 1, "{answer}");
+    assert_eq!(socket.next_non_presence().await["text"], "via the cluster");
+    let records = std::fs::read_to_string(dir.path().join("records.log")).unwrap();
+    assert!(records.contains("broker redis-cluster"), "{records}");
+
+    let status =
+        cluster.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        cluster.log_tail()
+    );
+    assert_eq!(
+        wait_all_gone(&children, Duration::from_secs(5)),
+        Vec::<u32>::new(),
+        "children (redis nodes included) outlived the cluster"
+    );
+}
