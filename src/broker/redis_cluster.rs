@@ -155,6 +155,7 @@ impl RedisClusterBroker {
             inbox,
             health: health.clone(),
             held: HashSet::new(),
+            recovering: None,
         };
         tokio::spawn(task.run(stop.clone()));
         tokio::spawn(watch_masters(conn.clone(), health.clone(), stop.clone()));
@@ -461,7 +462,26 @@ struct Subscriber {
     health: Arc<Health>,
     /// Every client and channel this replica holds a socket of: what to subscribe again.
     held: HashSet<Target>,
+    /// Messages that came while the subscriptions were being made again after a loss, kept
+    /// until the replica has been told to fill the gap (the shards that still work deliver
+    /// meanwhile, and so may a restored one before every subscription is confirmed): handed
+    /// over earlier, a message newer than the gap would move the target's position past it
+    /// and the fill would skip what the gap holds.
+    recovering: Option<Buffered>,
 }
+
+/// Messages kept while recovering, within [`MAX_BUFFERED_BYTES`]: beyond it they are dropped,
+/// which costs nothing where history is kept (the fill reads everything after the position
+/// last delivered, these included).
+#[derive(Default)]
+struct Buffered {
+    messages: Vec<(Target, Option<Position>, Vec<u8>)>,
+    bytes: usize,
+    dropped: usize,
+}
+
+/// Most bytes of messages kept while the subscriptions are being made again.
+const MAX_BUFFERED_BYTES: usize = 16 * 1024 * 1024;
 
 /// Why the subscribed loop ended.
 enum Ended {
@@ -494,9 +514,25 @@ impl Subscriber {
                 reconnect: subscribed_before,
             });
             subscribed_before = true;
+            // The fill has begun: what came meanwhile is held behind it (and dropped where
+            // the fill already delivered it).
+            if let Some(buffered) = self.recovering.take() {
+                if buffered.dropped > 0 {
+                    tracing::info!(
+                        dropped = buffered.dropped,
+                        "messages beyond the recovery buffer left to the gap fill"
+                    );
+                }
+                for (target, id, payload) in buffered.messages {
+                    (self.inbox)(&target, id, &payload);
+                }
+            }
             match self.serve(&stop).await {
                 Ended::Stopped => return,
-                Ended::Lost(reason) => self.health.down(Connection::Subscriber, &reason),
+                Ended::Lost(reason) => {
+                    self.recovering = Some(Buffered::default());
+                    self.health.down(Connection::Subscriber, &reason);
+                }
             }
         }
     }
@@ -587,7 +623,7 @@ impl Subscriber {
     }
 
     /// Delivers a message; returns why the subscriptions must be made again, if they must.
-    fn on_push(&self, push: PushInfo) -> Option<String> {
+    fn on_push(&mut self, push: PushInfo) -> Option<String> {
         let channel = |data: &[Value]| match data.first() {
             Some(Value::BulkString(name)) => std::str::from_utf8(name).ok().map(str::to_owned),
             _ => None,
@@ -599,7 +635,14 @@ impl Subscriber {
                     return None;
                 };
                 let (id, payload) = split_payload(payload);
-                (self.inbox)(&target, id, payload);
+                match &mut self.recovering {
+                    None => (self.inbox)(&target, id, payload),
+                    Some(kept) if kept.bytes + payload.len() <= MAX_BUFFERED_BYTES => {
+                        kept.bytes += payload.len();
+                        kept.messages.push((target, id, payload.to_vec()));
+                    }
+                    Some(kept) => kept.dropped += 1,
+                }
                 None
             }
             PushKind::Disconnection => Some("a cluster node connection was lost".to_owned()),

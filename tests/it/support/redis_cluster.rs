@@ -133,3 +133,82 @@ pub async fn next_or_close(
         }
     }
 }
+
+impl OnRedisCluster {
+    /// Moves the slot of `key` from master `from` to master `to`, keys included, the way
+    /// `redis-cli --cluster reshard` moves each slot: `IMPORTING`/`MIGRATING`, `MIGRATE` of
+    /// every key in it, then `SETSLOT … NODE` on both and the other masters.
+    pub async fn move_slot(&self, key: &str, from: u16, to: u16) {
+        let mut source = self.node(from).await;
+        let mut target = self.node(to).await;
+        let id = |conn: &mut redis::aio::MultiplexedConnection| {
+            let mut conn = conn.clone();
+            async move {
+                redis::cmd("CLUSTER")
+                    .arg("MYID")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .unwrap()
+            }
+        };
+        let (from_id, to_id) = (id(&mut source).await, id(&mut target).await);
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut source)
+            .await
+            .unwrap();
+        let setslot = |state: &str, node: &str| {
+            let mut cmd = redis::cmd("CLUSTER");
+            cmd.arg("SETSLOT").arg(slot).arg(state).arg(node);
+            cmd
+        };
+        let () = setslot("IMPORTING", &from_id)
+            .query_async(&mut target)
+            .await
+            .unwrap();
+        let () = setslot("MIGRATING", &to_id)
+            .query_async(&mut source)
+            .await
+            .unwrap();
+        for _ in 0..100 {
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(100)
+                .query_async(&mut source)
+                .await
+                .unwrap();
+            if keys.is_empty() {
+                break;
+            }
+            let () = redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(to)
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(&keys)
+                .query_async::<redis::Value>(&mut source)
+                .await
+                .map(|_| ())
+                .unwrap();
+        }
+        let () = setslot("NODE", &to_id)
+            .query_async(&mut target)
+            .await
+            .unwrap();
+        let () = setslot("NODE", &to_id)
+            .query_async(&mut source)
+            .await
+            .unwrap();
+        for port in self.nodes.masters() {
+            if port != from && port != to {
+                let _: redis::RedisResult<()> = setslot("NODE", &to_id)
+                    .query_async(&mut self.node(port).await)
+                    .await;
+            }
+        }
+    }
+}
