@@ -25,6 +25,11 @@ pub struct ServeArgs {
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// Redis Cluster seed nodes (host:port,host:port,…): the broker on a cluster, with sharded
+    /// pub/sub; not together with REDIS_URL.
+    #[arg(long, env = "REDIS_CLUSTER_NODES")]
+    pub redis_cluster_nodes: Option<String>,
+
     /// Key that signs client tokens; every replica of one deployment shares it.
     #[arg(long, env = "STICKY_SECRET", hide_env_values = true)]
     pub sticky_secret: Option<String>,
@@ -84,6 +89,10 @@ pub enum ConfigError {
     BadAppId(String),
     #[error("REDIS_URL must start with redis:// or rediss://, got {0:?}")]
     BadRedisUrl(String),
+    #[error(transparent)]
+    BadClusterNodes(#[from] crate::broker::redis_cluster::BadSeeds),
+    #[error("set REDIS_URL (one Redis) or REDIS_CLUSTER_NODES (a Redis Cluster), not both")]
+    TwoBrokers,
     #[error("{0} must not be empty when set")]
     EmptySecret(&'static str),
     #[error(
@@ -123,6 +132,8 @@ pub struct Config {
     pub app_id: String,
     pub bind: SocketAddr,
     pub redis_url: Option<String>,
+    /// Redis Cluster seed nodes as connection URLs; empty unless REDIS_CLUSTER_NODES is set.
+    pub redis_cluster_nodes: Vec<String>,
     pub secret: Vec<u8>,
     pub secret_source: SecretSource,
     pub api_key: Option<String>,
@@ -212,6 +223,7 @@ impl fmt::Debug for Config {
             .field("app_id", &self.app_id)
             .field("bind", &self.bind)
             .field("redis_url", &self.redis_url)
+            .field("redis_cluster_nodes", &self.redis_cluster_nodes)
             .field("secret", &"<redacted>")
             .field("secret_source", &self.secret_source)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
@@ -244,6 +256,11 @@ impl Config {
         {
             return Err(ConfigError::BadRedisUrl(url.clone()));
         }
+        let redis_cluster_nodes = match &args.redis_cluster_nodes {
+            None => Vec::new(),
+            Some(_) if args.redis_url.is_some() => return Err(ConfigError::TwoBrokers),
+            Some(raw) => crate::broker::redis_cluster::parse_seeds(raw)?,
+        };
         let (secret, secret_source) = match args.sticky_secret {
             Some(s) if s.is_empty() => return Err(ConfigError::EmptySecret("STICKY_SECRET")),
             Some(s) if s.len() < MIN_SECRET_BYTES => return Err(ConfigError::ShortSecret(s.len())),
@@ -283,6 +300,7 @@ impl Config {
             app_id,
             bind: args.bind,
             redis_url: args.redis_url,
+            redis_cluster_nodes,
             secret,
             secret_source,
             api_key: args.api_key,
@@ -456,6 +474,38 @@ mod tests {
     fn demo_secret_is_accepted_but_flagged() {
         let config = parse(&["--app-id", "a", "--sticky-secret", "demo-secret-change-me"]).unwrap();
         assert_eq!(config.secret_source, SecretSource::Demo);
+    }
+
+    #[test]
+    fn a_redis_cluster_is_named_by_its_seed_nodes_and_never_beside_redis_url() {
+        let config = parse(&[
+            "--app-id",
+            "a",
+            "--redis-cluster-nodes",
+            "127.0.0.1:7000,127.0.0.1:7001",
+        ])
+        .unwrap();
+        assert_eq!(config.redis_cluster_nodes.len(), 2);
+        assert_eq!(config.redis_url, None);
+        assert!(matches!(
+            parse(&["--app-id", "a", "--redis-cluster-nodes", "127.0.0.1"]),
+            Err(ConfigError::BadClusterNodes(_))
+        ));
+        let both = parse(&[
+            "--app-id",
+            "a",
+            "--redis-url",
+            "redis://127.0.0.1:6379",
+            "--redis-cluster-nodes",
+            "127.0.0.1:7000",
+        ]);
+        assert_eq!(both.unwrap_err(), ConfigError::TwoBrokers);
+        assert!(
+            parse(&["--app-id", "a"])
+                .unwrap()
+                .redis_cluster_nodes
+                .is_empty()
+        );
     }
 
     #[test]

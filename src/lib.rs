@@ -14,7 +14,8 @@
 //! - [`registry`]: the sockets a replica holds, by client id, each with its bounded queue.
 //! - [`delivery`]: the return leg of every message — the broker's inbox, `direct` and the
 //!   socket echo — into the registry, counted and recorded in one place.
-//! - [`broker`]: how messages reach the replicas holding a client — in-process or Redis.
+//! - [`broker`]: how messages reach the replicas holding a client — in-process, Redis or a
+//!   Redis Cluster.
 //! - [`presence`]: what a replica announces about itself, and the list of live replicas.
 //! - [`target`]: where a message goes (a client, a channel, or everyone).
 //! - [`channel`]: channel names, who may subscribe, subscription tokens.
@@ -48,6 +49,13 @@
 //!   `replica=sockets@expires_ms;…`.
 //! - `stickyws:visits`, `stickyws:notes:<client id>` — the state lab's shared counter and
 //!   session state.
+//!
+//! On a Redis Cluster (`REDIS_CLUSTER_NODES`) the same things carry a hash tag per target, so
+//! each target's channel, history, epoch, records and presence live in one slot and the
+//! publish runs on its shard: `stickyws:{client:<id>}` (sharded pub/sub), `…:history`,
+//! `…:epoch`, `…:idem:<sha256>`; `stickyws:{channel:<name>}` and `…:members`;
+//! `stickyws:{broadcast}`; `stickyws:{replicas}` and `stickyws:{replicas}:<id>`
+//! ([`broker::cluster_keys`]).
 //!
 //! Payloads are JSON envelopes `{"via", "from", "text", "at"}` (`at`: publish time, µs since the
 //! epoch); each receiving replica adds itself as `replica` when it builds the frame, once for all

@@ -16,6 +16,7 @@ use tower_layer::Layer;
 
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::{LinkEvent, RedisBroker};
+use crate::broker::redis_cluster::RedisClusterBroker;
 use crate::broker::{Broker, Inbox};
 use crate::config::{Config, SecretSource};
 use crate::delivery::Delivery;
@@ -208,6 +209,16 @@ fn start_broker(
     gap_fill: &GapFill,
 ) -> anyhow::Result<Broker> {
     let window = config.limits.window();
+    if !config.redis_cluster_nodes.is_empty() {
+        let observer = link_observer(records.clone(), metrics.clone(), gap_fill.clone());
+        return Ok(Broker::RedisCluster(RedisClusterBroker::start(
+            &config.redis_cluster_nodes,
+            &config.app_id,
+            inbox,
+            observer,
+            window,
+        )?));
+    }
     Ok(match &config.redis_url {
         Some(url) => {
             let observer = link_observer(records.clone(), metrics.clone(), gap_fill.clone());

@@ -2,8 +2,10 @@
 //! that hold its sockets, the histories kept for recovery, and who is subscribed to a channel
 //! across replicas.
 //!
-//! One trait, [`Driver`], with two implementations: [`memory::MemoryBroker`] (in-process, the
-//! default for a single replica) and [`redis::RedisBroker`]. [`Broker`] picks one at start-up.
+//! One trait, [`Driver`], with three implementations: [`memory::MemoryBroker`] (in-process, the
+//! default for a single replica), [`redis::RedisBroker`] (one Redis) and
+//! [`redis_cluster::RedisClusterBroker`] (a Redis Cluster, sharded pub/sub). [`Broker`] picks
+//! one at start-up.
 //! [`link`] watches the Redis broker's two connections and keeps its command connection in step.
 //!
 //! Subscriptions follow sockets: the registry calls [`Driver::hold`] when a replica gains its
@@ -12,12 +14,15 @@
 //! and [`Driver::join`]/[`Driver::leave`] (presence), are made under the registry's lock and
 //! only enqueue, which keeps them in the order the registry decided.
 
+pub mod cluster_keys;
 pub mod history;
 pub mod idempotency;
 pub mod link;
 pub mod members;
 pub mod memory;
 pub mod redis;
+pub mod redis_cluster;
+pub mod redis_conn;
 pub mod redis_keys;
 mod redis_members;
 
@@ -157,6 +162,7 @@ pub trait Driver: Send + Sync + 'static {
 pub enum Broker {
     Memory(memory::MemoryBroker),
     Redis(redis::RedisBroker),
+    RedisCluster(redis_cluster::RedisClusterBroker),
 }
 
 impl Broker {
@@ -164,6 +170,7 @@ impl Broker {
         match self {
             Broker::Memory(_) => "memory",
             Broker::Redis(_) => "redis",
+            Broker::RedisCluster(_) => "redis-cluster",
         }
     }
 
@@ -173,6 +180,7 @@ impl Broker {
         match self {
             Broker::Memory(_) => false,
             Broker::Redis(b) => b.subscriber_down(),
+            Broker::RedisCluster(b) => b.subscriber_down(),
         }
     }
 
@@ -181,15 +189,17 @@ impl Broker {
         match self {
             Broker::Memory(_) => "in-process broker (this replica only)".to_owned(),
             Broker::Redis(b) => b.link_detail(),
+            Broker::RedisCluster(b) => b.link_detail(),
         }
     }
 
     /// The Redis command connection when the broker is Redis, for what else lives in the same
     /// Redis (the state lab's shared state); multiplexed, so sharing it costs no connection.
-    pub fn redis_connection(&self) -> Option<link::CommandLink> {
+    pub fn redis_connection(&self) -> Option<redis_conn::RedisConn> {
         match self {
             Broker::Memory(_) => None,
-            Broker::Redis(b) => Some(b.connection()),
+            Broker::Redis(b) => Some(redis_conn::RedisConn::Single(b.connection())),
+            Broker::RedisCluster(b) => Some(redis_conn::RedisConn::Cluster(b.connection())),
         }
     }
 }
@@ -205,6 +215,7 @@ impl Driver for Broker {
         match self {
             Broker::Memory(b) => b.publish_once(target, payload, key).await,
             Broker::Redis(b) => b.publish_once(target, payload, key).await,
+            Broker::RedisCluster(b) => b.publish_once(target, payload, key).await,
         }
     }
 
@@ -212,6 +223,7 @@ impl Driver for Broker {
         match self {
             Broker::Memory(b) => b.history(target, after).await,
             Broker::Redis(b) => b.history(target, after).await,
+            Broker::RedisCluster(b) => b.history(target, after).await,
         }
     }
 
@@ -219,6 +231,7 @@ impl Driver for Broker {
         match self {
             Broker::Memory(b) => b.newest(targets).await,
             Broker::Redis(b) => b.newest(targets).await,
+            Broker::RedisCluster(b) => b.newest(targets).await,
         }
     }
 
@@ -226,6 +239,7 @@ impl Driver for Broker {
         match self {
             Broker::Memory(b) => b.hold(target),
             Broker::Redis(b) => b.hold(target),
+            Broker::RedisCluster(b) => b.hold(target),
         }
     }
 
@@ -233,6 +247,7 @@ impl Driver for Broker {
         match self {
             Broker::Memory(b) => b.release(target),
             Broker::Redis(b) => b.release(target),
+            Broker::RedisCluster(b) => b.release(target),
         }
     }
 
@@ -240,6 +255,7 @@ impl Driver for Broker {
         match self {
             Broker::Memory(b) => b.join(channel, client),
             Broker::Redis(b) => b.join(channel, client),
+            Broker::RedisCluster(b) => b.join(channel, client),
         }
     }
 
@@ -247,6 +263,7 @@ impl Driver for Broker {
         match self {
             Broker::Memory(b) => b.leave(channel, client),
             Broker::Redis(b) => b.leave(channel, client),
+            Broker::RedisCluster(b) => b.leave(channel, client),
         }
     }
 
@@ -254,6 +271,7 @@ impl Driver for Broker {
         match self {
             Broker::Memory(b) => b.members(channel).await,
             Broker::Redis(b) => b.members(channel).await,
+            Broker::RedisCluster(b) => b.members(channel).await,
         }
     }
 
@@ -261,6 +279,7 @@ impl Driver for Broker {
         match self {
             Broker::Memory(b) => b.is_ready(),
             Broker::Redis(b) => b.is_ready(),
+            Broker::RedisCluster(b) => b.is_ready(),
         }
     }
 
@@ -268,6 +287,7 @@ impl Driver for Broker {
         match self {
             Broker::Memory(b) => b.announce(announcement).await,
             Broker::Redis(b) => b.announce(announcement).await,
+            Broker::RedisCluster(b) => b.announce(announcement).await,
         }
     }
 
@@ -275,6 +295,7 @@ impl Driver for Broker {
         match self {
             Broker::Memory(b) => b.replicas().await,
             Broker::Redis(b) => b.replicas().await,
+            Broker::RedisCluster(b) => b.replicas().await,
         }
     }
 }

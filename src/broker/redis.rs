@@ -22,9 +22,11 @@ use redis::aio::{ConnectionManagerConfig, PubSubSink, PubSubStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::cluster_keys::KeyScheme;
 use super::link::{self, CommandLink, Connection, Health};
 pub use super::link::{LinkEvent, LinkObserver};
 use super::members::{Change, Member};
+use super::redis_conn::RedisConn;
 pub use super::redis_keys::*;
 use super::redis_members;
 use super::{
@@ -37,12 +39,12 @@ use crate::cursor::{Epoch, Position, StreamId};
 use crate::target::Target;
 
 /// A replica that has not announced itself for this long is no longer listed.
-const PRESENCE_TTL: Duration = Duration::from_secs(6);
+pub(super) const PRESENCE_TTL: Duration = Duration::from_secs(6);
 /// Longest wait for Redis to answer one command; past it the broker counts as unavailable.
 /// Below 2 s with room to spare: a publish into a black-holed Redis must answer 503 within 2 s
 /// through nginx (issue #14; the partition suite measures it), and it waits this long first.
-const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1500);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1500);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Appends to the target's history and publishes, atomically and in one round trip, so the
 /// order of the history is the order of delivery. The history's epoch is kept beside it with
@@ -51,7 +53,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// With an idempotency record (KEYS[4]) that exists, nothing is done and its first outcome is
 /// answered; otherwise the outcome is recorded in the same step, so of two concurrent
 /// publishes with one key exactly one runs. Answers `{epoch, id, receivers, repeated}`.
-const PUBLISH_SCRIPT: &str = r"
+pub(super) const PUBLISH_SCRIPT: &str = r"
 if KEYS[4] then
   local seen = redis.call('GET', KEYS[4])
   if seen then
@@ -80,7 +82,7 @@ return {epoch, id, receivers, 0}
 
 /// A publish with an idempotency record (KEYS[2]) when no history is kept: the record alone,
 /// for ARGV[2] ms. Answers `{receivers, repeated}`.
-const PUBLISH_ONCE_SCRIPT: &str = r"
+pub(super) const PUBLISH_ONCE_SCRIPT: &str = r"
 local seen = redis.call('GET', KEYS[2])
 if seen then return {tonumber(seen), 1} end
 local receivers = redis.call('PUBLISH', KEYS[1], ARGV[1])
@@ -91,7 +93,7 @@ return {receivers, 0}
 /// What a stream holds after an id (all of it when the client's epoch, ARGV[3], is another
 /// life of the stream), the newest id it ever trimmed (Redis 7's `max-deleted-entry-id`, which
 /// tells whether anything after the id was lost), and its epoch (empty when there is none).
-const HISTORY_SCRIPT: &str = r"
+pub(super) const HISTORY_SCRIPT: &str = r"
 local epoch = redis.call('GET', KEYS[2]) or ''
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0, '0-0', {}, epoch, 0} end
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
@@ -117,7 +119,7 @@ return {1, trimmed, kept, epoch, more}
 ";
 /// Where a history stands: its epoch (started with the caller's if it has none, expiring as
 /// a publish would set it) and its newest id.
-const NEWEST_SCRIPT: &str = r"
+pub(super) const NEWEST_SCRIPT: &str = r"
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
   epoch = ARGV[1]
@@ -128,11 +130,47 @@ if #last == 0 then return {epoch, '0-0'} end
 return {epoch, last[1][1]}
 ";
 
+/// Where the publish script said the message went. The script ran: an answer that does not
+/// parse is ours to explain, not an outage, but the message went out.
+pub(super) fn published_at(epoch: &str, id: &str) -> Result<Position, BrokerError> {
+    Ok(Position::new(
+        epoch
+            .parse()
+            .map_err(|e: crate::cursor::BadCursor| BrokerError::OutcomeUnknown(e.to_string()))?,
+        id.parse()
+            .map_err(|e: crate::cursor::BadStreamId| BrokerError::OutcomeUnknown(e.to_string()))?,
+    ))
+}
+
+/// The history script's answer: `{exists, trimmed, entries, epoch, more}`.
+pub(super) type HistoryAnswer = (u8, String, Entries, String, u8);
+
+/// What the history script's answer means for a reader who last saw `after`.
+pub(super) fn history_of(after: Position, answer: HistoryAnswer) -> History {
+    let (exists, trimmed, entries, epoch, more) = answer;
+    let epoch: Epoch = epoch.parse().unwrap_or_default();
+    if exists == 0 && !epoch.is_known() {
+        // Expired or never written: continuity cannot be shown for a client that saw
+        // something, and there is nothing to miss for one that saw nothing.
+        return History::missing(after);
+    }
+    let trimmed: StreamId = trimmed.parse().unwrap_or_default();
+    let entries = entries
+        .into_iter()
+        .filter_map(|(id, fields)| {
+            let id = id.parse().ok()?;
+            let (_, message) = fields.into_iter().next()?;
+            Some((id, message))
+        })
+        .collect();
+    History::of(after, epoch, entries, trimmed, more == 1)
+}
+
 /// Stream entries as Redis returns them: `[id, [field, value, …]]`.
-type Entries = Vec<(String, Vec<(String, Vec<u8>)>)>;
+pub(super) type Entries = Vec<(String, Vec<(String, Vec<u8>)>)>;
 
 /// Splits a pub/sub payload into its history position (if any) and the message.
-fn split_payload(payload: &[u8]) -> (Option<Position>, &[u8]) {
+pub(super) fn split_payload(payload: &[u8]) -> (Option<Position>, &[u8]) {
     if payload.first() == Some(&b'{') {
         return (None, payload);
     }
@@ -182,7 +220,7 @@ impl fmt::Debug for RedisBroker {
     }
 }
 
-fn unavailable(err: impl fmt::Display) -> BrokerError {
+pub(super) fn unavailable(err: impl fmt::Display) -> BrokerError {
     BrokerError::Unavailable(err.to_string())
 }
 
@@ -191,7 +229,7 @@ fn unavailable(err: impl fmt::Display) -> BrokerError {
 /// budget, not an outage. Any other answer of Redis's own (an error reply) and a refused
 /// connection mean nothing was done: not accepted. Everything else (a timeout, a connection
 /// lost or out of step after the request may have gone out) leaves the outcome unknown.
-fn publish_failed(err: redis::RedisError) -> BrokerError {
+pub(super) fn publish_failed(err: redis::RedisError) -> BrokerError {
     if err.code() == Some("OOM") || err.to_string().contains("OOM command not allowed") {
         BrokerError::HistoryFull(err.to_string())
     } else if err.code().is_some() || err.is_connection_refusal() {
@@ -235,7 +273,12 @@ impl RedisBroker {
             health.clone(),
             stop.clone(),
         ));
-        let members = redis_members::start(conn.clone(), replica, stop.clone());
+        let members = redis_members::start(
+            RedisConn::Single(conn.clone()),
+            KeyScheme::Single,
+            replica,
+            stop.clone(),
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 commands,
@@ -331,16 +374,7 @@ impl Driver for RedisBroker {
             .invoke_async(&mut conn)
             .await
             .map_err(publish_failed)?;
-        // The script ran: an answer that does not parse is ours to explain, not an outage, but
-        // the message went out.
-        let position = Position::new(
-            epoch.parse().map_err(|e: crate::cursor::BadCursor| {
-                BrokerError::OutcomeUnknown(e.to_string())
-            })?,
-            id.parse().map_err(|e: crate::cursor::BadStreamId| {
-                BrokerError::OutcomeUnknown(e.to_string())
-            })?,
-        );
+        let position = published_at(&epoch, &id)?;
         Ok(Published {
             receivers,
             position: Some(position),
@@ -356,7 +390,7 @@ impl Driver for RedisBroker {
         } else {
             String::new()
         };
-        let (exists, trimmed, entries, epoch, more): (u8, String, Entries, String, u8) = self
+        let answer: HistoryAnswer = self
             .inner
             .history_script
             .key(keys.stream)
@@ -368,22 +402,7 @@ impl Driver for RedisBroker {
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        let epoch: Epoch = epoch.parse().unwrap_or_default();
-        if exists == 0 && !epoch.is_known() {
-            // Expired or never written: continuity cannot be shown for a client that saw
-            // something, and there is nothing to miss for one that saw nothing.
-            return Ok(History::missing(after));
-        }
-        let trimmed: StreamId = trimmed.parse().unwrap_or_default();
-        let entries = entries
-            .into_iter()
-            .filter_map(|(id, fields)| {
-                let id = id.parse().ok()?;
-                let (_, message) = fields.into_iter().next()?;
-                Some((id, message))
-            })
-            .collect();
-        Ok(History::of(after, epoch, entries, trimmed, more == 1))
+        Ok(history_of(after, answer))
     }
 
     async fn newest(&self, targets: &[Target]) -> Result<Vec<Position>, BrokerError> {
@@ -449,9 +468,13 @@ impl Driver for RedisBroker {
     }
 
     async fn members(&self, channel: &ChannelName) -> Result<Vec<Member>, BrokerError> {
-        redis_members::list(self.inner.conn.clone(), channel)
-            .await
-            .map_err(unavailable)
+        redis_members::list(
+            RedisConn::Single(self.inner.conn.clone()),
+            KeyScheme::Single,
+            channel,
+        )
+        .await
+        .map_err(unavailable)
     }
 
     fn is_ready(&self) -> bool {
@@ -512,7 +535,7 @@ impl Driver for RedisBroker {
     }
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -532,7 +555,7 @@ fn target_of(channel: &str) -> Option<Target> {
 }
 
 /// Most subscription changes sent to Redis in one command.
-const MAX_BATCH: usize = 512;
+pub(super) const MAX_BATCH: usize = 512;
 
 /// The task that owns the subscriber connection.
 struct Subscriber {

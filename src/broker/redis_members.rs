@@ -5,6 +5,9 @@
 //! Entries expire ([`ENTRY_TTL`]) unless refreshed ([`REFRESH_EVERY`]), so a replica that died
 //! without saying goodbye drops out by itself. The task here owns this replica's part: it is
 //! fed the registry's changes in order and refreshes what it holds.
+//!
+//! The same task serves the Redis Cluster driver: its [`KeyScheme`] names the keys (the hash in
+//! its channel's slot) and turns the script's `PUBLISH` into `SPUBLISH`.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -12,9 +15,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::link::CommandLink;
+use super::cluster_keys::KeyScheme;
 use super::members::{self, Change, ENTRY_TTL, Member, REFRESH_EVERY};
-use super::redis_keys::pubsub_channel;
+use super::redis_conn::RedisConn;
 use crate::channel::ChannelName;
 use crate::target::Target;
 use crate::token::ClientId;
@@ -65,10 +68,6 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return {now, redis.call('HGETALL', KEYS[1])}
 ";
 
-fn members_key(channel: &ChannelName) -> String {
-    format!("{MEMBERS_PREFIX}{channel}")
-}
-
 /// Most entries written in one pipeline.
 const BATCH: usize = 256;
 
@@ -77,24 +76,27 @@ type Key = (ChannelName, ClientId);
 /// Starts the task keeping this replica's part of every channel's presence; returns where the
 /// registry's changes go.
 pub fn start(
-    conn: CommandLink,
+    conn: RedisConn,
+    scheme: KeyScheme,
     replica: &str,
     stop: CancellationToken,
 ) -> mpsc::UnboundedSender<(ChannelName, ClientId, Change)> {
     let (tx, rx) = mpsc::unbounded_channel();
     let task = Task {
         conn,
+        scheme,
         replica: replica.to_owned(),
         changes: rx,
         local: HashMap::new(),
-        script: redis::Script::new(MEMBER_SCRIPT),
+        script: scheme.script(MEMBER_SCRIPT),
     };
     tokio::spawn(task.run(stop));
     tx
 }
 
 struct Task {
-    conn: CommandLink,
+    conn: RedisConn,
+    scheme: KeyScheme,
     replica: String,
     changes: mpsc::UnboundedReceiver<(ChannelName, ClientId, Change)>,
     /// Sockets this replica holds per (channel, client).
@@ -148,14 +150,20 @@ impl Task {
             return;
         }
         let ttl = ENTRY_TTL.as_millis() as u64;
-        let mut pipe = redis::pipe();
+        let scheme = self.scheme;
+        let mut pipes = vec![redis::pipe()];
         for key in &keys {
             let sockets = self.local.get(key).copied().unwrap_or(0);
             let (channel, client) = key;
+            // On a cluster each channel's hash is in its own slot: a pipeline per channel.
+            if !scheme.pipelines_across_targets() && !pipes[0].is_empty() {
+                pipes.push(redis::pipe());
+            }
+            let Some(pipe) = pipes.last_mut() else { break };
             pipe.invoke_script(
                 self.script
-                    .key(members_key(channel))
-                    .key(pubsub_channel(&Target::Channel(channel.clone())))
+                    .key(scheme.members_key(channel))
+                    .key(scheme.pubsub_channel(&Target::Channel(channel.clone())))
                     .arg(client.as_str())
                     .arg(&self.replica)
                     .arg(sockets)
@@ -165,13 +173,17 @@ impl Task {
             )
             .ignore();
         }
+        let (conn, script) = (&self.conn, &self.script);
+        let writes = pipes.iter().map(|pipe| async move {
+            query_scripted::<()>(&mut conn.clone(), &[script], pipe).await
+        });
         let written = tokio::time::timeout(
             Duration::from_secs(2),
-            query_scripted::<()>(&mut self.conn, &[&self.script], &pipe),
+            futures_util::future::try_join_all(writes),
         )
         .await;
         match written {
-            Ok(Ok(())) => {}
+            Ok(Ok(_)) => {}
             Ok(Err(err)) => tracing::debug!(cause = %err, "presence not written; will refresh"),
             Err(_) => tracing::debug!("presence write timed out; will refresh"),
         }
@@ -189,7 +201,7 @@ impl Task {
 /// only if none of it ran, which is what `NOSCRIPT` means for the first invocation; later
 /// ones of the same scripts cannot fail so once the first passed.
 pub(super) async fn query_scripted<T: redis::FromRedisValue>(
-    conn: &mut CommandLink,
+    conn: &mut impl redis::aio::ConnectionLike,
     scripts: &[&redis::Script],
     pipe: &redis::Pipeline,
 ) -> redis::RedisResult<T> {
@@ -208,11 +220,12 @@ pub(super) async fn query_scripted<T: redis::FromRedisValue>(
 
 /// Who is subscribed to `channel`, by Redis's clock.
 pub async fn list(
-    mut conn: CommandLink,
+    mut conn: RedisConn,
+    scheme: KeyScheme,
     channel: &ChannelName,
 ) -> Result<Vec<Member>, redis::RedisError> {
     let (now, fields): (u64, Vec<(String, String)>) = redis::Script::new(LIST_SCRIPT)
-        .key(members_key(channel))
+        .key(scheme.members_key(channel))
         .invoke_async(&mut conn)
         .await?;
     let mut list = Vec::new();

@@ -107,7 +107,7 @@ impl StateLab {
     pub fn new(
         replica: Arc<str>,
         limits: &Limits,
-        redis: Option<crate::broker::link::CommandLink>,
+        redis: Option<crate::broker::redis_conn::RedisConn>,
         records: Records,
         metrics: Metrics,
     ) -> Self {

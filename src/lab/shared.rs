@@ -10,7 +10,7 @@ use std::time::Duration;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::broker::link::CommandLink;
+use crate::broker::redis_conn::RedisConn;
 use redis::AsyncCommands;
 
 use super::local::LocalStates;
@@ -35,7 +35,7 @@ return {existed, redis.call('LRANGE', KEYS[1], 0, -1)}
 #[derive(Clone)]
 pub enum SharedStore {
     Redis {
-        conn: CommandLink,
+        conn: RedisConn,
         add_note: redis::Script,
         ttl: Duration,
         max_notes: usize,
@@ -62,7 +62,7 @@ fn notes_key(client: &ClientId) -> String {
 }
 
 impl SharedStore {
-    pub fn redis(conn: CommandLink, ttl: Duration, max_notes: usize) -> Self {
+    pub fn redis(conn: RedisConn, ttl: Duration, max_notes: usize) -> Self {
         Self::Redis {
             conn,
             add_note: redis::Script::new(ADD_NOTE_SCRIPT),

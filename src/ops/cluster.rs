@@ -49,6 +49,10 @@ pub struct ClusterArgs {
     /// Folder each run's process logs go to, one subfolder per run, kept after exit.
     #[arg(long, default_value = ".stickyws/logs")]
     pub logs_dir: PathBuf,
+    /// Run the broker on a local Redis Cluster (six nodes: 3 masters, 3 replicas) instead of
+    /// one Redis. The page's Redis drills act on a single Redis only.
+    #[arg(long)]
+    pub redis_cluster: bool,
 }
 
 /// Waits until `GET path` on `addr` answers 200, or `limit` passes.
@@ -173,6 +177,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
         me: &me,
         records_log: &records_log,
         token: &token,
+        redis_cluster: args.redis_cluster,
     };
     let result = start_and_wait(plan, &control, &stop).await;
     stop.cancel();
@@ -195,6 +200,7 @@ struct Plan<'a> {
     me: &'a Path,
     records_log: &'a Path,
     token: &'a str,
+    redis_cluster: bool,
 }
 
 /// The cluster's steps in order, then supervision until Ctrl-C, SIGTERM or nginx exits.
@@ -206,11 +212,25 @@ async fn start_and_wait(
     let sup = control.supervisor();
     let started = Instant::now();
     let drills = control::serve(control.clone(), stop.clone()).await?;
-    let redis_port = start_redis(plan.redis, sup).await?;
-    let replicas = start_replicas(&plan, redis_port, drills, sup)?;
+    // `--redis-cluster`: six nodes instead of one Redis, killed (by PID) when this returns.
+    let nodes = super::redis_cluster::if_asked(plan.redis_cluster, sup.logs())?;
+    let broker = match &nodes {
+        Some(nodes) => ("REDIS_CLUSTER_NODES", nodes.seeds()),
+        None => {
+            let port = start_redis(plan.redis, sup).await?;
+            ("REDIS_URL", format!("redis://127.0.0.1:{port}"))
+        }
+    };
+    let replicas = start_replicas(&plan, &broker, drills, sup)?;
     wait_replicas_ready(&replicas.addrs, sup).await?;
     let listen = start_nginx(plan.port, plan.conf, plan.nginx, &replicas.addrs, sup).await?;
+    let shards = nodes
+        .as_ref()
+        .map(super::redis_cluster::RedisCluster::banner);
     print_banner(started, listen, drills, &replicas, plan.records_log, sup);
+    if let Some(shards) = shards {
+        println!("{shards}");
+    }
 
     let (keys_tx, mut keys) = tokio::sync::mpsc::channel::<String>(16);
     if let Some(why) = read_keys(keys_tx) {
@@ -397,7 +417,7 @@ struct Replicas {
 /// where the drills are.
 fn start_replicas(
     plan: &Plan<'_>,
-    redis_port: u16,
+    broker: &(&'static str, String),
     drills: SocketAddr,
     sup: &Supervisor,
 ) -> anyhow::Result<Replicas> {
@@ -415,7 +435,7 @@ fn start_replicas(
         let mut env = vec![
             ("APP_ID", format!("app-{i}")),
             ("BIND", addr.to_string()),
-            ("REDIS_URL", format!("redis://127.0.0.1:{redis_port}")),
+            (broker.0, broker.1.clone()),
             ("STICKY_SECRET", secret.clone()),
             ("API_KEY", api_key.clone()),
             (

@@ -207,9 +207,12 @@ impl Control {
     }
 
     fn redis(&self) -> Result<(RunState, Option<u32>, super::supervisor::Spec), Refused> {
-        self.sup
-            .get("redis")
-            .ok_or_else(|| Refused::Failed("the cluster has no redis".to_owned()))
+        self.sup.get("redis").ok_or_else(|| {
+            Refused::NotApplicable(
+                "the Redis drills act on a single Redis; this cluster runs a Redis Cluster"
+                    .to_owned(),
+            )
+        })
     }
 
     /// Waits (bounded) until the cluster's reaper has marked `name` down.

@@ -12,12 +12,14 @@
 //! - [`workers`]: `WORKERS=N`, several replica processes sharing one port.
 //! - [`nginx_conf`]: the shipped `nginx.conf` with only addresses and the listen port rewritten.
 //! - [`redis_server`]: the one way a real `redis-server` is started (cluster and tests alike).
+//! - [`redis_cluster`]: a local Redis Cluster of six such servers (3 masters, 3 replicas).
 //! - [`host`]: the programs this machine has, and free loopback ports.
 
 pub mod cluster;
 pub mod control;
 pub mod host;
 pub mod nginx_conf;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod supervisor;
 pub mod workers;

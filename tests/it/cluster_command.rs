@@ -71,7 +71,7 @@ fn start(dir: &std::path::Path) -> (Proc, String) {
     }
 }
 
-fn wait_all_gone(pids: &[u32], limit: Duration) -> Vec<u32> {
+pub(crate) fn wait_all_gone(pids: &[u32], limit: Duration) -> Vec<u32> {
     let deadline = Instant::now() + limit;
     loop {
         let left: Vec<u32> = pids.iter().copied().filter(|p| alive(*p)).collect();

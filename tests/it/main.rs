@@ -20,6 +20,7 @@ mod link;
 mod load;
 mod partitions;
 mod records_tail;
+mod redis_cluster;
 mod reliability;
 mod retries;
 mod routing;

@@ -8,6 +8,7 @@ pub mod netns;
 pub mod outage;
 pub mod process;
 pub mod proxy;
+pub mod redis_cluster;
 pub mod servers;
 pub mod ws;
 
