@@ -451,3 +451,105 @@ async fn a_broker_outage_mid_way_refuses_each_message_and_keyed_retries_deliver_
     assert_eq!(texts(&at_alice), want(0), "each once, none twice");
     assert_eq!(texts(&at_bob), want(1), "each once, none twice");
 }
+
+/// `stickyws load <args> --url <the cluster> --json …`: its summary line.
+fn load_summary(cluster: &TestCluster, args: &[&str]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("run.jsonl");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_stickyws"))
+        .arg("load")
+        .args(args)
+        .args(["--url", &cluster.base(), "--timeout", "30", "--json"])
+        .arg(&json)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "load {args:?} failed\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::read_to_string(&json)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .find(|line| line["type"] == "summary")
+        .expect("a summary line")
+}
+
+/// The records log's batch lines: one per batch request a replica took.
+fn batch_records(cluster: &TestCluster) -> Vec<String> {
+    cluster
+        .records()
+        .lines()
+        .filter(|line| {
+            let fields: Vec<&str> = line.split(" | ").collect();
+            fields.len() == 5
+                && fields[2].trim() == "publish"
+                && fields[4].starts_with("batch messages=")
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_load_tool_sends_targeted_and_channel_publishes_in_batches() {
+    let cluster = TestCluster::start(3);
+    let s = load_summary(
+        &cluster,
+        &[
+            "targeted",
+            "--sockets",
+            "20",
+            "--messages",
+            "300",
+            "--batch",
+            "10",
+            "--api-key",
+            API_KEY,
+        ],
+    );
+    for (field, want) in [("batch", 10), ("accepted", 300), ("delivered", 300)] {
+        assert_eq!(s[field], want, "{field}: {s}");
+    }
+    assert_eq!(
+        (s["lost"].clone(), s["duplicates"].clone()),
+        (json!(0), json!(0)),
+        "{s}"
+    );
+    let targeted = batch_records(&cluster);
+    assert_eq!(targeted.len(), 30, "30 requests of 10: {targeted:?}");
+
+    let s = load_summary(
+        &cluster,
+        &[
+            "channel",
+            "--sockets",
+            "9",
+            "--channels",
+            "3",
+            "--messages",
+            "30",
+            "--batch",
+            "7",
+            "--api-key",
+            API_KEY,
+            "--idle",
+            "0.2",
+        ],
+    );
+    for (field, want) in [("batch", 7), ("accepted", 30), ("delivered", 90)] {
+        assert_eq!(s[field], want, "{field}: {s}");
+    }
+    assert_eq!(
+        (s["lost"].clone(), s["duplicates"].clone()),
+        (json!(0), json!(0)),
+        "{s}"
+    );
+    assert_eq!(
+        batch_records(&cluster).len() - targeted.len(),
+        5,
+        "30 in requests of at most 7"
+    );
+}
