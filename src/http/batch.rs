@@ -217,25 +217,29 @@ pub(super) async fn publish(
             results.len() - accepted
         ),
     );
-    let (status, error) = match broker_error {
+    let (status, error, retry_after) = match broker_error {
         Some(err) if accepted == 0 => {
             let err = ApiError::from(err);
-            (
-                err.status,
-                Some(ErrorBody {
-                    code: err.code,
-                    message: err.message,
-                }),
-            )
+            let body = ErrorBody {
+                code: err.code,
+                message: err.message,
+            };
+            (err.status, Some(body), err.retry_after)
         }
-        _ => (StatusCode::OK, None),
+        _ => (StatusCode::OK, None, None),
     };
     let answer = Answer {
         error,
         replica: state.replica.clone(),
         results,
     };
-    Ok((status, Json(answer)).into_response())
+    let mut response = (status, Json(answer)).into_response();
+    if let Some(seconds) = retry_after {
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, seconds.into());
+    }
+    Ok(response)
 }
 
 #[cfg(test)]
