@@ -221,20 +221,19 @@ async fn channel_run(ctx: &Ctx, key: String) -> anyhow::Result<Observed> {
     );
     let tag = ctx.tag.clone();
     let sticky = pinned.clone();
-    let sent = ctx
-        .send(args.rate, move |seq, now| {
-            let channel = (seq % channels as u64) as usize;
-            Request {
-                path: format!("/api/channels/{}/publish", channel_name(channel)),
-                bearer: key.clone(),
-                // Pinned: the publishes enter at the subscribers' replica too, so the others
-                // see no request at all and any work they did would be for the fan-out.
-                sticky: sticky.clone(),
-                text: deliveries::text(&tag, channel as u32, seq, now),
-                ack: None,
-            }
-        })
-        .await;
+    let sent = targeted::send(ctx, args.rate, move |seq, now| {
+        let channel = (seq % channels as u64) as usize;
+        Request {
+            path: format!("/api/channels/{}/publish", channel_name(channel)),
+            bearer: key.clone(),
+            // Pinned: the publishes enter at the subscribers' replica too, so the others
+            // see no request at all and any work they did would be for the fan-out.
+            sticky: sticky.clone(),
+            text: deliveries::text(&tag, channel as u32, seq, now),
+            ack: None,
+        }
+    })
+    .await;
     settle(ctx, expected_total(&sent)).await;
     drop(bar);
     let cpu = meter.map(|m| m.finish());
@@ -519,8 +518,9 @@ fn report(ctx: &Ctx, o: &Observed, acc: &Accounting) -> anyhow::Result<()> {
     report.row(
         "publishes",
         format!(
-            "{} sent in {:.2} s ({:.0}/s), {} accepted; errors: {}{}",
+            "{} sent{} in {:.2} s ({:.0}/s), {} accepted; errors: {}{}",
             o.sent.attempted(),
+            targeted::batch_note(ctx),
             acc.send_s,
             per_second(o.sent.attempted(), acc.send_s),
             acc.accepted,
@@ -591,6 +591,7 @@ fn report(ctx: &Ctx, o: &Observed, acc: &Accounting) -> anyhow::Result<()> {
     report.figure("socket_errors", o.open_errors.json());
     report.figure("sockets_by_replica", json!(o.by_replica));
     report.figure("sent", o.sent.attempted());
+    report.figure("batch", ctx.args.batch.max(1) as u64);
     report.figure("accepted", acc.accepted);
     report.figure("send_errors", o.sent.errors.json());
     report.figure("send_seconds", acc.send_s);

@@ -87,6 +87,10 @@ pub struct LoadOptions {
     /// Messages per second; 0 sends as fast as --concurrency allows (failover: 0 means 500).
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
+    /// targeted, channel: publish through `POST /api/publish` (API key), this many messages to
+    /// a request; 0 or 1: one request per message.
+    #[arg(long, default_value_t = 0)]
+    pub batch: usize,
     /// HTTP requests in flight at once.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
@@ -221,6 +225,7 @@ impl Scenario {
                 "connect_concurrency",
                 "connect_rate",
                 "settle",
+                "batch",
             ],
             Scenario::Broadcast | Scenario::Sticky => &["sockets", "messages", "rate", "settle"],
             Scenario::Failover => &[
@@ -244,6 +249,7 @@ impl Scenario {
                 "on_one_replica",
                 "idle",
                 "redis_url",
+                "batch",
             ],
             Scenario::Jitter => &[
                 "sockets",

@@ -1,6 +1,7 @@
 //! Sending: HTTP requests (`/api/publish`, `/api/broadcast`, `/api/direct`) from a fixed number
 //! of workers, at a fixed rate (request `i` is due at `i / rate` seconds) or as fast as the
-//! workers go, until the count is reached or the deadline passes. Receiving and reporting are
+//! workers go, until the count is reached or the deadline passes; or ([`send_batches`]) the
+//! same messages N to a request through the batch endpoint. Receiving and reporting are
 //! elsewhere; this keeps the answers and the failures by kind.
 
 use std::sync::Arc;
@@ -149,6 +150,145 @@ where
             sent
         }));
     }
+    gather(workers).await
+}
+
+/// `POST /api/publish` with `bearer` (the API key): the messages `make` builds, `size` to a
+/// request (the first request's cookie for all), at `plan.rate` messages per second. Each
+/// message's result counts as its own: accepted (its result, in `accepted`) or an error by its
+/// code. `round_trips` holds one entry per request. Only publishes to a client or a channel
+/// can go in a batch; any other request counts as `not_batchable`.
+pub async fn send_batches<F>(
+    http: reqwest::Client,
+    base: String,
+    plan: Plan,
+    (size, bearer): (usize, String),
+    clock: Clock,
+    live: Arc<Live>,
+    make: F,
+) -> Sent
+where
+    F: Fn(u64, u64) -> Request + Send + Sync + 'static,
+{
+    let size = size.max(1) as u64;
+    let next = Arc::new(AtomicU64::new(0));
+    let make = Arc::new(make);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..plan.concurrency.max(1) {
+        let (http, base, next, make, live, bearer) = (
+            http.clone(),
+            base.clone(),
+            next.clone(),
+            make.clone(),
+            live.clone(),
+            bearer.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut sent = Sent {
+                first_us: u64::MAX,
+                ..Sent::default()
+            };
+            loop {
+                let first = next.fetch_add(size, Ordering::Relaxed);
+                if first >= plan.count || Instant::now() >= plan.deadline {
+                    break;
+                }
+                if plan.rate > 0.0 {
+                    let due = started + Duration::from_secs_f64(first as f64 / plan.rate);
+                    if due >= plan.deadline {
+                        break;
+                    }
+                    let now = Instant::now();
+                    if due > now {
+                        tokio::time::sleep_until(due.into()).await;
+                    } else {
+                        sent.max_lag_us = sent.max_lag_us.max((now - due).as_micros() as u64);
+                    }
+                }
+                let now = clock.us();
+                sent.first_us = sent.first_us.min(now);
+                let seqs: Vec<u64> = (first..(first + size).min(plan.count)).collect();
+                let requests: Vec<Request> = seqs.iter().map(|&seq| make(seq, now)).collect();
+                let mut items = Vec::with_capacity(requests.len());
+                let mut batched = Vec::with_capacity(requests.len());
+                for (seq, request) in seqs.iter().zip(&requests) {
+                    match batch_item(request) {
+                        Some(item) => {
+                            items.push(item);
+                            batched.push((*seq, request));
+                        }
+                        None => sent.errors.add("not_batchable"),
+                    }
+                }
+                let mut builder = http
+                    .post(format!("{base}/api/publish"))
+                    .bearer_auth(&bearer)
+                    .json(&json!({ "messages": items }));
+                if let Some(replica) = requests.first().and_then(|r| r.sticky.as_ref()) {
+                    builder = builder.header("cookie", format!("sticky={replica}"));
+                }
+                let outcome = match builder.send().await {
+                    Ok(response) => {
+                        let status = response.status();
+                        let body = response.json::<Value>().await.unwrap_or(Value::Null);
+                        match body["results"].as_array() {
+                            Some(results) if results.len() == batched.len() => Ok(results.clone()),
+                            _ => Err(format!("http_{}", status.as_u16())),
+                        }
+                    }
+                    Err(err) => Err(reqwest_kind(&err)),
+                };
+                let done = clock.us();
+                sent.last_us = sent.last_us.max(done);
+                sent.round_trips
+                    .push(u32::try_from(done - now).unwrap_or(u32::MAX));
+                live.sent.fetch_add(seqs.len() as u64, Ordering::Relaxed);
+                let results = match outcome {
+                    Ok(results) => results,
+                    Err(kind) => {
+                        for _ in &batched {
+                            sent.errors.add(&kind);
+                        }
+                        continue;
+                    }
+                };
+                for ((seq, request), result) in batched.into_iter().zip(results) {
+                    if let Some(code) = result["error"]["code"].as_str() {
+                        sent.errors.add(code);
+                        continue;
+                    }
+                    if let Some((acks, client)) = &request.ack {
+                        acks.bump(*client);
+                    }
+                    sent.accepted.push(Accepted {
+                        seq,
+                        body: result,
+                        sent_us: now,
+                        answered_us: done,
+                    });
+                }
+            }
+            sent
+        }));
+    }
+    gather(workers).await
+}
+
+/// A batch's message for a single-publish request: its target from the path.
+fn batch_item(request: &Request) -> Option<Value> {
+    if let Some(client) = request.path.strip_prefix("/api/publish/") {
+        return Some(json!({ "client_id": client, "text": request.text }));
+    }
+    let channel = request
+        .path
+        .strip_prefix("/api/channels/")?
+        .strip_suffix("/publish")?;
+    Some(json!({ "channel": channel, "text": request.text }))
+}
+
+/// The workers' tallies as one.
+async fn gather(workers: Vec<tokio::task::JoinHandle<Sent>>) -> Sent {
     let mut all = Sent {
         first_us: u64::MAX,
         ..Sent::default()

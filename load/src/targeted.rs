@@ -112,6 +112,9 @@ pub(super) fn account(sent: &Sent, tallies: &[Tally]) -> Accounting {
 }
 
 pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
+    if ctx.args.batch > 1 && ctx.args.api_key.is_none() {
+        anyhow::bail!("--batch publishes through POST /api/publish: it needs --api-key");
+    }
     let observed = publish_run(ctx, None).await?;
     let acc = account(&observed.sent, &observed.tallies);
     let mut report = ctx.report();
@@ -228,18 +231,17 @@ async fn publish(
         .iter()
         .map(|&c| (c, creds[c as usize].clone()))
         .collect();
-    let sent = ctx
-        .send(rate, move |seq, now| {
-            let (client, creds) = &targets[(seq % targets.len() as u64) as usize];
-            Request {
-                path: format!("/api/publish/{}", creds.client_id),
-                bearer: creds.token.clone(),
-                sticky: None,
-                text: deliveries::text(&tag, *client, seq, now),
-                ack: acks.clone().map(|acks| (acks, *client)),
-            }
-        })
-        .await;
+    let sent = send(ctx, rate, move |seq, now| {
+        let (client, creds) = &targets[(seq % targets.len() as u64) as usize];
+        Request {
+            path: format!("/api/publish/{}", creds.client_id),
+            bearer: creds.token.clone(),
+            sticky: None,
+            text: deliveries::text(&tag, *client, seq, now),
+            ack: acks.clone().map(|acks| (acks, *client)),
+        }
+    })
+    .await;
     let fault_us = match fault_task {
         Some(task) => task.await.ok(),
         None => None,
@@ -247,6 +249,45 @@ async fn publish(
     settle_accepted(ctx, &sent).await;
     drop(bar);
     (sent, fault_us)
+}
+
+/// What [`Ctx::send`] sends, or with `--batch N` the same messages N to a request through
+/// `POST /api/publish` with the API key (`--api-key`).
+pub(super) async fn send<F>(ctx: &Ctx, rate: f64, make: F) -> Sent
+where
+    F: Fn(u64, u64) -> Request + Send + Sync + 'static,
+{
+    let args = &ctx.args;
+    let Some(key) = args.api_key.clone().filter(|_| args.batch > 1) else {
+        return ctx.send(rate, make).await;
+    };
+    let plan = crate::publisher::Plan {
+        count: args.messages,
+        rate,
+        concurrency: args.concurrency,
+        deadline: ctx.until_deadline(Duration::from_secs_f64(args.settle + 2.0)),
+    };
+    let (http, base) = (ctx.deployment.http.clone(), ctx.deployment.base.clone());
+    let batching = (args.batch, key);
+    crate::publisher::send_batches(
+        http,
+        base,
+        plan,
+        batching,
+        ctx.clock,
+        ctx.live.clone(),
+        make,
+    )
+    .await
+}
+
+/// `" in batches of N"` under `--batch N`, else nothing.
+pub(super) fn batch_note(ctx: &Ctx) -> String {
+    if ctx.args.batch > 1 {
+        format!(" in batches of {}", ctx.args.batch)
+    } else {
+        String::new()
+    }
 }
 
 /// Two error tallies as one line.
@@ -351,7 +392,8 @@ pub(super) fn report_common(ctx: &Ctx, report: &mut Report, o: &Observed, acc: &
     report.row(
         "sent",
         format!(
-            "{attempted} publishes in {send_s:.2} s ({:.0}/s{}), {} in flight at most",
+            "{attempted} publishes{} in {send_s:.2} s ({:.0}/s{}), {} in flight at most",
+            batch_note(ctx),
             per_second(attempted, send_s),
             if ctx.args.rate > 0.0 {
                 format!(", target {}/s", ctx.args.rate)
@@ -387,6 +429,7 @@ pub(super) fn report_common(ctx: &Ctx, report: &mut Report, o: &Observed, acc: &
         report.figure("cpu", cpu.json(acc.unique, "delivery"));
     }
     report.figure("sockets", o.fleet_opened);
+    report.figure("batch", ctx.args.batch.max(1) as u64);
     report.figure("minted", o.minted as u64);
     report.figure("socket_errors", o.fleet_errors.json());
     report.figure("sockets_by_replica", json!(o.by_replica));

@@ -40,6 +40,16 @@ impl IdempotencyKey {
         Ok(Self(Sha256::digest(raw).into()))
     }
 
+    /// The key of message `index` of a batch sent under this key: a retry of the same batch
+    /// under the same key gives each message the same key again, and no two messages one.
+    pub fn item(&self, index: usize) -> Self {
+        let mut digest = Sha256::new();
+        digest.update(b"stickyws batch item\0");
+        digest.update(self.0);
+        digest.update((index as u64).to_be_bytes());
+        Self(digest.finalize().into())
+    }
+
     /// Lower-case hex of the digest: how the Redis broker names the key's record.
     pub fn hex(&self) -> String {
         hex::encode(self.0)

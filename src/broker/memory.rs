@@ -397,6 +397,13 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_batch_publishes_each_message_as_a_single_publish_would() {
+        let (a, b, seen_a, seen_b) = pair();
+        suite::a_batch_publishes_each_message_as_a_single_publish_would(&a, &b, &seen_a, &seen_b)
+            .await;
+    }
+
+    #[tokio::test]
     async fn announced_replicas_are_listed() {
         let (a, b, _, _) = pair();
         suite::announced_replicas_are_listed(&a, &b).await;

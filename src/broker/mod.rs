@@ -40,7 +40,7 @@ use crate::target::Target;
 use crate::token::ClientId;
 
 /// Why the broker could not do what was asked.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum BrokerError {
     /// The broker cannot be reached now and nothing was sent (or it refused the request before
     /// acting on it): the message was not accepted. Callers answer 503 and try again later.
@@ -72,6 +72,14 @@ pub struct Published {
     /// True when this was a repeat of an idempotency key already used for the target: the
     /// fields above are the first publish's, and nothing was sent again.
     pub repeated: bool,
+}
+
+/// One message of a batch ([`Driver::publish_many`]): what [`Driver::publish_once`] takes.
+#[derive(Clone, Debug)]
+pub struct Publication {
+    pub target: Target,
+    pub payload: Vec<u8>,
+    pub key: Option<IdempotencyKey>,
 }
 
 /// Resolves once the broker has confirmed a subscription.
@@ -107,6 +115,26 @@ pub trait Driver: Send + Sync + 'static {
         payload: Vec<u8>,
         key: Option<&IdempotencyKey>,
     ) -> impl Future<Output = Result<Published, BrokerError>> + Send;
+
+    /// Each of `batch` as [`Driver::publish_once`] would publish it, in the order given, with
+    /// each one's outcome in that order. A driver with round trips sends the whole batch in
+    /// one; this default, one after another, is for the in-process broker, which has none.
+    fn publish_many(
+        &self,
+        batch: Vec<Publication>,
+    ) -> impl Future<Output = Vec<Result<Published, BrokerError>>> + Send {
+        async move {
+            let mut results = Vec::with_capacity(batch.len());
+            for message in batch {
+                let key = message.key.as_ref();
+                results.push(
+                    self.publish_once(&message.target, message.payload, key)
+                        .await,
+                );
+            }
+            results
+        }
+    }
 
     /// What the target's history holds after `after` (for a reconnecting client).
     fn history(
@@ -216,6 +244,14 @@ impl Driver for Broker {
             Broker::Memory(b) => b.publish_once(target, payload, key).await,
             Broker::Redis(b) => b.publish_once(target, payload, key).await,
             Broker::RedisCluster(b) => b.publish_once(target, payload, key).await,
+        }
+    }
+
+    async fn publish_many(&self, batch: Vec<Publication>) -> Vec<Result<Published, BrokerError>> {
+        match self {
+            Broker::Memory(b) => b.publish_many(batch).await,
+            Broker::Redis(b) => b.publish_many(batch).await,
+            Broker::RedisCluster(b) => b.publish_many(batch).await,
         }
     }
 
@@ -649,6 +685,94 @@ pub(crate) mod suite {
             rest,
             [&b"m1"[..], b"m2", b"m3", b"plain", b"plain"],
             "each keyed message once, repeats never"
+        );
+    }
+
+    /// A batch is each of its messages published as a single publish would be, in order, with
+    /// each outcome in its place: receivers, positions, and a key used twice delivered once.
+    pub(crate) async fn a_batch_publishes_each_message_as_a_single_publish_would<D: Driver>(
+        a: &D,
+        b: &D,
+        seen_a: &Collected,
+        seen_b: &Collected,
+    ) {
+        assert!(a.publish_many(Vec::new()).await.is_empty());
+        let (alice, bob) = (
+            Target::Client(client("alice")),
+            Target::Client(client("bob")),
+        );
+        let room = Target::Channel(crate::channel::ChannelName::parse("room:batch").unwrap());
+        a.hold(&alice).await.unwrap();
+        a.hold(&room).await.unwrap();
+        b.hold(&bob).await.unwrap();
+        b.hold(&room).await.unwrap();
+        let k = IdempotencyKey::parse(b"batch-k").unwrap();
+        let message = |target: &Target, text: &str, key: Option<IdempotencyKey>| Publication {
+            target: target.clone(),
+            payload: text.as_bytes().to_vec(),
+            key,
+        };
+        let batch = vec![
+            message(&alice, "1", None),
+            message(&bob, "2", None),
+            message(&room, "3", None),
+            message(&Target::Client(client("nobody")), "4", None),
+            message(&alice, "5", Some(k)),
+            message(&alice, "5 again", Some(k)),
+            message(&bob, "6", Some(k)),
+        ];
+        let results: Vec<Published> = a
+            .publish_many(batch)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let receivers: Vec<u64> = results.iter().map(|p| p.receivers).collect();
+        assert_eq!(receivers, [1, 1, 2, 0, 1, 1, 1], "{results:?}");
+        let repeated: Vec<bool> = results.iter().map(|p| p.repeated).collect();
+        assert_eq!(repeated, [false, false, false, false, false, true, false]);
+        assert!(results.iter().all(|p| p.position.is_some()), "{results:?}");
+        let id = |i: usize| results[i].position.unwrap().id;
+        assert!(id(0) < id(4), "alice's in order");
+        assert_eq!(
+            results[5].position, results[4].position,
+            "the first outcome"
+        );
+        assert_eq!(
+            a.newest(std::slice::from_ref(&alice)).await.unwrap()[0],
+            results[4].position.unwrap(),
+            "the repeat was not appended"
+        );
+        // A marker behind the batch: whatever a replica got of it arrived before.
+        let marker = Target::Client(client("b-marker"));
+        b.hold(&marker).await.unwrap();
+        a.publish(&marker, b"marker".to_vec()).await.unwrap();
+        let expect = |texts: &[&str]| -> Vec<Vec<u8>> {
+            texts.iter().map(|t| t.as_bytes().to_vec()).collect()
+        };
+        // Each once, and each target's in the batch's order; targets on different shards of a
+        // cluster arrive in no order among themselves.
+        let in_order = |got: Vec<Vec<u8>>, first: &[u8], then: &[u8]| {
+            let at = |p: &[u8]| got.iter().position(|g| g == p);
+            assert!(at(first) < at(then), "{first:?} before {then:?}");
+            let mut got = got;
+            got.sort();
+            got
+        };
+        let got_a = in_order(seen_a.payloads(3).await, b"1", b"5");
+        assert_eq!(got_a, expect(&["1", "3", "5"]), "each once");
+        let got_b = in_order(seen_b.payloads(4).await, b"2", b"6");
+        assert_eq!(got_b, expect(&["2", "3", "6", "marker"]), "each once");
+        let again = a
+            .publish_many(vec![message(&alice, "5 later", Some(k))])
+            .await;
+        assert_eq!(
+            again[0].as_ref().unwrap(),
+            &Published {
+                repeated: true,
+                ..results[4]
+            },
+            "a retried batch repeats nothing"
         );
     }
 

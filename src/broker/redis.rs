@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManagerConfig, PubSubSink, PubSubStream};
+use redis::aio::{ConnectionLike, ConnectionManagerConfig, PubSubSink, PubSubStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -30,8 +30,8 @@ use super::redis_conn::RedisConn;
 pub use super::redis_keys::*;
 use super::redis_members;
 use super::{
-    Announcement, BrokerError, ClientId, Driver, History, IdempotencyKey, Inbox, Published,
-    Subscribed, Window,
+    Announcement, BrokerError, ClientId, Driver, History, IdempotencyKey, Inbox, Publication,
+    Published, Subscribed, Window,
 };
 use crate::backoff::Backoff;
 use crate::channel::ChannelName;
@@ -382,6 +382,63 @@ impl Driver for RedisBroker {
         })
     }
 
+    /// The whole batch as one pipeline of the commands [`Driver::publish_once`] sends one at a
+    /// time (one write, one round trip; Redis runs them in order, so each target's history
+    /// order is still the batch's). Redis answers each command apart, so one refused message
+    /// (its script raised an error) does not fail the others; a lost connection or a timeout
+    /// leaves every message of the batch `OutcomeUnknown`, since any of them may have run.
+    async fn publish_many(&self, batch: Vec<Publication>) -> Vec<Result<Published, BrokerError>> {
+        let mut results: Vec<Option<Result<Published, BrokerError>>> = vec![None; batch.len()];
+        let mut pending: Vec<usize> = (0..batch.len()).collect();
+        // A script Redis does not know (restarted, or SCRIPT FLUSH) answers NOSCRIPT and does
+        // nothing: those messages go once more, behind a SCRIPT LOAD of each script.
+        for load in [false, true] {
+            if pending.is_empty() {
+                break;
+            }
+            let mut pipe = redis::pipe();
+            let mut loads = 0;
+            if load {
+                for script in [PUBLISH_SCRIPT, PUBLISH_ONCE_SCRIPT] {
+                    pipe.cmd("SCRIPT").arg("LOAD").arg(script);
+                    loads += 1;
+                }
+            }
+            let shapes: Vec<Shape> = pending
+                .iter()
+                .map(|&i| self.add_publish(&mut pipe, &batch[i]))
+                .collect();
+            let mut conn = self.inner.conn.clone();
+            let replies = conn.req_packed_commands(&pipe, loads, pending.len()).await;
+            let replies = match replies {
+                Ok(replies) => replies,
+                Err(err) => {
+                    let err = publish_failed(err);
+                    for &i in &pending {
+                        results[i] = Some(Err(err.clone()));
+                    }
+                    break;
+                }
+            };
+            let mut unknown_script = Vec::new();
+            for ((i, shape), reply) in pending.iter().copied().zip(shapes).zip(replies) {
+                match shape.parse(reply) {
+                    Err(Reply::NoScript) if !load => unknown_script.push(i),
+                    Err(Reply::NoScript) => {
+                        results[i] = Some(Err(unavailable("redis does not keep the script")));
+                    }
+                    Err(Reply::Failed(err)) => results[i] = Some(Err(err)),
+                    Ok(published) => results[i] = Some(Ok(published)),
+                }
+            }
+            pending = unknown_script;
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(unavailable("not sent"))))
+            .collect()
+    }
+
     async fn history(&self, target: &Target, after: Position) -> Result<History, BrokerError> {
         let keys = keys(target);
         let mut conn = self.inner.conn.clone();
@@ -532,6 +589,106 @@ impl Driver for RedisBroker {
             .collect();
         listed.sort_by(|a, b| a.replica.cmp(&b.replica));
         Ok(listed)
+    }
+}
+
+/// How a publish command of a pipeline answers.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// PUBLISH: the receivers.
+    Plain,
+    /// The publish-once script: `{receivers, repeated}`.
+    Once,
+    /// The publish script: `{epoch, id, receivers, repeated}`.
+    Kept,
+}
+
+/// Why one reply of a pipeline is not an outcome.
+enum Reply {
+    /// The script was not known: nothing was done.
+    NoScript,
+    Failed(BrokerError),
+}
+
+impl RedisBroker {
+    /// Appends to `pipe` the command [`Driver::publish_once`] would send for `message`.
+    fn add_publish(&self, pipe: &mut redis::Pipeline, message: &Publication) -> Shape {
+        let inner = &self.inner;
+        let keys = keys(&message.target);
+        let record = message
+            .key
+            .as_ref()
+            .map(|key| idempotency_record(&message.target, key));
+        let ttl = inner.window.ttl.as_millis().max(1) as u64;
+        if !inner.window.enabled() {
+            let Some(record) = record else {
+                pipe.cmd("PUBLISH").arg(keys.channel).arg(&message.payload);
+                return Shape::Plain;
+            };
+            pipe.cmd("EVALSHA")
+                .arg(inner.publish_once_script.get_hash())
+                .arg(2)
+                .arg(keys.channel)
+                .arg(record)
+                .arg(&message.payload)
+                .arg(ttl);
+            return Shape::Once;
+        }
+        let command = pipe
+            .cmd("EVALSHA")
+            .arg(inner.publish_script.get_hash())
+            .arg(if record.is_some() { 4 } else { 3 })
+            .arg(keys.stream)
+            .arg(keys.channel)
+            .arg(keys.epoch);
+        if let Some(record) = record {
+            command.arg(record);
+        }
+        command
+            .arg(&message.payload)
+            .arg(inner.window.cap(&message.target))
+            .arg(ttl)
+            .arg(Epoch::fresh().to_string());
+        Shape::Kept
+    }
+}
+
+impl Shape {
+    fn parse(self, reply: redis::Value) -> Result<Published, Reply> {
+        if let redis::Value::ServerError(err) = reply {
+            let err = redis::RedisError::from(err);
+            if err.code() == Some("NOSCRIPT") {
+                return Err(Reply::NoScript);
+            }
+            return Err(Reply::Failed(publish_failed(err)));
+        }
+        // The command ran: an answer that does not parse is ours to explain, not an outage,
+        // but the message went out.
+        let odd = |e: &dyn fmt::Display| Reply::Failed(BrokerError::OutcomeUnknown(e.to_string()));
+        let (receivers, position, repeated) = match self {
+            Shape::Plain => (
+                redis::from_redis_value(reply).map_err(|e| odd(&e))?,
+                None,
+                0,
+            ),
+            Shape::Once => {
+                let (receivers, repeated): (u64, u8) =
+                    redis::from_redis_value(reply).map_err(|e| odd(&e))?;
+                (receivers, None, repeated)
+            }
+            Shape::Kept => {
+                let (epoch, id, receivers, repeated): (String, String, u64, u8) =
+                    redis::from_redis_value(reply).map_err(|e| odd(&e))?;
+                let epoch: Epoch = epoch.parse().map_err(|e| odd(&e))?;
+                let id: StreamId = id.parse().map_err(|e| odd(&e))?;
+                (receivers, Some(Position::new(epoch, id)), repeated)
+            }
+        };
+        Ok(Published {
+            receivers,
+            position,
+            repeated: repeated == 1,
+        })
     }
 }
 
@@ -855,6 +1012,15 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_batch_publishes_each_message_as_a_single_publish_would() {
+        let server = start_server();
+        let (a, b, seen_a, seen_b) = pair(&server.redis.url()).await;
+        // A fresh Redis knows no script yet: the batch also takes the NOSCRIPT path.
+        suite::a_batch_publishes_each_message_as_a_single_publish_would(&a, &b, &seen_a, &seen_b)
+            .await;
+    }
+
+    #[tokio::test]
     async fn announced_replicas_are_listed() {
         let server = start_server();
         let (a, b, _, _) = pair(&server.redis.url()).await;
@@ -888,6 +1054,21 @@ mod tests {
             "{result:?}"
         );
         assert!(started.elapsed() < Duration::from_secs(5));
+        let batch = (0..3)
+            .map(|i| Publication {
+                target: Target::Broadcast,
+                payload: vec![i],
+                key: None,
+            })
+            .collect();
+        let results = broker.publish_many(batch).await;
+        assert_eq!(results.len(), 3);
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, Err(BrokerError::Unavailable(_)))),
+            "refused: none was accepted, and each says so: {results:?}"
+        );
         assert!(!broker.is_ready());
         let broker = Broker::Redis(broker);
         assert!(

@@ -211,7 +211,51 @@ async fn bounded<T>(request: impl Future<Output = redis::RedisResult<T>>) -> red
         })
 }
 
+/// Most targets of one batch published at once.
+const BATCH_TARGETS_AT_ONCE: usize = 64;
+
 impl Driver for RedisClusterBroker {
+    /// A batch spans slots, so it cannot be one pipeline: the messages of different targets go
+    /// at once (the cluster connection sends each to its shard, so a shard gets its part of the
+    /// batch together), those of one target one after another, so its history keeps their order.
+    async fn publish_many(
+        &self,
+        batch: Vec<super::Publication>,
+    ) -> Vec<Result<Published, BrokerError>> {
+        use futures_util::StreamExt;
+        let count = batch.len();
+        let mut by_target: std::collections::HashMap<Target, Vec<(usize, super::Publication)>> =
+            std::collections::HashMap::new();
+        for (i, message) in batch.into_iter().enumerate() {
+            by_target
+                .entry(message.target.clone())
+                .or_default()
+                .push((i, message));
+        }
+        let runs = by_target.into_values().map(|messages| async move {
+            let mut outcomes = Vec::with_capacity(messages.len());
+            for (i, message) in messages {
+                let outcome = self
+                    .publish_once(&message.target, message.payload, message.key.as_ref())
+                    .await;
+                outcomes.push((i, outcome));
+            }
+            outcomes
+        });
+        let mut results: Vec<Option<Result<Published, BrokerError>>> =
+            std::iter::repeat_with(|| None).take(count).collect();
+        let mut done = futures_util::stream::iter(runs).buffer_unordered(BATCH_TARGETS_AT_ONCE);
+        while let Some(outcomes) = done.next().await {
+            for (i, outcome) in outcomes {
+                results[i] = Some(outcome);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(BrokerError::Unavailable("not sent".to_owned()))))
+            .collect()
+    }
+
     async fn publish_once(
         &self,
         target: &Target,
@@ -836,6 +880,14 @@ mod tests {
         let cluster = start_cluster();
         let (a, b, seen_a, _) = pair(&cluster).await;
         suite::a_key_publishes_once_per_target(&a, &b, &seen_a).await;
+    }
+
+    #[tokio::test]
+    async fn a_batch_publishes_each_message_as_a_single_publish_would() {
+        let cluster = start_cluster();
+        let (a, b, seen_a, seen_b) = pair(&cluster).await;
+        suite::a_batch_publishes_each_message_as_a_single_publish_would(&a, &b, &seen_a, &seen_b)
+            .await;
     }
 
     #[tokio::test]

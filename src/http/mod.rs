@@ -2,6 +2,7 @@
 //! state is in [`state`], the per-route timing layer in [`timing`].
 
 mod api;
+mod batch;
 mod channels;
 mod drills;
 mod error;
@@ -36,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/clients", post(timed(m, api::mint_client)))
         .route("/api/echo/{client_id}", post(timed(m, api::echo)))
         .route("/api/direct/{client_id}", post(timed(m, api::direct)))
+        .route("/api/publish", post(timed(m, batch::publish)))
         .route("/api/publish/{client_id}", post(timed(m, api::publish)))
         .route("/api/broadcast", post(timed(m, api::broadcast)))
         .route(

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod api;
+mod batch;
 mod browser;
 mod channels;
 mod cluster_command;
