@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
@@ -142,6 +142,7 @@ impl ServerPids {
         });
         CpuMeter {
             procs: self.procs.clone(),
+            started: Instant::now(),
             first,
             last,
             _stop: stop.drop_guard(),
@@ -188,6 +189,7 @@ fn sample(pids: &[u32], last: &Mutex<HashMap<u32, u64>>) {
 #[derive(Debug)]
 pub struct CpuMeter {
     procs: Vec<(u32, Role)>,
+    started: Instant,
     first: HashMap<u32, u64>,
     last: Arc<Mutex<HashMap<u32, u64>>>,
     /// Stops the sampler task when the meter goes.
@@ -225,17 +227,33 @@ impl CpuMeter {
         CpuUsed {
             by_role,
             by_process,
+            seconds: self.started.elapsed().as_secs_f64(),
         }
     }
 }
 
-/// A replica's `APP_ID` (from its environment, readable for processes of the same user), else
-/// `<role>-<pid>`: what a per-replica figure is labelled with.
+/// A replica's `APP_ID` (from its environment, readable for processes of the same user), a
+/// Redis node's `redis-<port>` (from its process title), else `<role>-<pid>`: what a
+/// per-process figure is labelled with. Redis by port because that is how a cluster's nodes
+/// are known (the banner, `CLUSTER NODES`): the bench tells the shard owning a slot that way.
 fn process_name(pid: u32, role: Role) -> String {
-    (role == Role::Replica)
-        .then(|| environ_var(pid, "APP_ID"))
-        .flatten()
-        .unwrap_or_else(|| format!("{}-{pid}", role.as_str()))
+    match role {
+        Role::Replica => environ_var(pid, "APP_ID"),
+        Role::Redis => std::fs::read(format!("/proc/{pid}/cmdline"))
+            .ok()
+            .and_then(|title| redis_port(&String::from_utf8_lossy(&title)))
+            .map(|port| format!("redis-{port}")),
+        _ => None,
+    }
+    .unwrap_or_else(|| format!("{}-{pid}", role.as_str()))
+}
+
+/// The port in a `redis-server` process title (`redis-server 127.0.0.1:7001 [cluster]`, which
+/// Redis writes over its argv; NUL-separated when it has not).
+fn redis_port(title: &str) -> Option<u16> {
+    title
+        .split(|c: char| c == '\0' || c.is_whitespace())
+        .find_map(|word| word.rsplit_once(':')?.1.parse().ok())
 }
 
 /// A variable of a process's environment (e.g. a replica's `REDIS_URL`), if readable.
@@ -270,6 +288,8 @@ pub struct CpuUsed {
     by_role: BTreeMap<Role, (u64, usize)>,
     /// Each process on its own (per-replica figures: who did the work).
     pub by_process: Vec<ProcessUsed>,
+    /// Wall time the meter ran, for CPU per second of each process.
+    seconds: f64,
 }
 
 impl CpuUsed {
@@ -322,6 +342,23 @@ impl CpuUsed {
             json!(per(self.role_ms(Role::Replica))),
         );
         out.insert("by_role".to_owned(), Value::Object(roles));
+        // Each process's share, so a figure can say which one did the work (e.g. the one shard
+        // that owns the broadcast slot, against the other Redis nodes).
+        let seconds = self.seconds;
+        let processes: Vec<Value> = self
+            .by_process
+            .iter()
+            .map(|p| {
+                json!({
+                    "name": p.name,
+                    "role": p.role.as_str(),
+                    "ms": p.ms(),
+                    "ms_per_s": (seconds > 0.0).then(|| p.ms() / seconds),
+                })
+            })
+            .collect();
+        out.insert("seconds".to_owned(), json!(seconds));
+        out.insert("by_process".to_owned(), Value::Array(processes));
         Value::Object(out)
     }
 }
@@ -355,5 +392,15 @@ mod tests {
         assert_eq!(pids.procs.len(), 1);
         assert!(ServerPids::resolve(&[], None).unwrap().is_none());
         assert_eq!(parse_pids("1, 2,").unwrap(), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_redis_node_is_named_by_the_port_in_its_title() {
+        assert_eq!(
+            redis_port("redis-server 127.0.0.1:7001 [cluster]"),
+            Some(7001)
+        );
+        assert_eq!(redis_port("redis-server *:6379"), Some(6379));
+        assert_eq!(redis_port("redis-server\0--port\0x"), None);
     }
 }
