@@ -16,6 +16,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import shlex
 import socket
 import struct
@@ -416,27 +417,119 @@ def check_failover(front, stop_command, stopped):
             f"({what}); {waited} of {len(front.timings)} took over 1.5s")
 
 
+def drills_token(front):
+    status, page, _ = front.request("GET", "/")
+    expect(status == 200, f"GET /: HTTP {status}")
+    found = re.search(r'data-drills-token="([^"]*)"', str(page))
+    expect(found is not None, "the page has no data-drills-token attribute")
+    return found.group(1)
+
+
+def drills_state(front, token):
+    status, state, _ = front.request("GET", "/api/drills", token=token)
+    expect(status == 200, f"GET /api/drills: HTTP {status} {state}")
+    return state
+
+
+def wait_drills(front, token, limit, wanted):
+    """Polls GET /api/drills until wanted(state) or limit seconds; the seconds it took."""
+    started = time.monotonic()
+    state = None
+    while time.monotonic() - started < limit:
+        state = drills_state(front, token)
+        if wanted(state):
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise CheckFailed(f"not within {limit}s; last state {state}")
+
+
+def replica_row(state, replica):
+    return next((r for r in state["replicas"] if r["id"] == replica), {})
+
+
+def check_drills_off(front):
+    token = drills_token(front)
+    expect(token == "", f"drills are off but the page carries a drills token {token!r}")
+    status, body, _ = front.request("GET", "/api/drills", token="anything")
+    expect(status == 404 and body["error"]["code"] == "drills_off",
+           f"GET /api/drills: HTTP {status} {body}")
+    return "the page has no drills token; GET /api/drills answers 404 drills_off"
+
+
+def check_drills(front, replica):
+    token = drills_token(front)
+    expect(token != "", "the page's data-drills-token is empty: drills are not on")
+    status, body, _ = front.request("GET", "/api/drills", token="wrong-token")
+    expect(status == 401, f"GET /api/drills with a wrong token: HTTP {status} {body}")
+    expect([r["id"] for r in drills_state(front, token)["replicas"]] == list(REPLICAS),
+           "the drills do not list app-1..app-3")
+
+    started = time.monotonic()
+    status, body, _ = front.request("POST", "/api/drills/kill", token=token,
+                                    body={"replica": replica}, timeout=25)
+    expect(status == 200, f"kill {replica}: HTTP {status} {body}")
+    down = wait_drills(front, token, 2, lambda s: replica_row(s, replica).get("state") == "down")
+    killed_in = time.monotonic() - started
+    status, body, _ = front.request("POST", "/api/drills/kill", token=token,
+                                    body={"replica": replica})
+    expect(status == 409, f"killing a killed {replica}: HTTP {status} {body}")
+
+    started = time.monotonic()
+    status, body, _ = front.request("POST", "/api/drills/restart", token=token,
+                                    body={"replica": replica}, timeout=25)
+    expect(status == 200, f"restart {replica}: HTTP {status} {body}")
+    wait_drills(front, token, 15, lambda s: replica_row(s, replica).get("state") == "up")
+    client = front.mint()
+    answered = None
+    for _ in range(100):
+        status, reply, _ = front.request("POST", f"/api/echo/{client['client_id']}",
+                                         token=client["token"], body={"text": "back"},
+                                         cookie=sticky(replica))
+        if status == 200 and reply.get("replica") == replica:
+            answered = time.monotonic() - started
+            break
+        time.sleep(0.1)
+    expect(answered is not None, f"{replica} did not answer its sticky echo after the restart")
+
+    status, body, _ = front.request("POST", "/api/drills/redis-freeze", token=token,
+                                    body={"seconds": 2})
+    expect(status == 200, f"redis-freeze: HTTP {status} {body}")
+    expect(body["state"]["redis"]["state"] == "frozen", f"after the freeze: {body['state']}")
+    resumed = wait_drills(front, token, 6, lambda s: s["redis"]["state"] == "up")
+    return (f"kill {replica}: down in the state {killed_in:.1f}s after the POST (seen after "
+            f"{down:.1f}s of polling); restart: answering its sticky echo after "
+            f"{answered:.1f}s; redis frozen 2s, up again {resumed:.1f}s after the answer")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--stop", metavar="COMMAND",
                         help="shell words that stop one replica (the failover check)")
     parser.add_argument("--stopped", default="app-2", help="the APP_ID that --stop stops")
-    parser.add_argument("--only", choices=("buttons", "failover"),
-                        help="run only the six buttons' checks, or only the failover")
+    parser.add_argument("--only", choices=("buttons", "failover", "drills", "drills-off"),
+                        help="run only the six buttons' checks, the failover, the fault drills "
+                             "(docker/compose.drills.yml layered on) or their absence")
     args = parser.parse_args()
     if args.only == "failover" and not args.stop:
         parser.error("--only failover needs --stop")
     front = Front(args.url)
 
-    checks = [] if args.only == "failover" else [
-        ("1 HTTP & round robin", lambda: check_round_robin(front)),
-        ("2 HTTP & sticky", lambda: check_sticky(front)),
-        ("3 WebSocket only", lambda: check_ws_only(front)),
-        ("4 publish through Redis", lambda: check_publish(front)),
-        ("5 direct, no cookie", lambda: check_direct_round_robin(front)),
-        ("6 direct, sticky", lambda: check_direct_sticky(front)),
-    ]
+    if args.only in ("drills", "drills-off"):
+        checks = [("drills", lambda: check_drills(front, args.stopped))] \
+            if args.only == "drills" else [("drills off", lambda: check_drills_off(front))]
+        args.stop = None
+    elif args.only == "failover":
+        checks = []
+    else:
+        checks = [
+            ("1 HTTP & round robin", lambda: check_round_robin(front)),
+            ("2 HTTP & sticky", lambda: check_sticky(front)),
+            ("3 WebSocket only", lambda: check_ws_only(front)),
+            ("4 publish through Redis", lambda: check_publish(front)),
+            ("5 direct, no cookie", lambda: check_direct_round_robin(front)),
+            ("6 direct, sticky", lambda: check_direct_sticky(front)),
+        ]
     if args.stop and args.only != "buttons":
         command = shlex.split(args.stop)
         checks.append(("failover", lambda: check_failover(front, command, args.stopped)))

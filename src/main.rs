@@ -29,6 +29,9 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Run the local demo: redis-server, N replicas and nginx on loopback.
     Cluster(ClusterArgs),
+    /// Serve the fault drills for a docker compose project (docker/compose.drills.yml), acting
+    /// on its containers through the Docker socket; needs DRILLS_TOKEN.
+    DrillsDocker(stickyws::ops::docker_drills::DockerDrillsArgs),
     /// Drive traffic against a running deployment and report (or check) what it does.
     ///
     /// Runs the `stickyws-load` program beside this one; `stickyws load --help` lists the
@@ -69,6 +72,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(stickyws::ops::cluster::run(args)),
+        Command::DrillsDocker(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(stickyws::ops::docker_drills::run(args)),
         Command::Load { args } => forward_to_load(args),
     }
 }

@@ -6,6 +6,10 @@
 //! ([`crate::drill`]), acts on [`super::supervisor`]'s children and answers the state after.
 //! Only the replicas the cluster started know the address and the token; the page reaches this
 //! through them.
+//!
+//! The HTTP layer (routes, token, error shape) is shared with `stickyws drills-docker`
+//! ([`super::docker_drills`]), which carries the same drills out on a compose project's
+//! containers: both implement [`Backend`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +41,20 @@ const REDIS_READY_WITHIN: Duration = Duration::from_secs(10);
 /// A drill aimed at the replica that forwarded it waits this long, so the answer gets out first.
 const SELF_DRILL_DELAY: Duration = Duration::from_millis(300);
 
+/// What carries the drills out behind the control API: the cluster's process table
+/// ([`Control`]) or the Docker engine ([`super::docker_drills`]).
+pub trait Backend: Clone + Send + Sync + 'static {
+    /// `GET /drills`'s answer: the state described in DRILLS.md.
+    fn state(&self) -> impl Future<Output = Result<Value, Refused>> + Send;
+    /// Runs a checked drill; `from` is the replica that forwarded it. Answers
+    /// `{"drill", "target", "state"}` (and `"pending": true` when it runs just after).
+    fn run(
+        &self,
+        drill: Drill,
+        from: Option<&str>,
+    ) -> impl Future<Output = Result<Value, Refused>> + Send;
+}
+
 /// What the drills act on.
 #[derive(Clone, Debug)]
 pub struct Control {
@@ -59,7 +77,7 @@ pub enum Refused {
 
 /// The contract's error shape, `{"error": {"code", "message"}}` (the replicas' own is in
 /// `crate::http`, which a supervisor does not run).
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+pub(super) fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     let message = message.into();
     (
         status,
@@ -69,7 +87,7 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
 }
 
 impl Refused {
-    fn into_response(self) -> Response {
+    pub(super) fn into_response(self) -> Response {
         let message = self.message();
         match self {
             Refused::Bad(bad) => error(bad.status(), bad.code(), message),
@@ -321,29 +339,58 @@ impl Control {
         });
         Ok(())
     }
+}
 
-    fn authorized(&self, headers: &HeaderMap) -> bool {
-        use sha2::{Digest, Sha256};
-        use subtle::ConstantTimeEq;
-        let given = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        given.is_some_and(|given| {
-            Sha256::digest(given.as_bytes())
-                .ct_eq(&Sha256::digest(self.token.as_bytes()))
-                .into()
-        })
+impl Backend for Control {
+    async fn state(&self) -> Result<Value, Refused> {
+        serde_json::to_value(self.sup.snapshot()).map_err(|err| Refused::Failed(err.to_string()))
     }
+
+    async fn run(&self, drill: Drill, from: Option<&str>) -> Result<Value, Refused> {
+        Control::run(self, drill, from).await
+    }
+}
+
+/// `Authorization: Bearer <token>`, compared in constant time.
+fn authorized(token: &str, headers: &HeaderMap) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    given.is_some_and(|given| {
+        Sha256::digest(given.as_bytes())
+            .ct_eq(&Sha256::digest(token.as_bytes()))
+            .into()
+    })
+}
+
+/// The router's state: a backend behind its token.
+#[derive(Clone)]
+struct Guarded<B> {
+    backend: B,
+    token: Arc<str>,
 }
 
 /// Serves the control API on a free loopback port until `stop`; returns the address.
 pub async fn serve(control: Control, stop: CancellationToken) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let token = control.token.clone();
+    serve_on(listener, &token, control, stop)
+}
+
+/// Serves the control API for `backend` on `listener`, behind `token`, until `stop`.
+pub fn serve_on<B: Backend>(
+    listener: tokio::net::TcpListener,
+    token: &str,
+    backend: B,
+    stop: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
     let addr = listener.local_addr()?;
     let app = Router::new()
-        .route("/drills", get(state))
-        .route("/drills/{action}", post(drill))
+        .route("/drills", get(state::<B>))
+        .route("/drills/{action}", post(drill::<B>))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             error(
@@ -353,7 +400,10 @@ pub async fn serve(control: Control, stop: CancellationToken) -> anyhow::Result<
             )
         })
         .layer(axum::extract::DefaultBodyLimit::max(drills::MAX_BODY_BYTES))
-        .with_state(control);
+        .with_state(Guarded {
+            backend,
+            token: token.into(),
+        });
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())
@@ -369,24 +419,27 @@ fn unauthorized() -> Response {
     error(
         StatusCode::UNAUTHORIZED,
         "bad_token",
-        "send Authorization: Bearer <the cluster's drills token>",
+        "send Authorization: Bearer <the drills token>",
     )
 }
 
-async fn state(State(control): State<Control>, headers: HeaderMap) -> Response {
-    if !control.authorized(&headers) {
+async fn state<B: Backend>(State(guarded): State<Guarded<B>>, headers: HeaderMap) -> Response {
+    if !authorized(&guarded.token, &headers) {
         return unauthorized();
     }
-    Json(control.sup.snapshot()).into_response()
+    match guarded.backend.state().await {
+        Ok(state) => Json(state).into_response(),
+        Err(refused) => refused.into_response(),
+    }
 }
 
-async fn drill(
-    State(control): State<Control>,
+async fn drill<B: Backend>(
+    State(guarded): State<Guarded<B>>,
     Path(action): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if !control.authorized(&headers) {
+    if !authorized(&guarded.token, &headers) {
         return unauthorized();
     }
     let Ok(body) = body else {
@@ -394,7 +447,7 @@ async fn drill(
     };
     let from = headers.get(FROM_HEADER).and_then(|v| v.to_str().ok());
     let parsed = drills::parse(&action, &body).map_err(Refused::Bad);
-    match async { control.run(parsed?, from).await }.await {
+    match async { guarded.backend.run(parsed?, from).await }.await {
         Ok(answer) => {
             let from = from.map_or_else(String::new, |r| format!(" (forwarded by {r})"));
             println!(

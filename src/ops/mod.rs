@@ -9,6 +9,7 @@
 //! - [`cluster`]: `stickyws cluster`, the whole topology as supervised children.
 //! - [`supervisor`]: the cluster's process table: start again on the same port, reap, signal.
 //! - [`control`]: the cluster's control server, which runs the fault drills.
+//! - [`docker_drills`]: `stickyws drills-docker`, the same drills on a compose project's containers.
 //! - [`workers`]: `WORKERS=N`, several replica processes sharing one port.
 //! - [`nginx_conf`]: the shipped `nginx.conf` with only addresses and the listen port rewritten.
 //! - [`redis_server`]: the one way a real `redis-server` is started (cluster and tests alike).
@@ -17,6 +18,7 @@
 
 pub mod cluster;
 pub mod control;
+pub mod docker_drills;
 pub mod host;
 pub mod nginx_conf;
 pub mod redis_cluster;
