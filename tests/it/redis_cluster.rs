@@ -850,3 +850,56 @@ async fn a_reshard_by_redis_cli_under_load_loses_nothing_and_keeps_order_for_liv
     await_shard_numsub(&cluster, &room_channel(&room), 2).await;
     drop(sockets);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_name_the_slot_and_master_of_a_client_and_a_channel_and_refuse_bad_names() {
+    let cluster = OnRedisCluster::start(1).await;
+    let web = &cluster.web;
+    let alice = web.mint().await;
+    let room = "public:shard-room";
+    let stats: serde_json::Value = web
+        .get(
+            &format!("/api/stats?client_id={}&channel={room}", alice.id),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    for (part, channel) in [
+        ("client", client_channel(&alice.id)),
+        ("channel", room_channel(room)),
+    ] {
+        let shown = &stats["shard"][part];
+        let owner = cluster.owner(&channel).await;
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(&channel)
+            .query_async(&mut cluster.node(owner).await)
+            .await
+            .unwrap();
+        assert_eq!(
+            (shown["slot"].as_i64(), shown["master"].as_str()),
+            (Some(slot), Some(format!("127.0.0.1:{owner}").as_str())),
+            "{stats}"
+        );
+    }
+    // Asked for nothing, it says nothing of either.
+    let plain: serde_json::Value = web.get("/api/stats", None).await.json().await.unwrap();
+    assert_eq!(
+        plain["shard"],
+        json!({"client": null, "channel": null}),
+        "{plain}"
+    );
+    let long = "a".repeat(65);
+    for query in [
+        "client_id=a%7Bb%7D".to_owned(),
+        format!("client_id={long}"),
+        "channel=public:a%20b".to_owned(),
+        format!("channel=public:{}", "x".repeat(200)),
+        "client_id=".to_owned(),
+    ] {
+        let response = web.get(&format!("/api/stats?{query}"), None).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
+    }
+}
