@@ -4,13 +4,15 @@
 // tallies, the header), and every module showing health is told (events.js `health`). The
 // per-replica table is stats.js's; the sentences are truth.js's.
 
-import { PAGE_BY } from './config.js';
+import { CLIENT_ID, PAGE_BY } from './config.js';
 import { $ } from './dom.js';
 import { recolour } from './colours.js';
 import { state } from './state.js';
 import { drawTopology } from './topology.js';
 import { renderTallies } from './tallies.js';
 import { renderStats, renderStatsError } from './stats.js';
+import { renderShard } from './shard.js';
+import { roomSnapshot } from './room.js';
 import { request } from './request.js';
 import { countText, brokerHealth, isUp, statusOf } from './truth.js';
 import { emit } from './events.js';
@@ -63,8 +65,13 @@ export function replicasChanged() {
 /** One poll for the picture and the lab's panel: /api/stats lists the replicas with figures. */
 export async function refreshReplicas() {
   let data;
+  let room = '';
   try {
-    data = await request('/api/stats', { credentials: 'omit' });
+    // The client and the room joined, so a replica on a Redis Cluster says whose shard holds them.
+    room = roomSnapshot().channel || '';
+    const query = new URLSearchParams({ client_id: CLIENT_ID });
+    if (room) query.set('channel', room);
+    data = await request(`/api/stats?${query}`, { credentials: 'omit' });
   } catch (err) {
     // nginx or every replica unreachable: keep the last picture; the socket state says more.
     renderStatsError(err);
@@ -93,4 +100,5 @@ export async function refreshReplicas() {
   if (data.replica) state.unreachable.delete(data.replica);
   replicasChanged();
   renderStats(data);
+  renderShard(data.shard, room);
 }

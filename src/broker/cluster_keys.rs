@@ -138,38 +138,40 @@ impl KeyScheme {
     }
 }
 
+/// The cluster slot of `key`: CRC16 (XMODEM) of its hash tag, or of the whole key without one,
+/// mod 16384, as every Redis Cluster node computes it (`CLUSTER KEYSLOT`).
+pub fn slot(key: &str) -> u16 {
+    // The hash tag decides: everything between the first `{` and the next `}`.
+    let tagged = key
+        .find('{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            rest.find('}')
+                .filter(|close| *close > 0)
+                .map(|close| &rest[..close])
+        })
+        .unwrap_or(key);
+    crc16_xmodem(tagged.as_bytes()) % 16384
+}
+
+fn crc16_xmodem(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for byte in data {
+        crc ^= u16::from(*byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn slot(key: &str) -> u16 {
-        // The hash tag decides: everything between the first `{` and the next `}`.
-        let tagged = key
-            .find('{')
-            .and_then(|open| {
-                let rest = &key[open + 1..];
-                rest.find('}')
-                    .filter(|close| *close > 0)
-                    .map(|close| &rest[..close])
-            })
-            .unwrap_or(key);
-        crc16_xmodem(tagged.as_bytes()) % 16384
-    }
-
-    fn crc16_xmodem(data: &[u8]) -> u16 {
-        let mut crc: u16 = 0;
-        for byte in data {
-            crc ^= u16::from(*byte) << 8;
-            for _ in 0..8 {
-                crc = if crc & 0x8000 != 0 {
-                    (crc << 1) ^ 0x1021
-                } else {
-                    crc << 1
-                };
-            }
-        }
-        crc
-    }
 
     #[test]
     fn a_targets_channel_history_epoch_record_and_members_share_one_slot() {

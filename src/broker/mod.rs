@@ -221,6 +221,15 @@ impl Broker {
         }
     }
 
+    /// Which shard holds each of `targets` when the broker is a Redis Cluster; `None` on one
+    /// Redis or in memory, where there are no shards.
+    pub async fn shards(&self, targets: &[Target]) -> Option<Vec<redis_cluster::Shard>> {
+        match self {
+            Broker::RedisCluster(b) => Some(b.shards(targets).await),
+            Broker::Memory(_) | Broker::Redis(_) => None,
+        }
+    }
+
     /// The Redis command connection when the broker is Redis, for what else lives in the same
     /// Redis (the state lab's shared state); multiplexed, so sharing it costs no connection.
     pub fn redis_connection(&self) -> Option<redis_conn::RedisConn> {

@@ -211,6 +211,80 @@ async fn bounded<T>(request: impl Future<Output = redis::RedisResult<T>>) -> red
         })
 }
 
+/// Where a target lives on the cluster: its slot and the master serving that slot now, as the
+/// cluster's slot map says (`None` when no node answered within the response timeout).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Shard {
+    pub slot: u16,
+    pub master: Option<String>,
+}
+
+impl RedisClusterBroker {
+    /// The shard of each of `targets`: slots computed here, masters from one `CLUSTER SLOTS`.
+    pub async fn shards(&self, targets: &[Target]) -> Vec<Shard> {
+        let mut conn = self.connection();
+        let ranges: Vec<(u16, u16, String)> = match bounded(
+            redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query_async::<Value>(&mut conn),
+        )
+        .await
+        {
+            Ok(answer) => slot_ranges(&answer),
+            Err(err) => {
+                tracing::debug!(%err, "CLUSTER SLOTS for the shard view failed");
+                Vec::new()
+            }
+        };
+        targets
+            .iter()
+            .map(|target| {
+                let slot = cluster_keys::slot(&cluster_keys::pubsub_channel(target));
+                let master = ranges
+                    .iter()
+                    .find(|(start, end, _)| (*start..=*end).contains(&slot))
+                    .map(|(_, _, master)| master.clone());
+                Shard { slot, master }
+            })
+            .collect()
+    }
+}
+
+/// `CLUSTER SLOTS`' answer as (start, end, "host:port" of the master); entries it cannot read
+/// are skipped.
+fn slot_ranges(answer: &Value) -> Vec<(u16, u16, String)> {
+    let Value::Array(entries) = answer else {
+        return Vec::new();
+    };
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok().map(str::to_owned),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    let number = |v: &Value| match v {
+        Value::Int(n) => u16::try_from(*n).ok(),
+        _ => None,
+    };
+    entries
+        .iter()
+        .filter_map(|entry| {
+            let Value::Array(parts) = entry else {
+                return None;
+            };
+            let Value::Array(master) = parts.get(2)? else {
+                return None;
+            };
+            let host = text(master.first()?)?;
+            let port = number(master.get(1)?)?;
+            Some((
+                number(parts.first()?)?,
+                number(parts.get(1)?)?,
+                format!("{host}:{port}"),
+            ))
+        })
+        .collect()
+}
+
 /// Most targets of one batch published at once.
 const BATCH_TARGETS_AT_ONCE: usize = 64;
 

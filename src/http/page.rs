@@ -135,6 +135,7 @@ const ASSETS: &[Asset] = &[
     asset!("notes.js", JS),
     asset!("split.js", JS),
     asset!("stats.js", JS),
+    asset!("shard.js", JS),
     asset!("member.js", JS),
     asset!("room.js", JS),
     asset!("events.js", JS),

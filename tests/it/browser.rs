@@ -1689,3 +1689,52 @@ async fn screenshots_of_each_drill() {
     }
     shoot("drill-redis").await;
 }
+
+/// On `stickyws cluster --redis-cluster` the page names the slot of its client and the master
+/// serving it, and that master does serve it (it answers a key of the slot without MOVED).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_the_page_shows_its_clients_slot_and_master() {
+    let cluster = DemoCluster::start_with(&["--redis-cluster"]).await;
+    let driver = Chromedriver::start(cluster.dir.path());
+    let page = driver.open(1280, 900).await;
+    page.goto(&format!("{}/", cluster.url)).await;
+    page.wait_until("the page's socket to open", secs(15), OPEN_JS)
+        .await;
+    let text = page
+        .wait_until(
+            "the shard line",
+            secs(10),
+            "const s = document.getElementById('shard'); \
+             return !s.hidden && /slot \\d+ on 127\\.0\\.0\\.1:\\d+/.test(s.textContent) && s.textContent;",
+        )
+        .await;
+    let text = text.as_str().unwrap().to_owned();
+    let client_id = page.eval("return document.body.dataset.clientId;").await;
+    let client_id = client_id.as_str().unwrap();
+    let after = text.split("your client: slot ").nth(1).unwrap();
+    let (slot, rest) = after.split_once(" on ").unwrap();
+    let master: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect::<String>()
+        .trim_end_matches('.')
+        .to_owned();
+    let mut conn = redis::Client::open(format!("redis://{master}"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = format!("stickyws:{{client:{client_id}}}");
+    let keyslot: i64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(slot, keyslot.to_string(), "{text}");
+    let served: redis::RedisResult<Option<String>> = redis::cmd("GET")
+        .arg(format!("{key}:probe"))
+        .query_async(&mut conn)
+        .await;
+    assert!(served.is_ok(), "{master} serves slot {slot}: {served:?}");
+}

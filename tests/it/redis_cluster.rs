@@ -2,7 +2,8 @@
 //! replica each), three replicas behind nginx: targeted, channel and broadcast fan-out reach
 //! exactly the right sockets once; only the replicas holding a recipient subscribe, and only
 //! the shard owning a target carries its channel (each master's own `PUBSUB` answers); a
-//! master killed with SIGKILL is replaced by its replica and deliveries resume.
+//! master killed with SIGKILL is replaced by its replica and deliveries resume; a real
+//! `redis-cli --cluster reshard` under load loses nothing for live sockets and keeps order.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -557,4 +558,348 @@ async fn stickyws_cluster_redis_cluster_runs_the_replicas_on_six_nodes_and_sigte
         Vec::<u32>::new(),
         "children (redis nodes included) outlived the cluster"
     );
+}
+
+/// Slots `redis-cli --cluster reshard` moves in the resharding test: a fifth of a master's.
+const RESHARD_SLOTS: usize = 1000;
+
+/// The slots `master` serves now, ascending, by `CLUSTER SLOTS`.
+async fn slots_of(cluster: &OnRedisCluster, master: u16) -> Vec<i64> {
+    let ranges: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut cluster.node(master).await)
+        .await
+        .unwrap();
+    let mut slots = Vec::new();
+    for parts in ranges {
+        let start = redis::from_redis_value_ref::<i64>(&parts[0]).unwrap();
+        let end = redis::from_redis_value_ref::<i64>(&parts[1]).unwrap();
+        let owner: Vec<redis::Value> = redis::from_redis_value_ref(&parts[2]).unwrap();
+        if redis::from_redis_value_ref::<u16>(&owner[1]).unwrap() == master {
+            slots.extend(start..=end);
+        }
+    }
+    slots.sort_unstable();
+    slots
+}
+
+async fn keyslot(cluster: &OnRedisCluster, port: u16, key: &str) -> i64 {
+    redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query_async(&mut cluster.node(port).await)
+        .await
+        .unwrap()
+}
+
+async fn node_id(cluster: &OnRedisCluster, port: u16) -> String {
+    redis::cmd("CLUSTER")
+        .arg("MYID")
+        .query_async(&mut cluster.node(port).await)
+        .await
+        .unwrap()
+}
+
+/// What one socket read during the reshard: its texts in arrival order, when each came, and
+/// why it closed if it did.
+struct Read {
+    texts: Vec<String>,
+    at: Vec<Duration>,
+    closed: Option<String>,
+}
+
+/// Reads `socket` until `stop`, then for a quiet second; bounded by 90 s in all.
+fn read_socket(
+    mut socket: Socket,
+    started: Instant,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<(Read, Socket)> {
+    tokio::spawn(async move {
+        let mut read = Read {
+            texts: Vec::new(),
+            at: Vec::new(),
+            closed: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut quiet_since: Option<Instant> = None;
+        while Instant::now() < deadline {
+            match next_or_close(&mut socket, Duration::from_millis(100)).await {
+                Ok(Some(frame)) if frame["type"] == "message" => {
+                    read.texts
+                        .push(frame["text"].as_str().unwrap_or("<no text>").to_owned());
+                    read.at.push(started.elapsed());
+                    quiet_since = None;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    if *stop.borrow_and_update() {
+                        let since = *quiet_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() > Duration::from_secs(1) {
+                            break;
+                        }
+                    }
+                }
+                Err(why) => {
+                    read.closed = Some(why);
+                    break;
+                }
+            }
+        }
+        (read, socket)
+    })
+}
+
+/// `redis-cli --cluster reshard` of `RESHARD_SLOTS` slots from `from` to `to`, bounded by 120 s
+/// (the child is killed, by its own handle, if it runs over): (success, output). Its output
+/// goes to a file in `dir`: it prints a line per slot, more than a pipe holds.
+async fn reshard(dir: &std::path::Path, seed: u16, from: &str, to: &str) -> (bool, String) {
+    let log = dir.join("reshard.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new("redis-cli")
+        .args(["--cluster", "reshard", &format!("127.0.0.1:{seed}")])
+        .args(["--cluster-from", from, "--cluster-to", to])
+        .args([
+            "--cluster-slots",
+            &RESHARD_SLOTS.to_string(),
+            "--cluster-yes",
+        ])
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let success = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.success();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    (success, std::fs::read_to_string(&log).unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reshard_by_redis_cli_under_load_loses_nothing_and_keeps_order_for_live_sockets() {
+    let cluster = OnRedisCluster::start(2).await;
+    let web = &cluster.web;
+    let masters = cluster.nodes.masters();
+    // redis-cli moves a source's lowest slots first: pick a client whose slot is among the
+    // first RESHARD_SLOTS of its master, and a room in the same range of the same master, so
+    // the reshard carries both.
+    let mut picked = None;
+    for _ in 0..60 {
+        let alice = web.mint().await;
+        let channel = client_channel(&alice.id);
+        let owner = cluster.owner(&channel).await;
+        let slots = slots_of(&cluster, owner).await;
+        let slot = keyslot(&cluster, owner, &channel).await;
+        if slots.iter().position(|s| *s == slot) < Some(RESHARD_SLOTS) {
+            picked = Some((alice, owner, slots));
+            break;
+        }
+    }
+    let (alice, from, slots) = picked.expect("a client in the first slots of its master");
+    let moved: std::collections::BTreeSet<i64> =
+        slots.iter().take(RESHARD_SLOTS).copied().collect();
+    let mut room = None;
+    for i in 0..2000 {
+        let name = format!("public:reshard-{i}");
+        if moved.contains(&keyslot(&cluster, from, &room_channel(&name)).await) {
+            room = Some(name);
+            break;
+        }
+    }
+    let room = room.expect("a room in the moved slots");
+    let to = *masters.iter().find(|port| **port != from).unwrap();
+    let carol = web.mint().await;
+    let dave = web.mint().await;
+    // Sockets on both replicas for each target.
+    let a1 = web.connect(&alice, Some("app-1")).await;
+    let a2 = web.connect(&alice, Some("app-2")).await;
+    let mut c = web.connect(&carol, Some("app-1")).await;
+    let mut d = web.connect(&dave, Some("app-2")).await;
+    c.subscribed(&room).await;
+    d.subscribed(&room).await;
+    await_shard_numsub(&cluster, &client_channel(&alice.id), 2).await;
+    await_shard_numsub(&cluster, &room_channel(&room), 2).await;
+    assert_eq!(cluster.owner(&room_channel(&room)).await, from);
+
+    let started = Instant::now();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let readers = [
+        (
+            "alice@app-1",
+            'c',
+            read_socket(a1, started, stop_rx.clone()),
+        ),
+        (
+            "alice@app-2",
+            'c',
+            read_socket(a2, started, stop_rx.clone()),
+        ),
+        ("carol@app-1", 'r', read_socket(c, started, stop_rx.clone())),
+        ("dave@app-2", 'r', read_socket(d, started, stop_rx.clone())),
+    ];
+    // One publisher, alternating the client and the room every 20 ms, until told to stop.
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
+    let http = web.http.clone();
+    let client_url = format!("{}/api/publish/{}", web.base(), alice.id);
+    let room_url = format!("{}/api/channels/{room}/publish", web.base());
+    let publisher = tokio::spawn(async move {
+        let mut sent: Vec<Sent> = Vec::new();
+        for i in 0..6000 {
+            if done_rx.try_recv().is_ok() {
+                break;
+            }
+            for (prefix, url) in [("c", &client_url), ("r", &room_url)] {
+                let text = format!("{prefix}{i}");
+                let at = started.elapsed();
+                let status = http
+                    .post(url)
+                    .bearer_auth(API_KEY)
+                    .header("content-type", "application/json")
+                    .body(json!({ "text": text }).to_string())
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await
+                    .map_or(0, |r| r.status().as_u16());
+                sent.push(Sent { text, at, status });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sent
+    });
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let reshard_from = started.elapsed();
+    let (ok, output) = reshard(
+        web.dir.path(),
+        from,
+        &node_id(&cluster, from).await,
+        &node_id(&cluster, to).await,
+    )
+    .await;
+    let reshard_to = started.elapsed();
+    assert!(
+        ok,
+        "redis-cli --cluster reshard failed:\n{}",
+        &output[output.len().saturating_sub(3000)..]
+    );
+    assert_eq!(cluster.owner(&client_channel(&alice.id)).await, to);
+    assert_eq!(cluster.owner(&room_channel(&room)).await, to);
+    // Load for a while after the reshard: the targets now publish on their new shard.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = done_tx.send(());
+    let sent = publisher.await.unwrap();
+    let _ = stop_tx.send(true);
+
+    let refused: Vec<&Sent> = sent.iter().filter(|s| s.status != 200).collect();
+    let mut report = Vec::new();
+    let mut gap_max = Duration::ZERO;
+    let mut sockets = Vec::new();
+    for (who, prefix, reader) in readers {
+        let (read, socket) = reader.await.unwrap();
+        sockets.push(socket);
+        let accepted: Vec<&str> = sent
+            .iter()
+            .filter(|s| s.status == 200 && s.text.starts_with(prefix))
+            .map(|s| s.text.as_str())
+            .collect();
+        assert!(
+            read.closed.is_none(),
+            "{who}'s socket stayed open: {:?}",
+            read.closed
+        );
+        assert_eq!(
+            read.texts,
+            accepted,
+            "{who} got every accepted message once, in order\n{}",
+            web.records()
+        );
+        let gap = read
+            .at
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default();
+        gap_max = gap_max.max(gap);
+        report.push(format!(
+            "{who} {} delivered, max gap {gap:?}",
+            read.texts.len()
+        ));
+    }
+    eprintln!(
+        "redis-cli --cluster reshard of {RESHARD_SLOTS} slots {from} -> {to} from {reshard_from:?} \
+         to {reshard_to:?} ({:?}); publishes {} sent, {} refused (statuses {:?}); {}; max \
+         delivery gap {gap_max:?}",
+        reshard_to - reshard_from,
+        sent.len(),
+        refused.len(),
+        refused
+            .iter()
+            .map(|s| s.status)
+            .collect::<std::collections::BTreeSet<_>>(),
+        report.join("; "),
+    );
+    // Both targets' subscriptions followed their slot to the new owner, and only there.
+    await_shard_numsub(&cluster, &client_channel(&alice.id), 2).await;
+    await_shard_numsub(&cluster, &room_channel(&room), 2).await;
+    drop(sockets);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_name_the_slot_and_master_of_a_client_and_a_channel_and_refuse_bad_names() {
+    let cluster = OnRedisCluster::start(1).await;
+    let web = &cluster.web;
+    let alice = web.mint().await;
+    let room = "public:shard-room";
+    let stats: serde_json::Value = web
+        .get(
+            &format!("/api/stats?client_id={}&channel={room}", alice.id),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    for (part, channel) in [
+        ("client", client_channel(&alice.id)),
+        ("channel", room_channel(room)),
+    ] {
+        let shown = &stats["shard"][part];
+        let owner = cluster.owner(&channel).await;
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(&channel)
+            .query_async(&mut cluster.node(owner).await)
+            .await
+            .unwrap();
+        assert_eq!(
+            (shown["slot"].as_i64(), shown["master"].as_str()),
+            (Some(slot), Some(format!("127.0.0.1:{owner}").as_str())),
+            "{stats}"
+        );
+    }
+    // Asked for nothing, it says nothing of either.
+    let plain: serde_json::Value = web.get("/api/stats", None).await.json().await.unwrap();
+    assert_eq!(
+        plain["shard"],
+        json!({"client": null, "channel": null}),
+        "{plain}"
+    );
+    let long = "a".repeat(65);
+    for query in [
+        "client_id=a%7Bb%7D".to_owned(),
+        format!("client_id={long}"),
+        "channel=public:a%20b".to_owned(),
+        format!("channel=public:{}", "x".repeat(200)),
+        "client_id=".to_owned(),
+    ] {
+        let response = web.get(&format!("/api/stats?{query}"), None).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
+    }
 }

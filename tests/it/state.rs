@@ -149,6 +149,14 @@ async fn each_replica_counts_its_own_visits_while_redis_counts_them_all() {
     assert_eq!(page.visits_shared, 31);
     let stats: Value = cluster.get("/api/stats", None).await.json().await.unwrap();
     assert_eq!(stats["shared_visits"], 31, "{stats}");
+    // One Redis has no shards: asked for a client's and a room's, the answer names none.
+    let stats: Value = cluster
+        .get("/api/stats?client_id=abc&channel=public:room", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["shard"], Value::Null, "{stats}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

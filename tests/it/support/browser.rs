@@ -421,10 +421,17 @@ pub struct DemoCluster {
 
 impl DemoCluster {
     pub async fn start() -> DemoCluster {
+        DemoCluster::start_with(&[]).await
+    }
+
+    /// The same with `extra` flags (`--redis-cluster`).
+    pub async fn start_with(extra: &[&str]) -> DemoCluster {
         let dir = tempfile::tempdir().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_stickyws"));
         command
-            .args(["cluster", "--port", "0", "--nginx-conf"])
+            .args(["cluster", "--port", "0"])
+            .args(extra)
+            .arg("--nginx-conf")
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/nginx.conf"))
             .arg("--records-log")
             .arg(dir.path().join("records.log"))
