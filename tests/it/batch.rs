@@ -405,7 +405,7 @@ async fn a_broker_outage_mid_way_refuses_each_message_and_keyed_retries_deliver_
     for client in [&alice, &bob] {
         marker(&cluster, client).await;
     }
-    let mut before = vec![
+    let mut before = [
         messages_until(&mut alice_ws, "marker").await,
         messages_until(&mut bob_ws, "marker").await,
     ];
