@@ -24,6 +24,29 @@ pub struct Plan {
     pub deadline: Instant,
 }
 
+impl Plan {
+    /// Waits until request `seq` is due at the plan's rate (recording how late the sender is
+    /// when it is behind); false when `seq` is past the count or would be due past the deadline.
+    async fn wait_for(&self, seq: u64, started: Instant, sent: &mut Sent) -> bool {
+        if seq >= self.count || Instant::now() >= self.deadline {
+            return false;
+        }
+        if self.rate > 0.0 {
+            let due = started + Duration::from_secs_f64(seq as f64 / self.rate);
+            if due >= self.deadline {
+                return false;
+            }
+            let now = Instant::now();
+            if due > now {
+                tokio::time::sleep_until(due.into()).await;
+            } else {
+                sent.max_lag_us = sent.max_lag_us.max((now - due).as_micros() as u64);
+            }
+        }
+        true
+    }
+}
+
 /// One request to send: path under the base, bearer credential, optional sticky cookie, text.
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -90,20 +113,8 @@ where
             };
             loop {
                 let seq = next.fetch_add(1, Ordering::Relaxed);
-                if seq >= plan.count || Instant::now() >= plan.deadline {
+                if !plan.wait_for(seq, started, &mut sent).await {
                     break;
-                }
-                if plan.rate > 0.0 {
-                    let due = started + Duration::from_secs_f64(seq as f64 / plan.rate);
-                    if due >= plan.deadline {
-                        break;
-                    }
-                    let now = Instant::now();
-                    if due > now {
-                        tokio::time::sleep_until(due.into()).await;
-                    } else {
-                        sent.max_lag_us = sent.max_lag_us.max((now - due).as_micros() as u64);
-                    }
                 }
                 let now = clock.us();
                 let request = make(seq, now);
@@ -191,20 +202,8 @@ where
             };
             loop {
                 let first = next.fetch_add(size, Ordering::Relaxed);
-                if first >= plan.count || Instant::now() >= plan.deadline {
+                if !plan.wait_for(first, started, &mut sent).await {
                     break;
-                }
-                if plan.rate > 0.0 {
-                    let due = started + Duration::from_secs_f64(first as f64 / plan.rate);
-                    if due >= plan.deadline {
-                        break;
-                    }
-                    let now = Instant::now();
-                    if due > now {
-                        tokio::time::sleep_until(due.into()).await;
-                    } else {
-                        sent.max_lag_us = sent.max_lag_us.max((now - due).as_micros() as u64);
-                    }
                 }
                 let now = clock.us();
                 sent.first_us = sent.first_us.min(now);

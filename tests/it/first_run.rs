@@ -31,18 +31,11 @@ fn serve_and_fail(env: &[(&str, &str)]) -> (bool, String) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("stickyws serve with {env:?} did not exit within 15 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = exit_within(
+        &mut child,
+        Duration::from_secs(15),
+        &format!("stickyws serve with {env:?}"),
+    );
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     (status.success(), stderr)
@@ -318,18 +311,11 @@ fn the_cluster_on_a_busy_port_fails_in_one_line() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the cluster on busy port {port} did not give up within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = exit_within(
+        &mut child,
+        Duration::from_secs(60),
+        &format!("the cluster on busy port {port}"),
+    );
     let output = child.wait_with_output().unwrap();
     let all = format!(
         "{}{}",
@@ -346,4 +332,25 @@ fn the_cluster_on_a_busy_port_fails_in_one_line() {
     );
     assert!(!all.contains("backtrace"), "no backtrace\n{all}");
     drop(busy);
+}
+
+/// The child's exit status once it exits; killed (and the test failed) if it has not within
+/// `limit`.
+fn exit_within(
+    child: &mut std::process::Child,
+    limit: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
