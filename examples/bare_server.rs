@@ -104,10 +104,11 @@ async fn hold(mut socket: WebSocket, client: String, sockets: Sockets) {
         .0
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .entry(client)
+        .entry(client.clone())
         .or_default()
         .push(tx);
-    let welcome = json!({"type": "welcome", "replica": "bare"}).to_string();
+    // The fields the load tool reads from a replica's welcome (frame::ReceivedFrame).
+    let welcome = json!({"type": "welcome", "replica": "bare", "client_id": client}).to_string();
     if socket.send(Message::Text(welcome.into())).await.is_err() {
         return;
     }
