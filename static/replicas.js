@@ -12,7 +12,7 @@ import { drawTopology } from './topology.js';
 import { renderTallies } from './tallies.js';
 import { renderStats, renderStatsError } from './stats.js';
 import { renderShard } from './shard.js';
-import { roomSnapshot } from './room.js';
+import { roomSnapshot, roomToJoin } from './room.js';
 import { request } from './request.js';
 import { countText, brokerHealth, isUp, statusOf } from './truth.js';
 import { emit } from './events.js';
@@ -66,9 +66,13 @@ export function replicasChanged() {
 export async function refreshReplicas() {
   let data;
   let room = '';
+  let joined = false;
   try {
-    // The client and the room joined, so a replica on a Redis Cluster says whose shard holds them.
-    room = roomSnapshot().channel || '';
+    // The client and the room (the one joined, else the one the name field would join), so a
+    // replica on a Redis Cluster says whose shard holds them before the page joins anything.
+    const current = roomSnapshot().channel || '';
+    joined = current !== '';
+    room = current || roomToJoin();
     const query = new URLSearchParams({ client_id: CLIENT_ID });
     if (room) query.set('channel', room);
     data = await request(`/api/stats?${query}`, { credentials: 'omit' });
@@ -100,5 +104,5 @@ export async function refreshReplicas() {
   if (data.replica) state.unreachable.delete(data.replica);
   replicasChanged();
   renderStats(data);
-  renderShard(data.shard, room);
+  renderShard(data.shard, room, joined);
 }

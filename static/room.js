@@ -64,6 +64,12 @@ export function roomSnapshot() {
   };
 }
 
+/** The room the page would join: its name field's, when the name is one a join accepts, else ''. */
+export function roomToJoin() {
+  const name = $('room-name').value.trim();
+  return ROOM_NAME.test(name) ? name : '';
+}
+
 function join(name) {
   if (!ROOM_NAME.test(name)) {
     room.error = 'A room here is named public: then 1 to 121 letters, digits or _ . : -';

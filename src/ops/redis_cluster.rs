@@ -8,7 +8,7 @@
 //! cluster (the broker driver, the replicas) is the callers' business.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -79,11 +79,9 @@ impl RedisCluster {
         })?;
         let cli = host::find("redis-cli", "redis-tools", Some("redis"))?;
         let mut nodes = Vec::with_capacity(NODES);
+        let mut taken = Vec::with_capacity(NODES * 2);
         for _ in 0..NODES {
-            let port = host::free_port().map_err(StartError::Port)?;
-            let args = node_args(port, dir);
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            nodes.push(RedisServer::start_on(port, dir, &args)?);
+            nodes.push(start_node(dir, &mut taken)?);
         }
         let cluster = RedisCluster { nodes };
         let mut create = Command::new(cli);
@@ -185,6 +183,54 @@ impl RedisCluster {
     }
 }
 
+/// What a node's cluster bus listens on: its port + 10000, as Redis fixes it by default.
+const BUS_OFFSET: u16 = 10000;
+/// Tries at a port pair for one node before giving up.
+const PORT_TRIES: usize = 100;
+/// Starts of one node on fresh ports before giving up: a port checked free can still be taken
+/// by another process before the node binds it.
+const START_TRIES: usize = 3;
+
+/// The first of `candidates` that is usable as a node's port: neither it nor its cluster bus
+/// port is in `taken` (this cluster's ports so far) or held by another process now, and the bus
+/// port exists. A port the kernel calls free says nothing of port + 10000, so both are checked.
+fn pick_node_port(taken: &[u16], candidates: impl IntoIterator<Item = u16>) -> Option<u16> {
+    let free = |port: u16| TcpListener::bind(("127.0.0.1", port)).is_ok();
+    candidates.into_iter().find(|&port| {
+        port.checked_add(BUS_OFFSET).is_some_and(|bus| {
+            ![port, bus].iter().any(|p| taken.contains(p)) && free(port) && free(bus)
+        })
+    })
+}
+
+/// One node on ports [`pick_node_port`] chose, retried on fresh ports when it exits before
+/// answering (as when another process took a port in between); its ports added to `taken`.
+fn start_node(dir: &Path, taken: &mut Vec<u16>) -> Result<RedisServer, ClusterError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let kernel_picks = std::iter::repeat_with(host::free_port)
+            .take(PORT_TRIES)
+            .filter_map(Result::ok);
+        let port = pick_node_port(taken, kernel_picks).ok_or_else(|| {
+            StartError::Port(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("no free loopback port p with p + {BUS_OFFSET} free in {PORT_TRIES} tries"),
+            ))
+        })?;
+        taken.extend([port, port + BUS_OFFSET]);
+        let args = node_args(port, dir);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        match RedisServer::start_on(port, dir, &args) {
+            Ok(node) => return Ok(node),
+            Err(StartError::Exited { port, tail, .. }) if tries < START_TRIES => {
+                tracing::warn!(port, %tail, "a cluster node exited at start; trying other ports");
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
 /// `stickyws cluster --redis-cluster`: the local cluster in `dir`, when asked for.
 pub fn if_asked(asked: bool, dir: &Path) -> Result<Option<RedisCluster>, ClusterError> {
     asked
@@ -242,6 +288,40 @@ pub fn inline(addr: SocketAddr, command: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_port_has_its_cluster_bus_port_free_too() {
+        let port_of = |l: &TcpListener| l.local_addr().unwrap().port();
+        let bus_free = |p: u16| {
+            p.checked_add(BUS_OFFSET)
+                .is_some_and(|bus| TcpListener::bind(("127.0.0.1", bus)).is_ok())
+        };
+        // A free port whose bus port another listener (this test's) holds.
+        let (bus_held, _holder) = loop {
+            let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = port_of(&probe);
+            if let Some(Ok(holder)) = port
+                .checked_add(BUS_OFFSET)
+                .map(|bus| TcpListener::bind(("127.0.0.1", bus)))
+            {
+                break (port, holder);
+            }
+        };
+        let ok = loop {
+            let p = host::free_port().unwrap();
+            if bus_free(p) {
+                break p;
+            }
+        };
+        // 60000: its bus port would be past 65535.
+        assert_eq!(pick_node_port(&[], [bus_held, 60000, ok]), Some(ok));
+        assert_eq!(pick_node_port(&[ok], [ok]), None, "already this cluster's");
+        assert_eq!(
+            pick_node_port(&[ok + BUS_OFFSET], [ok]),
+            None,
+            "its bus port is this cluster's"
+        );
+    }
 
     #[test]
     fn a_node_runs_in_cluster_mode_with_its_own_nodes_file() {

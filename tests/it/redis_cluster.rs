@@ -903,3 +903,133 @@ async fn stats_name_the_slot_and_master_of_a_client_and_a_channel_and_refuse_bad
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
     }
 }
+
+/// `stickyws cluster --redis-cluster`, as a person runs it, serves the page where every button
+/// keeps its promise: `stickyws load tour` presses the six buttons and the state lab's checks
+/// six times each and fails on the first promise broken (button 4's publish goes through the
+/// cluster's shards, the state lab's shared notes live on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stickyws_cluster_redis_cluster_serves_the_page_where_every_button_keeps_its_promise() {
+    let cluster = crate::support::browser::DemoCluster::start_with(&["--redis-cluster"]).await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_stickyws"))
+        .args(["load", "tour", "--count", "6", "--timeout", "60"])
+        .args(["--url", &cluster.url])
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success() && stdout.contains("every button kept its promise"),
+        "the tour failed\n{stdout}\n{stderr}"
+    );
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("button ") || l.starts_with("state lab · "))
+        .collect();
+    assert_eq!(
+        rows.len(),
+        9,
+        "six buttons, three state lab checks\n{stdout}"
+    );
+    // Each row that promises every press shows all six back: not button 5 (it reaches its
+    // socket only when round robin lands on the socket's replica) nor the local notes without
+    // a cookie (each replica keeps its own), whose misses are their lesson.
+    let all_back = rows
+        .iter()
+        .filter(|r| !r.starts_with("button 5 ") && !r.starts_with("state lab · local notes"));
+    assert_eq!(all_back.clone().count(), 7, "{stdout}");
+    for row in all_back {
+        assert!(row.contains(" 6   6 "), "{row}\n{stdout}");
+    }
+    let records = std::fs::read_to_string(cluster.dir.path().join("records.log")).unwrap();
+    assert!(records.contains("broker redis-cluster"), "{records}");
+}
+
+/// The page names the slot of the room its name field holds, and the master serving it, before
+/// it joins (marked "not joined"), follows the field when it changes, and drops the mark once
+/// joined; that master does serve the slot (a key of it is read there without `MOVED`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_the_page_names_the_rooms_shard_before_it_joins() {
+    use crate::support::browser::{Chromedriver, DemoCluster};
+    let cluster = DemoCluster::start_with(&["--redis-cluster"]).await;
+    let driver = Chromedriver::start(cluster.dir.path());
+    let page = driver.open(1280, 900).await;
+    page.goto(&format!("{}/", cluster.url)).await;
+    page.wait_until(
+        "the page's socket to open",
+        Duration::from_secs(15),
+        "return window.stickyws && window.stickyws.state().wsState === 'open';",
+    )
+    .await;
+    let line_for = |room: &str, mark: &str| {
+        format!(
+            "const s = document.getElementById('shard'); \
+             const m = !s.hidden && s.textContent.match(/room {}{}: slot (\\d+) on (127\\.0\\.0\\.1:\\d+)/); \
+             return m && [m[1], m[2]];",
+            room.replace('.', "\\."),
+            mark.replace('(', "\\(").replace(')', "\\)")
+        )
+    };
+    let check = |shown: serde_json::Value, room: &'static str| async move {
+        let slot: i64 = shown[0].as_str().unwrap().parse().unwrap();
+        let master = shown[1].as_str().unwrap().to_owned();
+        let mut conn = redis::Client::open(format!("redis://{master}"))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let key = room_channel(room);
+        let keyslot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(slot, keyslot, "{room}: {shown}");
+        let served: redis::RedisResult<Option<String>> = redis::cmd("GET")
+            .arg(format!("{key}:probe"))
+            .query_async(&mut conn)
+            .await;
+        assert!(served.is_ok(), "{master} serves slot {slot}: {served:?}");
+    };
+    // Not joined: the name field's room (the page's default).
+    let shown = page
+        .wait_until(
+            "the default room's shard before joining",
+            Duration::from_secs(10),
+            &line_for("public:lobby", " (not joined)"),
+        )
+        .await;
+    check(shown, "public:lobby").await;
+    assert_eq!(
+        page.state().await["room"]["status"],
+        "out",
+        "nothing was joined"
+    );
+    // Another name typed: the line follows it at the next poll.
+    page.eval(
+        "const f = document.getElementById('room-name'); f.value = 'public:shard.elsewhere'; \
+         f.dispatchEvent(new Event('input', { bubbles: true }));",
+    )
+    .await;
+    let shown = page
+        .wait_until(
+            "the typed room's shard",
+            Duration::from_secs(10),
+            &line_for("public:shard.elsewhere", " (not joined)"),
+        )
+        .await;
+    check(shown, "public:shard.elsewhere").await;
+    // Joined: the same room, no longer marked.
+    page.click("btn-room-join").await;
+    let shown = page
+        .wait_until(
+            "the joined room's shard",
+            Duration::from_secs(10),
+            &line_for("public:shard.elsewhere", ""),
+        )
+        .await;
+    check(shown, "public:shard.elsewhere").await;
+}
