@@ -12,6 +12,7 @@
 //! - [`session`]: one WebSocket — reader loop, writer with its bounded queue, pings, close codes.
 //! - [`resume`]: where a socket's stream starts; replay of what a reconnecting client missed.
 //! - [`registry`]: the sockets a replica holds, by client id, each with its bounded queue.
+//! - [`socket_queue`]: one socket's bounded queue of outgoing frames, one small allocation while idle.
 //! - [`delivery`]: the return leg of every message — the broker's inbox, `direct` and the
 //!   socket echo — into the registry, counted and recorded in one place.
 //! - [`broker`]: how messages reach the replicas holding a client — in-process, Redis or a
@@ -84,6 +85,7 @@ pub mod resume;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod socket_queue;
 pub mod target;
 pub mod telemetry;
 pub mod token;

@@ -13,7 +13,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, Driver, Subscribed};
@@ -22,6 +21,7 @@ use crate::continuity::{Admit, Landed, Track};
 use crate::cursor::Position;
 use crate::frame::Outgoing;
 use crate::metrics::Metrics;
+use crate::socket_queue;
 use crate::target::Target;
 use crate::token::ClientId;
 
@@ -74,7 +74,7 @@ struct Subscriber {
 #[derive(Debug, Clone)]
 struct Tab {
     id: u64,
-    queue: mpsc::Sender<Outgoing>,
+    queue: socket_queue::Sender<Outgoing>,
     /// Cancelled when the queue overflows; the session then closes the socket with 1013.
     slow: CancellationToken,
     /// Cancelled when messages this socket's target missed could not be filled; the session
@@ -123,9 +123,9 @@ pub struct Registration {
     client: ClientId,
     id: u64,
     /// The socket's own queue, for frames only it should get (its echoes, its errors).
-    pub queue: mpsc::Sender<Outgoing>,
+    pub queue: socket_queue::Sender<Outgoing>,
     /// Everything delivered to the socket, in order.
-    pub outbox: Option<mpsc::Receiver<Outgoing>>,
+    pub outbox: Option<socket_queue::Receiver<Outgoing>>,
     /// Cancelled when the socket fell behind.
     pub slow: CancellationToken,
     /// Cancelled when the socket must resume from its cursor (a gap that could not be filled).
@@ -183,7 +183,7 @@ impl Registry {
         let id = state.next_id;
         state.next_id += 1;
         state.sockets += 1;
-        let (queue, outbox) = mpsc::channel(self.inner.queue);
+        let (queue, outbox) = socket_queue::channel(self.inner.queue);
         let slow = CancellationToken::new();
         let resync = CancellationToken::new();
         state.clients.entry(client.clone()).or_default().push(Tab {
@@ -439,7 +439,7 @@ fn offer<'a>(tabs: impl Iterator<Item = &'a Tab>, frame: &Outgoing, metrics: &Me
     for tab in tabs {
         match tab.queue.try_send(frame.clone()) {
             Ok(()) => delivery.reached += 1,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(socket_queue::TrySendError::Full(_)) => {
                 if !tab.slow.is_cancelled() {
                     tab.slow.cancel();
                     metrics.slow_consumer();
@@ -447,7 +447,7 @@ fn offer<'a>(tabs: impl Iterator<Item = &'a Tab>, frame: &Outgoing, metrics: &Me
                 delivery.overflowed += 1;
             }
             // The session is ending; its registration is about to be dropped.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(socket_queue::TrySendError::Closed(_)) => {}
         }
     }
     delivery

@@ -5,15 +5,17 @@
 //! time (`Mac::verify_slice`).
 
 use std::fmt;
+use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-/// A client id: `[A-Za-z0-9_-]{1,64}`.
+/// A client id: `[A-Za-z0-9_-]{1,64}`. Shared, not copied: one socket's id is held by its
+/// session, its registration, the registry's maps and the broker's, and a clone is a count.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ClientId(String);
+pub struct ClientId(Arc<str>);
 
 /// Why a string is not a client id.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -30,7 +32,7 @@ impl ClientId {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if ok {
-            Ok(Self(raw.to_owned()))
+            Ok(Self(raw.into()))
         } else {
             Err(BadClientId)
         }
@@ -38,7 +40,7 @@ impl ClientId {
 
     /// A fresh random id: 128 bits, 22 characters.
     pub fn generate() -> Self {
-        Self(URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>()))
+        Self(URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>()).into())
     }
 
     pub fn as_str(&self) -> &str {
@@ -58,10 +60,11 @@ impl fmt::Debug for ClientId {
     }
 }
 
-/// Mints and checks client tokens under one secret.
+/// Mints and checks client tokens under one secret. A handle: every socket's session holds
+/// one, and the keyed HMAC state (a few hundred bytes) is shared, not copied into each.
 #[derive(Clone)]
 pub struct Signer {
-    mac: Hmac<Sha256>,
+    mac: Arc<Hmac<Sha256>>,
 }
 
 impl fmt::Debug for Signer {
@@ -86,11 +89,11 @@ impl Signer {
             Ok(mac) => mac,
             Err(_) => unreachable!("HMAC takes keys of any length"),
         };
-        Self { mac }
+        Self { mac: Arc::new(mac) }
     }
 
     fn mac_for(&self, client: &ClientId) -> Hmac<Sha256> {
-        let mut mac = self.mac.clone();
+        let mut mac = Hmac::clone(&self.mac);
         mac.update(DOMAIN);
         mac.update(client.as_str().as_bytes());
         mac
@@ -107,7 +110,7 @@ impl Signer {
 
     /// MAC of (client, channel); the client id's alphabet has no NUL, so the pair is unambiguous.
     fn subscription_mac(&self, client: &ClientId, channel: &str) -> Hmac<Sha256> {
-        let mut mac = self.mac.clone();
+        let mut mac = Hmac::clone(&self.mac);
         mac.update(SUBSCRIPTION_DOMAIN);
         mac.update(client.as_str().as_bytes());
         mac.update(b"\0");

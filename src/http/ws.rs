@@ -23,8 +23,10 @@ use crate::registry::AdmitError;
 use crate::resume::Seen;
 use crate::session::{ReplayBounds, Session};
 
-/// Read buffer of a socket, and the most one read takes from the kernel.
-const READ_BUFFER_BYTES: usize = 1024;
+/// Read buffer of a socket, and the most one read takes from the kernel. Every socket keeps it
+/// for its life; what clients send (echoes, subscriptions with their tokens) is a few hundred
+/// bytes a frame, and a larger frame takes a few more reads.
+const READ_BUFFER_BYTES: usize = 512;
 
 pub(super) async fn upgrade(
     State(state): State<AppState>,
@@ -114,6 +116,11 @@ pub(super) async fn upgrade(
         replay: ReplayBounds::from_limits(limits),
     };
     let tracker = state.shutdown.tracker.clone();
+    // The socket's task is sized for the largest state of everything it runs, for the socket's
+    // whole life: what the callback captures stays in it (as dead bytes once moved on), so it
+    // captures a pointer, and the socket is split and the session started without an async
+    // block of our own in between that would keep a second copy of both.
+    let session = Box::new(session);
     Ok(upgrade
         .max_message_size(limits.max_ws_message_bytes)
         .max_frame_size(limits.max_ws_message_bytes)
@@ -124,10 +131,8 @@ pub(super) async fn upgrade(
         .write_buffer_size(4 * 1024)
         .max_write_buffer_size(64 * 1024 + limits.max_ws_message_bytes)
         .on_upgrade(move |socket: WebSocket| {
-            tracker.track_future(async move {
-                let (sink, stream) = socket.split();
-                session.run(sink, stream).await;
-            })
+            let (sink, stream) = socket.split();
+            tracker.track_future((*session).run(sink, stream))
         }))
 }
 

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;
@@ -30,6 +29,7 @@ use crate::limits::RateLimit;
 use crate::records::Event;
 use crate::registry::Registration;
 use crate::resume::{self, Seen};
+use crate::socket_queue;
 use crate::target::Target;
 use crate::token::{ClientId, Signer};
 
@@ -177,7 +177,7 @@ impl Session {
     /// client; None when the socket is gone or was closed here. The greeting is bounded like
     /// everything else a socket is sent: by `replay_timeout` (a client that does not read it in
     /// time is a slow consumer, 1013), by the slow-consumer signal, and by shutdown (1012).
-    async fn open<S>(&mut self, sink: &mut S) -> Option<(mpsc::Receiver<Outgoing>, Gate)>
+    async fn open<S>(&mut self, sink: &mut S) -> Option<(socket_queue::Receiver<Outgoing>, Gate)>
     where
         S: Sink<Message, Error = axum::Error> + Unpin,
     {
@@ -358,7 +358,7 @@ impl Session {
     async fn write<S>(
         &self,
         sink: &mut S,
-        mut outbox: mpsc::Receiver<Outgoing>,
+        mut outbox: socket_queue::Receiver<Outgoing>,
         mut gate: Gate,
         heard: &AtomicBool,
     ) -> End
@@ -439,13 +439,18 @@ impl Session {
             Ok(ClientFrame::Echo { text }) => {
                 self.send_own(self.delivery.echo(&self.client, &text))
             }
+            // Subscribe and publish are boxed, like the opening and the closing: their broker
+            // round trips are rare in an idle socket's life, and inline they would size every
+            // socket's task for it.
             Ok(ClientFrame::Subscribe {
                 channel,
                 token,
                 since,
-            }) => self.subscribe(channel, token, since).await,
+            }) => Box::pin(self.subscribe(channel, token, since)).await,
             Ok(ClientFrame::Unsubscribe { channel }) => self.unsubscribe(channel),
-            Ok(ClientFrame::Publish { channel, text }) => self.publish(channel, text).await,
+            Ok(ClientFrame::Publish { channel, text }) => {
+                Box::pin(self.publish(channel, text)).await
+            }
             Err(err) => {
                 let channel = channel_named(raw);
                 self.send_own(error_frame(&err, channel.as_ref()).into())
@@ -455,7 +460,7 @@ impl Session {
 
     /// Queues a frame for this socket only, behind whatever is already queued for it.
     fn send_own(&self, frame: Outgoing) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.registration.queue.try_send(frame)
+        if let Err(socket_queue::TrySendError::Full(_)) = self.registration.queue.try_send(frame)
             && !self.registration.slow.is_cancelled()
         {
             self.registration.slow.cancel();
@@ -476,7 +481,7 @@ enum Sent {
 async fn send_batch<S>(
     sink: &mut S,
     first: Outgoing,
-    outbox: &mut mpsc::Receiver<Outgoing>,
+    outbox: &mut socket_queue::Receiver<Outgoing>,
     gate: &mut Gate,
 ) -> Result<(), Sent>
 where

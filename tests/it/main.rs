@@ -15,6 +15,7 @@ mod failover;
 mod first_run;
 mod fuzz_seeds;
 mod gap_fill;
+mod headers;
 mod layout;
 mod limits;
 mod link;
