@@ -12,6 +12,7 @@
 //! - `client`: one client of the deployment — minted once, then HTTP calls and a checked socket.
 //! - `deployment`: HTTP to the front door — minting clients in bulk, replica names, `/metrics`.
 //! - `socket`: opening load sockets (source addresses, small buffers, the welcome), failure kinds.
+//! - `sources`: the loopback source addresses `--source-addrs` / `--source-ips` name, checked.
 //! - `publisher`: sending — HTTP requests at a rate with bounded concurrency, errors by kind.
 //! - `fleet`: many sockets opened at a bounded rate and held, each by a task of its own.
 //! - `deliveries`: collecting — what each socket receives, tallied; reconnects and outages.
@@ -36,6 +37,7 @@ mod progress;
 mod publisher;
 mod report;
 mod socket;
+mod sources;
 mod sticky;
 mod targeted;
 mod tour;
@@ -52,6 +54,7 @@ use self::deliveries::{Clock, Live};
 use self::deployment::Deployment;
 use self::report::Report;
 use self::socket::Dialer;
+pub use self::sources::SourceAddrs;
 
 /// `stickyws load <scenario>` flags: every setting any scenario takes. Each scenario's command
 /// ([`command`]) offers only those in `Scenario::flags`; the rest keep their defaults.
@@ -110,6 +113,10 @@ pub struct LoadOptions {
     /// ~28k ephemeral ports.
     #[arg(long, default_value_t = 1)]
     pub source_ips: usize,
+    /// Loopback source addresses to spread sockets over, named: `127.0.0.2-127.0.0.9`, or
+    /// addresses and ranges separated by commas. Give each of several load processes its own.
+    #[arg(long, value_name = "ADDRS", conflicts_with = "source_ips")]
+    pub source_addrs: Option<SourceAddrs>,
     /// channel: how many channels (`public:bench-0` …) the subscribers (--sockets) and the
     /// publishes are spread over, round robin.
     #[arg(long, default_value_t = 1)]
@@ -203,6 +210,7 @@ const MEASURING_FLAGS: &[&str] = &[
     "concurrency",
     "api_key",
     "source_ips",
+    "source_addrs",
     "json",
     "plots",
     "label",
@@ -455,7 +463,16 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let ctx = Ctx {
         deployment: Deployment::new(url.as_str(), args.concurrency)?
             .with_api_key(args.api_key.clone()),
-        dialer: Arc::new(Dialer::new(&url, args.source_ips, Duration::from_secs(10)).await?),
+        dialer: Arc::new(
+            Dialer::new(
+                &url,
+                args.source_addrs
+                    .clone()
+                    .or_else(|| SourceAddrs::first(args.source_ips)),
+                Duration::from_secs(10),
+            )
+            .await?,
+        ),
         clock: Clock::start(),
         deadline: Instant::now() + limit,
         live: Arc::new(Live {
@@ -544,6 +561,28 @@ mod tests {
         assert_eq!(args.scenario, Scenario::Targeted);
         assert_eq!(args.options.sockets, 7);
         assert_eq!(args.options.api_key.as_deref(), Some("k"));
+        let args = parse(&["load", "connect", "--source-addrs", "127.0.0.2-127.0.0.3"]).unwrap();
+        assert_eq!(args.options.source_addrs.map(|s| s.addrs().len()), Some(2));
+        let err = parse(&["load", "connect", "--source-addrs", "10.0.0.1"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("10.0.0.1 is not a loopback address"),
+            "{err}"
+        );
+        let err = parse(&[
+            "load",
+            "connect",
+            "--source-addrs",
+            "127.0.0.2",
+            "--source-ips",
+            "2",
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            clap::error::ErrorKind::ArgumentConflict,
+            "{err}"
+        );
         let err = parse(&["load", "tour", "--jitter-every", "3"]).unwrap_err();
         assert!(
             err.to_string()

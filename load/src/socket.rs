@@ -1,7 +1,8 @@
 //! Opening load sockets: a TCP connection (bound to one of several loopback source addresses
 //! when asked, to get past one address's ephemeral ports), the WebSocket upgrade with small
 //! buffers, and the welcome frame; timed, with every failure reduced to a kind for the report.
-//! Reading what arrives afterwards is [`crate::deliveries`]' job.
+//! Which addresses is [`crate::sources`]' to parse; reading what arrives afterwards is
+//! [`crate::deliveries`]' job.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,6 +20,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::client::Client;
 use crate::report::io_kind;
+use crate::sources::SourceAddrs;
 
 pub type Ws = WebSocketStream<TcpStream>;
 
@@ -52,11 +54,11 @@ pub struct Opened {
 }
 
 impl Dialer {
-    /// For the deployment at `url` (`http://host:port[/prefix]`); `sources` loopback addresses
-    /// 127.0.0.1, 127.0.0.2, … are bound in turn when `sources` > 1.
+    /// For the deployment at `url` (`http://host:port[/prefix]`); the `sources` addresses, when
+    /// given, are bound in turn (the target must then be IPv4 loopback too).
     pub async fn new(
         url: &reqwest::Url,
-        sources: usize,
+        sources: Option<SourceAddrs>,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
         if url.scheme() != "http" {
@@ -69,14 +71,16 @@ impl Dialer {
             .with_context(|| format!("resolving {host}"))?
             .next()
             .with_context(|| format!("{host} resolves to nothing"))?;
-        let sources = if sources > 1 {
-            if !addr.ip().is_loopback() || !addr.is_ipv4() {
-                bail!("--source-ips needs an IPv4 loopback target, not {addr}");
+        let sources = match sources {
+            Some(sources) => {
+                if !addr.ip().is_loopback() || !addr.is_ipv4() {
+                    bail!(
+                        "--source-ips and --source-addrs need an IPv4 loopback target, not {addr}"
+                    );
+                }
+                sources.addrs().iter().copied().map(IpAddr::V4).collect()
             }
-            let count = u8::try_from(sources.min(250)).unwrap_or(250);
-            (1..=count).map(|i| IpAddr::from([127, 0, 0, i])).collect()
-        } else {
-            Vec::new()
+            None => Vec::new(),
         };
         Ok(Self {
             addr,
@@ -177,6 +181,16 @@ impl Dialer {
             TcpSocket::new_v6()?
         };
         if !self.sources.is_empty() {
+            // The port is chosen at connect, for this destination only (IP_BIND_ADDRESS_NO_PORT).
+            // Bound to port 0 without it, each socket would take a port number out of the
+            // machine's one ephemeral range for every destination: nginx's own connections to the
+            // replicas (from 127.0.0.1, kernel-chosen) would find those numbers taken and run out
+            // of ports long before the load tool does.
+            nix::sys::socket::setsockopt(
+                &socket,
+                nix::sys::socket::sockopt::IpBindAddressNoPort,
+                &true,
+            )?;
             let i = self.next_source.fetch_add(1, Ordering::Relaxed) % self.sources.len();
             socket.bind(SocketAddr::new(self.sources[i], 0))?;
         }
@@ -209,5 +223,62 @@ pub fn ws_kind(err: &WsError) -> String {
         WsError::Protocol(_) => "protocol".to_owned(),
         WsError::Capacity(_) => "too_large".to_owned(),
         _ => "ws_other".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where the sockets come from, as the server sees it: each source address in turn, and
+    /// (without them) whatever the kernel picks.
+    #[tokio::test]
+    async fn sockets_come_from_each_source_address_in_turn() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url: reqwest::Url = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let sources: SourceAddrs = "127.0.0.3,127.0.0.7".parse().unwrap();
+        let dialer = Dialer::new(&url, Some(sources), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let (stream, (accepted, peer)) =
+                tokio::join!(dialer.tcp(), async { listener.accept().await.unwrap() });
+            let stream = stream.unwrap();
+            assert_eq!(stream.local_addr().unwrap(), peer);
+            // The port was left to connect, so it is not taken from other destinations.
+            let no_port = nix::sys::socket::getsockopt(
+                &stream,
+                nix::sys::socket::sockopt::IpBindAddressNoPort,
+            );
+            assert_eq!(no_port, Ok(true));
+            seen.push(peer.ip().to_string());
+            held.push((stream, accepted));
+        }
+        assert_eq!(seen, ["127.0.0.3", "127.0.0.7", "127.0.0.3", "127.0.0.7"]);
+
+        let plain = Dialer::new(&url, None, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let (stream, (_accepted, peer)) =
+            tokio::join!(plain.tcp(), async { listener.accept().await.unwrap() });
+        stream.unwrap();
+        assert_eq!(peer.ip().to_string(), "127.0.0.1");
+    }
+
+    #[tokio::test]
+    async fn source_addresses_need_a_loopback_target() {
+        let url: reqwest::Url = "http://10.0.0.1:9".parse().unwrap();
+        let sources: SourceAddrs = "127.0.0.2".parse().unwrap();
+        let err = Dialer::new(&url, Some(sources), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("need an IPv4 loopback target"),
+            "{err}"
+        );
     }
 }
