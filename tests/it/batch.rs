@@ -43,13 +43,7 @@ async fn send_raw(
     if let Some(key) = key {
         request = request.header("idempotency-key", key);
     }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    crate::support::answer(request.send().await.unwrap()).await
 }
 
 fn to_client(client: &Client, text: &str) -> Value {

@@ -1719,22 +1719,9 @@ async fn on_a_redis_cluster_the_page_shows_its_clients_slot_and_master() {
         .collect::<String>()
         .trim_end_matches('.')
         .to_owned();
-    let mut conn = redis::Client::open(format!("redis://{master}"))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let slot: i64 = slot
+        .parse()
+        .unwrap_or_else(|_| panic!("a slot number: {text}"));
     let key = format!("stickyws:{{client:{client_id}}}");
-    let keyslot: i64 = redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(&key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(slot, keyslot.to_string(), "{text}");
-    let served: redis::RedisResult<Option<String>> = redis::cmd("GET")
-        .arg(format!("{key}:probe"))
-        .query_async(&mut conn)
-        .await;
-    assert!(served.is_ok(), "{master} serves slot {slot}: {served:?}");
+    crate::support::redis_cluster::assert_master_serves(&master, &key, slot).await;
 }

@@ -5,10 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::Value;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 
@@ -95,13 +93,7 @@ async fn echo(
     for (name, value) in headers {
         request = request.header(name, value);
     }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    crate::support::answer(request.send().await.unwrap()).await
 }
 
 fn ws_path(client: &Client, query: &str) -> String {
@@ -120,28 +112,7 @@ async fn socket(cluster: &TestCluster, client: &Client, query: &str, headers: &H
             HeaderValue::from_str(value).unwrap(),
         );
     }
-    let (mut ws, _) = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::connect_async(request),
-    )
-    .await
-    .expect("upgrade in time")
-    .expect("upgrade accepted");
-    let welcome = loop {
-        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
-            Ok(Some(Ok(Message::Text(text)))) => {
-                break serde_json::from_str::<Value>(&text).unwrap();
-            }
-            Ok(Some(Ok(_))) => continue,
-            other => panic!("no welcome: {other:?}"),
-        }
-    };
-    assert_eq!(welcome["type"], "welcome", "{welcome}");
-    Socket {
-        ws,
-        replica: welcome["replica"].as_str().unwrap().to_owned(),
-        welcome,
-    }
+    Socket::connect_request(request, client).await
 }
 
 /// For every replica: the page, the echo API and a socket sent `headers` and `query` plus the

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::support::redis_cluster::{OnRedisCluster, next_or_close};
+use crate::support::redis_cluster::{OnRedisCluster, assert_master_serves, next_or_close};
 use crate::support::{API_KEY, Socket, TestCluster};
 
 fn client_channel(id: &str) -> String {
@@ -963,46 +963,31 @@ async fn on_a_redis_cluster_the_page_names_the_rooms_shard_before_it_joins() {
         "return window.stickyws && window.stickyws.state().wsState === 'open';",
     )
     .await;
-    let line_for = |room: &str, mark: &str| {
-        format!(
+    // Waits for the shard line to name `room` (with `mark` after it), then checks the slot and
+    // master it shows against the cluster itself.
+    let shows = |what: &'static str, room: &'static str, mark: &'static str| {
+        let js = format!(
             "const s = document.getElementById('shard'); \
              const m = !s.hidden && s.textContent.match(/room {}{}: slot (\\d+) on (127\\.0\\.0\\.1:\\d+)/); \
              return m && [m[1], m[2]];",
             room.replace('.', "\\."),
             mark.replace('(', "\\(").replace(')', "\\)")
-        )
-    };
-    let check = |shown: serde_json::Value, room: &'static str| async move {
-        let slot: i64 = shown[0].as_str().unwrap().parse().unwrap();
-        let master = shown[1].as_str().unwrap().to_owned();
-        let mut conn = redis::Client::open(format!("redis://{master}"))
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        let key = room_channel(room);
-        let keyslot: i64 = redis::cmd("CLUSTER")
-            .arg("KEYSLOT")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        assert_eq!(slot, keyslot, "{room}: {shown}");
-        let served: redis::RedisResult<Option<String>> = redis::cmd("GET")
-            .arg(format!("{key}:probe"))
-            .query_async(&mut conn)
-            .await;
-        assert!(served.is_ok(), "{master} serves slot {slot}: {served:?}");
+        );
+        let page = &page;
+        async move {
+            let shown = page.wait_until(what, Duration::from_secs(10), &js).await;
+            let slot: i64 = shown[0].as_str().unwrap().parse().unwrap();
+            let master = shown[1].as_str().unwrap();
+            assert_master_serves(master, &room_channel(room), slot).await;
+        }
     };
     // Not joined: the name field's room (the page's default).
-    let shown = page
-        .wait_until(
-            "the default room's shard before joining",
-            Duration::from_secs(10),
-            &line_for("public:lobby", " (not joined)"),
-        )
-        .await;
-    check(shown, "public:lobby").await;
+    shows(
+        "the default room's shard before joining",
+        "public:lobby",
+        " (not joined)",
+    )
+    .await;
     assert_eq!(
         page.state().await["room"]["status"],
         "out",
@@ -1014,22 +999,13 @@ async fn on_a_redis_cluster_the_page_names_the_rooms_shard_before_it_joins() {
          f.dispatchEvent(new Event('input', { bubbles: true }));",
     )
     .await;
-    let shown = page
-        .wait_until(
-            "the typed room's shard",
-            Duration::from_secs(10),
-            &line_for("public:shard.elsewhere", " (not joined)"),
-        )
-        .await;
-    check(shown, "public:shard.elsewhere").await;
+    shows(
+        "the typed room's shard",
+        "public:shard.elsewhere",
+        " (not joined)",
+    )
+    .await;
     // Joined: the same room, no longer marked.
     page.click("btn-room-join").await;
-    let shown = page
-        .wait_until(
-            "the joined room's shard",
-            Duration::from_secs(10),
-            &line_for("public:shard.elsewhere", ""),
-        )
-        .await;
-    check(shown, "public:shard.elsewhere").await;
+    shows("the joined room's shard", "public:shard.elsewhere", "").await;
 }

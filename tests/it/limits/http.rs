@@ -117,13 +117,7 @@ async fn send(cluster: &TestCluster, req: &Req) -> (StatusCode, Value) {
             HeaderValue::from_bytes(value).unwrap(),
         );
     }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    crate::support::answer(request.send().await.unwrap()).await
 }
 
 /// A request whose body is chunked, written byte for byte (reqwest always sends a length for a

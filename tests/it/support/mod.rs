@@ -186,11 +186,7 @@ impl TestCluster {
         if let Some(replica) = sticky {
             request = request.header("cookie", format!("sticky={replica}"));
         }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, value)
+        answer(request.send().await.unwrap()).await
     }
 
     pub async fn get(&self, path: &str, sticky: Option<&str>) -> reqwest::Response {
@@ -273,19 +269,17 @@ impl TestCluster {
         bearer: &str,
         body: &str,
     ) -> (StatusCode, Value) {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.replica_base(replica)))
-            .header("content-type", "application/json")
-            .header("authorization", format!("Bearer {bearer}"))
-            .body(body.to_owned())
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, value)
+        answer(
+            self.http
+                .post(format!("{}{path}", self.replica_base(replica)))
+                .header("content-type", "application/json")
+                .header("authorization", format!("Bearer {bearer}"))
+                .body(body.to_owned())
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
     }
 
     /// Lines of the records log whose replica, event and client are these.
@@ -339,13 +333,7 @@ impl TestCluster {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        answer(request.send().await.unwrap()).await
     }
 
     /// A plain connection to the cluster's Redis, to ask it what the replicas did.
@@ -387,6 +375,17 @@ impl TestCluster {
         let port = self.redis.as_ref().map(|r| r.port).unwrap();
         self.redis = Some(RedisServer::start_on(port, self.dir.path()));
     }
+}
+
+/// A response's status and body: the body as JSON, or as a JSON string when it is not JSON
+/// (nginx's own error pages).
+pub async fn answer(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 /// The value of one series in Prometheus text (`name{labels}` exactly as exposed); 0 when the

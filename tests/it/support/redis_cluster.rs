@@ -110,6 +110,28 @@ impl OnRedisCluster {
     }
 }
 
+/// What the page says of a key — slot `slot`, served by `master` — is true: that master puts
+/// `key` in that slot, and answers a key of it itself (no `MOVED`).
+pub async fn assert_master_serves(master: &str, key: &str, slot: i64) {
+    let mut conn = redis::Client::open(format!("redis://{master}"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keyslot: i64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(slot, keyslot, "the slot shown for {key}");
+    let served: redis::RedisResult<Option<String>> = redis::cmd("GET")
+        .arg(format!("{key}:probe"))
+        .query_async(&mut conn)
+        .await;
+    assert!(served.is_ok(), "{master} serves slot {slot}: {served:?}");
+}
+
 /// The next text frame within `limit`: Ok(None) when quiet, Err(why) once the server closed
 /// the socket (a client then reconnects with its cursor).
 pub async fn next_or_close(

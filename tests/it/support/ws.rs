@@ -56,6 +56,14 @@ impl Socket {
                 .headers_mut()
                 .insert("cookie", format!("sticky={replica}").parse().unwrap());
         }
+        Socket::connect_request(request, client).await
+    }
+
+    /// An upgrade of `client`'s socket by a request made elsewhere (its own headers), greeted.
+    pub async fn connect_request(
+        request: tokio_tungstenite::tungstenite::handshake::client::Request,
+        client: &Client,
+    ) -> Socket {
         let (ws, _) = tokio::time::timeout(
             Duration::from_secs(10),
             tokio_tungstenite::connect_async(request),
