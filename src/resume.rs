@@ -350,7 +350,7 @@ mod tests {
         let seen_own = publish(&broker, Target::Client(c.clone()), "seen").await;
         let seen_all = publish(&broker, Target::Broadcast, "seen all").await;
         publish(&broker, Target::Client(c.clone()), "m1").await;
-        publish(&broker, Target::Broadcast, "b1").await;
+        let b1 = publish(&broker, Target::Broadcast, "b1").await;
         let last = publish(&broker, Target::Client(c.clone()), "m2").await;
         let seen = Seen {
             client: seen_own,
@@ -362,6 +362,14 @@ mod tests {
         assert_eq!(
             start.welcome, seen,
             "the welcome of a resume repeats where the client said it was; the replay follows"
+        );
+        assert_eq!(
+            start.skip.seen(),
+            Seen {
+                client: last,
+                broadcast: b1
+            },
+            "the socket has each history up to the last message replayed of it"
         );
         let live = Envelope {
             via: Via::Publish,
@@ -511,7 +519,8 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(
-            cut.skip.0.client, last_sent,
+            cut.skip.seen().client,
+            last_sent,
             "live copies of what was cut still go out"
         );
         let none = start(&broker, &c, "app-1", Some(Seen::default()), 1).await;
