@@ -1,17 +1,20 @@
 #!/usr/bin/env python3
 """The compose deployment's end-to-end checks, run by scripts/compose-e2e from the host through
 nginx's published port, as a browser reaches it: the six buttons' promises, then a replica stopped
-under its clients. Prints one line per check and a closing `N passed, N failed`; exit 1 on any
-failure.
+under its clients; the fault drills; and with docker/compose.redis-cluster.yml layered on, that the
+replicas really run on the Redis Cluster, and a master killed under a live client. Prints one line
+per check and a closing `N passed, N failed`; exit 1 on any failure.
 
 Standard library only: http.client for HTTP, and for WebSockets the few lines of RFC 6455 a
-client needs (handshake, masked text frames out, text/ping/close frames in).
+client needs (handshake, masked text frames out, text/ping/close frames in). The cluster checks
+read the nodes with `docker exec <container> redis-cli`.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import binascii
 import hashlib
 import http.client
 import json
@@ -22,6 +25,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 from collections import Counter
@@ -31,6 +35,10 @@ REPLICAS = ("app-1", "app-2", "app-3")
 
 class CheckFailed(Exception):
     pass
+
+
+class NotOnCluster(CheckFailed):
+    """A replica that answers without a shard is on one Redis: waiting will not change that."""
 
 
 def expect(condition: bool, message: str) -> None:
@@ -501,21 +509,367 @@ def check_drills(front, replica):
             f"{answered:.1f}s; redis frozen 2s, up again {resumed:.1f}s after the answer")
 
 
+# --- on a Redis Cluster (docker/compose.redis-cluster.yml layered on) -----------------------------
+
+SLOTS = 16384
+
+
+def key_slot(key: str) -> int:
+    """Redis Cluster's slot of a key: CRC16 (XMODEM) of its hash tag if it has one."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            key = key[start + 1:end]
+    return binascii.crc_hqx(key.encode(), 0) % SLOTS
+
+
+def client_channel(client_id: str) -> str:
+    """A client's sharded pub/sub channel, as src/broker/cluster_keys.rs names it."""
+    return f"stickyws:{{client:{client_id}}}"
+
+
+class Node:
+    """One node as it sees itself in its CLUSTER NODES line."""
+
+    def __init__(self, name, line):
+        fields = line.split()
+        self.name = name
+        self.id = fields[0]
+        self.addr = fields[1].split("@")[0]  # ip:port, as CLUSTER SLOTS names a master
+        self.master = "master" in fields[2].split(",")
+        self.master_id = fields[3] if fields[3] != "-" else None
+        self.ranges = []
+        for part in fields[8:]:
+            if not part.startswith("["):  # a slot being migrated
+                first, _, last = part.partition("-")
+                self.ranges.append((int(first), int(last or first)))
+
+    def serves(self, slot):
+        return self.master and any(first <= slot <= last for first, last in self.ranges)
+
+
+class Nodes:
+    """The cluster's nodes as containers (name=container), read with `docker exec … redis-cli`."""
+
+    def __init__(self, pairs):
+        self.containers = dict(pair.split("=", 1) for pair in pairs)
+        self.dead = set()
+
+    def cli(self, name, *args, timeout=10.0):
+        try:
+            done = subprocess.run(["docker", "exec", self.containers[name], "redis-cli", *args],
+                                  capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise CheckFailed(f"{name}: redis-cli {' '.join(args)}: no answer in {timeout}s") \
+                from None
+        expect(done.returncode == 0,
+               f"{name}: redis-cli {' '.join(args)}: {done.stderr.strip() or done.stdout.strip()}")
+        return done.stdout
+
+    def live(self):
+        return [name for name in self.containers if name not in self.dead]
+
+    def info(self, name):
+        return dict(line.split(":", 1) for line in self.cli(name, "cluster", "info").splitlines()
+                    if ":" in line)
+
+    def myself(self, name):
+        for line in self.cli(name, "cluster", "nodes").splitlines():
+            fields = line.split()
+            if len(fields) >= 8 and "myself" in fields[2].split(","):
+                return Node(name, line)
+        raise CheckFailed(f"{name}: no `myself` line in CLUSTER NODES")
+
+    def topology(self):
+        """Every live node as it sees itself, by name."""
+        return {name: self.myself(name) for name in self.live()}
+
+    def owner(self, slot, topology=None):
+        owners = [n for n in (topology or self.topology()).values() if n.serves(slot)]
+        expect(len(owners) == 1, f"slot {slot} is served by {[n.name for n in owners]}")
+        return owners[0]
+
+    def shard_channels(self, name):
+        return set(self.cli(name, "pubsub", "shardchannels", "stickyws:*").split())
+
+    def kill(self, name):
+        done = subprocess.run(["docker", "kill", self.containers[name]], capture_output=True,
+                              text=True, timeout=30)
+        expect(done.returncode == 0, f"docker kill {name}: {done.stderr.strip()}")
+        self.dead.add(name)
+
+
+def wait_for(limit, what, probe, every=0.2):
+    """Calls probe() until it returns something truthy, or fails after `limit` seconds; returns
+    (its answer, the seconds it took)."""
+    started = time.monotonic()
+    last = None
+    while True:
+        try:
+            answer = probe()
+        except NotOnCluster:
+            raise
+        except (CheckFailed, Closed, OSError, ValueError, KeyError, TypeError) as err:
+            answer, last = None, err
+        if answer:
+            return answer, time.monotonic() - started
+        if time.monotonic() - started > limit:
+            raise CheckFailed(f"{what}: not within {limit}s (last: {last!r})")
+        time.sleep(every)
+
+
+def client_shard(front, client, replica):
+    """What `replica`'s /api/stats says of the client's shard: (slot, master address)."""
+    status, stats, _ = front.request("GET", f"/api/stats?client_id={client['client_id']}",
+                                     cookie=sticky(replica))
+    expect(status == 200, f"GET /api/stats on {replica}: HTTP {status} {stats}")
+    expect(stats["replica"] == replica, f"/api/stats with {sticky(replica)}: {stats['replica']}")
+    shard = (stats.get("shard") or {}).get("client")
+    if shard is None:
+        raise NotOnCluster(f"{replica}'s /api/stats names no shard, so its broker is not a "
+                           f"cluster: shard={stats.get('shard')!r}, broker {stats['broker']}")
+    return shard["slot"], shard["master"], stats["broker"]["up"]
+
+
+def check_cluster_ready(front, limit=90):
+    """Every replica, through nginx with its cookie, is up on its broker and names a shard."""
+    client = front.mint()
+
+    def ready():
+        return all(client_shard(front, client, r)[2] for r in REPLICAS)
+
+    _, took = wait_for(limit, "every replica up on the cluster", ready)
+    return f"app-1..app-3 answer /api/stats with broker up and a shard, after {took:.1f}s"
+
+
+def check_cluster(front, nodes, single):
+    """The replicas run on the cluster: it is whole, every held client's sharded channel is on
+    its slot's master and nowhere else, each replica names that master, and the single Redis the
+    shipped file still starts holds nothing of theirs."""
+    for name in nodes.live():
+        info = nodes.info(name)
+        expect(info.get("cluster_state") == "ok" and info.get("cluster_known_nodes") == "6"
+               and info.get("cluster_size") == "3", f"{name}: CLUSTER INFO {info}")
+    topology = nodes.topology()
+    masters = sorted(n.name for n in topology.values() if n.master)
+    expect(len(masters) == 3, f"masters: {masters}")
+    expect(sum(last - first + 1 for n in topology.values() if n.master
+               for first, last in n.ranges) == SLOTS, "the masters do not cover the 16384 slots")
+    master_ids = {topology[m].id for m in masters}
+    for n in topology.values():
+        expect(n.master or n.master_id in master_ids, f"{n.name} replicates no master")
+
+    holders = []
+    try:
+        for replica in REPLICAS:
+            for _ in range(4):
+                client = front.mint(cookie=sticky(replica))
+                sock = front.ws(client, cookie=sticky(replica))
+                holders.append((client, sock))
+                expect(sock.replica == replica, f"socket with {sticky(replica)} on {sock.replica}")
+        one = client_channel(holders[0][0]["client_id"])
+        keyslot = int(nodes.cli(masters[0], "cluster", "keyslot", one).strip())
+        expect(keyslot == key_slot(one), f"CLUSTER KEYSLOT {one} = {keyslot}, "
+                                         f"computed {key_slot(one)}")
+        wanted = {client_channel(c["client_id"]): nodes.owner(key_slot(client_channel(
+            c["client_id"])), topology).name for c, _ in holders}
+
+        def all_subscribed():
+            found = {m: nodes.shard_channels(m) for m in masters}
+            return found if all(ch in found[m] for ch, m in wanted.items()) else None
+
+        found, _ = wait_for(10, "every held client's channel in its master's PUBSUB "
+                                "SHARDCHANNELS", all_subscribed)
+        for channel, master in wanted.items():
+            elsewhere = [m for m in masters if m != master and channel in found[m]]
+            expect(not elsewhere, f"{channel} also subscribed on {elsewhere}")
+        used = Counter(wanted.values())
+        expect(len(used) >= 2, f"12 clients' slots all on one master: {dict(used)}")
+        for client, sock in holders:
+            slot, master, _ = client_shard(front, client, sock.replica)
+            channel = client_channel(client["client_id"])
+            expect(slot == key_slot(channel), f"{sock.replica} says slot {slot} for {channel}")
+            expect(master == topology[wanted[channel]].addr,
+                   f"{sock.replica} says {master} serves slot {slot}; the cluster says "
+                   f"{wanted[channel]} ({topology[wanted[channel]].addr})")
+            reply = front.api(f"/api/publish/{client['client_id']}", token=client["token"],
+                              body={"text": "sharded"})
+            expect(reply["receivers"] == 1, f"publish: {reply}")
+            (frame,) = sock.messages(1) or [None]
+            expect(frame is not None and frame["text"] == "sharded", f"after SPUBLISH: {frame}")
+    finally:
+        for _, sock in holders:
+            sock.close()
+
+    detail = ""
+    if single:
+        # It kept the keys of the single-Redis run before; what says no replica uses it now is
+        # that none is connected: only this redis-cli and the healthcheck's ping may be.
+        def cli(*args):
+            return subprocess.run(["docker", "exec", single, "redis-cli", *args],
+                                  capture_output=True, text=True, timeout=10).stdout
+
+        connected = [line for line in cli("client", "list").splitlines()
+                     if not re.search(r" cmd=(client\|list|ping|client) ", line + " ")]
+        channels = cli("pubsub", "channels").split()
+        expect(not connected and not channels,
+               f"the single `redis` has clients {connected} and channels {channels[:5]}: a "
+               f"replica uses REDIS_URL")
+        detail = "; the single `redis` service: no client connected, no channel"
+    return ("cluster_state:ok on 6 nodes, 3 masters cover 16384 slots; 12 held clients' "
+            "channels each in their slot's master's PUBSUB SHARDCHANNELS only (" +
+            ", ".join(f"{m} {used[m]}" for m in masters) +
+            "); app-1..3's /api/stats name that slot and master; 12 of 12 SPUBLISHed" + detail)
+
+
+def check_cluster_failover(front, nodes, limit):
+    """SIGKILLs the master that owns a live client's slot while it is published to every 50 ms:
+    its replica is promoted, deliveries resume within `limit` seconds, every accepted message
+    arrives exactly once and no false history_lost is told."""
+    client = front.mint(cookie=sticky("app-1"))
+    sock = front.ws(client, cookie=sticky("app-1"))
+    channel = client_channel(client["client_id"])
+    slot = key_slot(channel)
+    before = nodes.topology()
+    owner = nodes.owner(slot, before)
+    heirs = [n.name for n in before.values() if n.master_id == owner.id]
+    expect(len(heirs) == 1, f"{owner.name} has replicas {heirs}")
+    wait_for(10, f"{channel} in {owner.name}'s PUBSUB SHARDCHANNELS",
+             lambda: channel in nodes.shard_channels(owner.name))
+
+    sent, lock, stop = [], threading.Lock(), threading.Event()
+    publisher_front = Front(f"http://{front.host}:{front.port}")
+    started = time.monotonic()
+
+    def publish():
+        for i in range(1000):
+            if stop.is_set():
+                return
+            text, at = f"m{i}", time.monotonic() - started
+            try:
+                status, _, _ = publisher_front.request(
+                    "POST", f"/api/publish/{client['client_id']}", token=client["token"],
+                    body={"text": text}, timeout=5)
+            except OSError:
+                status = 0
+            with lock:
+                sent.append((text, at, status))
+            time.sleep(0.05)
+
+    publisher = threading.Thread(target=publish, daemon=True)
+    publisher.start()
+    got, history_lost, reconnects = [], [], []
+    cursor = sock.welcome.get("cursor")
+    killed = resumed = None
+    deadline = started + limit + 10
+    try:
+        while time.monotonic() < deadline:
+            now = time.monotonic() - started
+            if killed is None and now > 1.0:
+                nodes.kill(owner.name)
+                killed = time.monotonic() - started
+            try:
+                frame = sock.recv(0.1)
+            except socket.timeout:
+                frame = None
+            except (Closed, OSError) as err:
+                reconnects.append(f"{err} at {now:.1f}s")
+                sock.close()
+                sock, _ = wait_for(5, "the client's reconnect", lambda: front.ws(
+                    client, cookie=sticky("app-1"), last_id=cursor))
+                continue
+            if frame is None:
+                pass
+            elif frame.get("type") == "history_lost":
+                history_lost.append(frame)
+            elif frame.get("type") == "message" and frame.get("via") == "publish":
+                cursor = frame.get("cursor") or cursor
+                got.append(frame["text"])
+                if killed is not None and resumed is None:
+                    with lock:
+                        at = next((a for t, a, _ in sent if t == frame["text"]), 0)
+                    if at > killed:
+                        resumed = time.monotonic() - started
+            if resumed is not None and time.monotonic() - started > resumed + 2:
+                break
+    finally:
+        stop.set()
+        publisher.join(10)
+    got += [f["text"] for f in sock.messages(1000, 1.0) if f.get("via") == "publish"]
+    sock.close()
+
+    expect(killed is not None, f"{owner.name} was not killed")
+    expect(resumed is not None, f"no message published after the kill of {owner.name} arrived "
+                                f"within {deadline - started - killed:.0f}s")
+    resumed_after = resumed - killed
+    accepted = [t for t, _, status in sent if status == 200]
+    refused = [(a, status) for _, a, status in sent if status != 200]
+    lost = [t for t in accepted if t not in got]
+    expect(not lost, f"accepted but not delivered: {lost}")
+    twice = [text for text, n in Counter(got).items() if n > 1]
+    expect(not twice, f"delivered twice: {twice}")
+    expect(not history_lost, f"a false history_lost: {history_lost}")
+    expect(resumed_after < limit, f"deliveries resumed {resumed_after:.1f}s after the kill")
+
+    def promoted():
+        topology = nodes.topology()
+        heir = topology[heirs[0]]
+        return heir if heir.serves(slot) else None
+
+    heir, _ = wait_for(10, f"{heirs[0]} promoted to serve slot {slot}", promoted)
+    wait_for(10, "cluster_state:ok on the 5 live nodes", lambda: all(
+        nodes.info(n).get("cluster_state") == "ok" for n in nodes.live()))
+    _, settled = wait_for(15, f"app-1..3 up and naming {heirs[0]} for slot {slot}", lambda: all(
+        (lambda s: s[1] == heir.addr and s[2])(client_shard(front, client, r)) for r in REPLICAS))
+    statuses = ",".join(str(s) for s in sorted({s for _, s in refused}))
+    window = (f" ({statuses}) from {refused[0][0] - killed:+.1f}s to "
+              f"{refused[-1][0] - killed:+.1f}s") if refused else ""
+    return (f"docker kill {owner.name} (master of slot {slot}, the client's): deliveries resumed "
+            f"{resumed_after:.1f}s after the SIGKILL; {heirs[0]} promoted and serving the slot; "
+            f"{len(refused)} publishes refused{window}; {len(accepted)} accepted, all delivered "
+            f"once; socket reconnects {len(reconnects)}; no history_lost; app-1..3 name "
+            f"{heirs[0]} ({heir.addr}) and are up {settled:.1f}s later")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--stop", metavar="COMMAND",
                         help="shell words that stop one replica (the failover check)")
     parser.add_argument("--stopped", default="app-2", help="the APP_ID that --stop stops")
-    parser.add_argument("--only", choices=("buttons", "failover", "drills", "drills-off"),
+    parser.add_argument("--only", choices=("buttons", "failover", "drills", "drills-off",
+                                           "cluster-ready", "cluster", "cluster-failover"),
                         help="run only the six buttons' checks, the failover, the fault drills "
-                             "(docker/compose.drills.yml layered on) or their absence")
+                             "(docker/compose.drills.yml layered on) or their absence; or, with "
+                             "docker/compose.redis-cluster.yml layered on, wait until every "
+                             "replica is up on the cluster, check it is the one in use, or kill "
+                             "a client's master")
+    parser.add_argument("--redis-node", action="append", default=[], metavar="NAME=CONTAINER",
+                        help="a cluster node's service name and container (all six)")
+    parser.add_argument("--single-redis", metavar="CONTAINER",
+                        help="the shipped `redis` container, which no replica may use")
+    parser.add_argument("--resume-limit", type=float, default=15.0,
+                        help="seconds within which deliveries resume after the master's kill")
     args = parser.parse_args()
     if args.only == "failover" and not args.stop:
         parser.error("--only failover needs --stop")
+    if args.only in ("cluster", "cluster-failover") and len(args.redis_node) != 6:
+        parser.error(f"--only {args.only} needs six --redis-node NAME=CONTAINER")
     front = Front(args.url)
+    nodes = Nodes(args.redis_node)
 
-    if args.only in ("drills", "drills-off"):
+    if args.only == "cluster-ready":
+        checks = [("cluster ready", lambda: check_cluster_ready(front))]
+        args.stop = None
+    elif args.only == "cluster":
+        checks = [("cluster in use", lambda: check_cluster(front, nodes, args.single_redis))]
+        args.stop = None
+    elif args.only == "cluster-failover":
+        checks = [("cluster master failover",
+                   lambda: check_cluster_failover(front, nodes, args.resume_limit))]
+        args.stop = None
+    elif args.only in ("drills", "drills-off"):
         checks = [("drills", lambda: check_drills(front, args.stopped))] \
             if args.only == "drills" else [("drills off", lambda: check_drills_off(front))]
         args.stop = None
@@ -539,7 +893,8 @@ def main():
         started = time.monotonic()
         try:
             detail = run()
-        except (CheckFailed, Closed, OSError, ValueError, KeyError) as err:
+        except (CheckFailed, Closed, OSError, ValueError, KeyError,
+                subprocess.SubprocessError) as err:
             failed += 1
             print(f"FAIL {name}: {type(err).__name__}: {err} [{time.monotonic() - started:.1f}s]",
                   flush=True)
