@@ -13,6 +13,7 @@
 //! - [`resume`]: where a socket's stream starts; replay of what a reconnecting client missed.
 //! - [`registry`]: the sockets a replica holds, by client id, each with its bounded queue.
 //! - [`socket_queue`]: one socket's bounded queue of outgoing frames, one small allocation while idle.
+//! - [`alarm`]: how the registry tells a session its socket must close (slow consumer, resync).
 //! - [`delivery`]: the return leg of every message — the broker's inbox, `direct` and the
 //!   socket echo — into the registry, counted and recorded in one place.
 //! - [`broker`]: how messages reach the replicas holding a client — in-process, Redis or a
@@ -62,6 +63,7 @@
 //! epoch); each receiving replica adds itself as `replica` when it builds the frame, once for all
 //! its local recipients.
 
+pub mod alarm;
 pub mod backoff;
 pub mod broker;
 pub mod channel;

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use tokio_util::sync::CancellationToken;
+use crate::alarm::{Alarm, Reason};
 
 use crate::broker::{Broker, Driver, Subscribed};
 use crate::channel::ChannelName;
@@ -75,11 +75,10 @@ struct Subscriber {
 struct Tab {
     id: u64,
     queue: socket_queue::Sender<Outgoing>,
-    /// Cancelled when the queue overflows; the session then closes the socket with 1013.
-    slow: CancellationToken,
-    /// Cancelled when messages this socket's target missed could not be filled; the session
-    /// then closes the socket with 1012 so the client resumes from its cursor.
-    resync: CancellationToken,
+    /// Raised when the queue overflows (the session then closes the socket with 1013), or when
+    /// messages this socket's target missed could not be filled (1012, so the client resumes
+    /// from its cursor).
+    alarm: Alarm,
 }
 
 /// Why a socket was not admitted.
@@ -126,10 +125,9 @@ pub struct Registration {
     pub queue: socket_queue::Sender<Outgoing>,
     /// Everything delivered to the socket, in order.
     pub outbox: Option<socket_queue::Receiver<Outgoing>>,
-    /// Cancelled when the socket fell behind.
-    pub slow: CancellationToken,
-    /// Cancelled when the socket must resume from its cursor (a gap that could not be filled).
-    pub resync: CancellationToken,
+    /// Raised when the socket fell behind, or must resume from its cursor (a gap that could
+    /// not be filled).
+    pub alarm: Alarm,
     /// Set for the first socket of a client: resolves once the broker subscribed.
     pub subscribed: Option<Subscribed>,
 }
@@ -184,14 +182,17 @@ impl Registry {
         state.next_id += 1;
         state.sockets += 1;
         let (queue, outbox) = socket_queue::channel(self.inner.queue);
-        let slow = CancellationToken::new();
-        let resync = CancellationToken::new();
-        state.clients.entry(client.clone()).or_default().push(Tab {
-            id,
-            queue: queue.clone(),
-            slow: slow.clone(),
-            resync: resync.clone(),
-        });
+        let alarm = Alarm::default();
+        // Most clients hold one socket: a Vec's first growth would make room for four.
+        state
+            .clients
+            .entry(client.clone())
+            .or_insert_with(|| Vec::with_capacity(1))
+            .push(Tab {
+                id,
+                queue: queue.clone(),
+                alarm: alarm.clone(),
+            });
         let first = held == 0;
         let subscribed = first.then(|| broker.hold(&Target::Client(client.clone())));
         drop(state);
@@ -203,8 +204,7 @@ impl Registry {
             id,
             queue,
             outbox: Some(outbox),
-            slow,
-            resync,
+            alarm,
             subscribed,
         })
     }
@@ -440,8 +440,7 @@ fn offer<'a>(tabs: impl Iterator<Item = &'a Tab>, frame: &Outgoing, metrics: &Me
         match tab.queue.try_send(frame.clone()) {
             Ok(()) => delivery.reached += 1,
             Err(socket_queue::TrySendError::Full(_)) => {
-                if !tab.slow.is_cancelled() {
-                    tab.slow.cancel();
+                if tab.alarm.raise(Reason::Slow) {
                     metrics.slow_consumer();
                 }
                 delivery.overflowed += 1;
@@ -517,7 +516,7 @@ impl State {
             Target::Broadcast => self.clients.values().flatten().collect(),
         };
         for tab in &tabs {
-            tab.resync.cancel();
+            tab.alarm.raise(Reason::Resync);
         }
         tabs.len()
     }
@@ -810,7 +809,7 @@ mod tests {
                 ..Delivery::default()
             }
         );
-        assert!(slow.slow.is_cancelled());
+        assert!(slow.alarm.is_raised(Reason::Slow));
         assert_eq!(
             registry.deliver(&Target::Broadcast, &frame),
             Delivery {
@@ -820,7 +819,7 @@ mod tests {
             }
         );
         assert_eq!(fast.outbox.as_mut().unwrap().try_recv().unwrap(), frame);
-        assert!(!fast.slow.is_cancelled());
+        assert!(!fast.alarm.is_raised(Reason::Slow));
     }
 
     #[tokio::test]
@@ -832,14 +831,14 @@ mod tests {
             let delivery = registry.deliver(&Target::Client(client("s")), &frame);
             assert_eq!(delivery.reached, 1, "frame {n} queued");
         }
-        assert!(!stuck.slow.is_cancelled());
+        assert!(!stuck.alarm.is_raised(Reason::Slow));
         assert_eq!(
             registry
                 .deliver(&Target::Client(client("s")), &frame)
                 .overflowed,
             1
         );
-        assert!(stuck.slow.is_cancelled());
+        assert!(stuck.alarm.is_raised(Reason::Slow));
     }
 
     #[tokio::test]

@@ -8,16 +8,19 @@
 mod channels;
 mod gate;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use futures_util::future::BoxFuture;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;
 
 use self::gate::Gate;
+use crate::alarm::Reason;
 use crate::broker::Broker;
 use crate::channel::ChannelName;
 use crate::delivery::Delivery;
@@ -126,25 +129,32 @@ impl End {
 }
 
 impl Session {
-    pub async fn run<S, R>(mut self, mut sink: S, mut stream: R)
+    // An async block rather than an async fn: an async fn moves its arguments into locals of
+    // its own, and its future keeps both copies (360 bytes twice, for every socket's life);
+    // the block uses the ones it captured.
+    #[allow(clippy::manual_async_fn)]
+    pub fn run<S, R>(mut self, mut sink: S, mut stream: R) -> impl Future<Output = ()>
     where
         S: Sink<Message, Error = axum::Error> + Unpin + Send,
         R: Stream<Item = Result<Message, axum::Error>> + Unpin + Send,
     {
-        // The opening and the closing are boxed: this future lives as long as the socket, and
-        // inline their states (broker look-ups, timers) would make every idle socket carry
-        // them for its whole life.
-        let Some((outbox, gate)) = Box::pin(self.open(&mut sink)).await else {
-            return;
-        };
-        // Set by the reader whenever anything arrives; the writer closes a socket whose peer
-        // stayed silent for two ping periods.
-        let heard = AtomicBool::new(true);
-        let end = tokio::select! {
-            end = self.write(&mut sink, outbox, gate, &heard) => end,
-            end = self.read(&mut stream, &heard) => end,
-        };
-        Box::pin(self.close_with(end, &mut sink)).await;
+        async move {
+            // The opening and the closing are boxed: this future lives as long as the socket,
+            // and inline their states (broker look-ups, timers) would make every idle socket
+            // carry them for its whole life.
+            let Some((mut outbox, mut gate)) = Box::pin(self.open(&mut sink)).await else {
+                return;
+            };
+            // Set by the reader whenever anything arrives; the writer closes a socket whose
+            // peer stayed silent for two ping periods.
+            let heard = AtomicBool::new(true);
+            let end = tokio::select! {
+                // Lent, not moved: a moved-in copy would sit in the future beside this one.
+                end = self.write(&mut sink, &mut outbox, &mut gate, &heard) => end,
+                end = self.read(&mut stream, &heard) => end,
+            };
+            Box::pin(self.close_with(end, &mut sink)).await;
+        }
     }
 
     /// Histories the broker could not read for this resume are replayed by the gap fill once it
@@ -213,7 +223,7 @@ impl Session {
         let greeted = tokio::select! {
             biased;
             () = self.shutdown.cancelled() => Err(End::Shutdown),
-            () = self.registration.slow.cancelled() => Err(End::SlowConsumer),
+            _ = self.registration.alarm.slow() => Err(End::SlowConsumer),
             sent = tokio::time::timeout(self.replay.timeout, self.greet(sink, &start)) => match sent {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(_)) => return None,
@@ -238,8 +248,7 @@ impl Session {
         // What was not sent is not kept while the close frame waits.
         drop(start);
         if let Err(end) = greeted {
-            if end == End::SlowConsumer && !self.registration.slow.is_cancelled() {
-                self.registration.slow.cancel();
+            if end == End::SlowConsumer && self.registration.alarm.raise(Reason::Slow) {
                 self.delivery.metrics().slow_consumer();
             }
             Box::pin(self.close_with(end, sink)).await;
@@ -358,31 +367,34 @@ impl Session {
     async fn write<S>(
         &self,
         sink: &mut S,
-        mut outbox: socket_queue::Receiver<Outgoing>,
-        mut gate: Gate,
+        outbox: &mut socket_queue::Receiver<Outgoing>,
+        gate: &mut Gate,
         heard: &AtomicBool,
     ) -> End
     where
         S: Sink<Message, Error = axum::Error> + Unpin,
     {
-        let slow = &self.registration.slow;
-        let resync = &self.registration.resync;
+        let alarm = &self.registration.alarm;
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
         let mut silent_ticks = 0u8;
         loop {
             tokio::select! {
                 biased;
-                () = slow.cancelled() => return End::SlowConsumer,
-                () = resync.cancelled() => return End::Resync,
+                reason = alarm.any() => return match reason {
+                    Reason::Slow => End::SlowConsumer,
+                    Reason::Resync => End::Resync,
+                },
                 // The close frame goes out in `close_with`.
                 () = self.shutdown.cancelled() => return End::Shutdown,
                 frame = outbox.recv() => {
                     let Some(frame) = frame else { return End::Shutdown };
                     // A peer that stopped reading blocks the send; the overflow signal must
                     // still get through, so race them.
+                    // Boxed: a batch's state (the frame, the sink's feed) lives only while it
+                    // is written, and inline it would size every idle socket's task for it.
                     tokio::select! {
-                        sent = send_batch(sink, frame, &mut outbox, &mut gate) => match sent {
+                        sent = Box::pin(send_batch(sink, frame, outbox, gate)) => match sent {
                             Ok(()) => {}
                             Err(Sent::Failed) => return End::SendFailed,
                             Err(Sent::Overflow) => {
@@ -390,7 +402,7 @@ impl Session {
                                 return End::SlowConsumer;
                             }
                         },
-                        () = slow.cancelled() => return End::SlowConsumer,
+                        _ = alarm.slow() => return End::SlowConsumer,
                     }
                 }
                 _ = ping.tick() => {
@@ -414,59 +426,87 @@ impl Session {
     where
         R: Stream<Item = Result<Message, axum::Error>> + Unpin,
     {
-        while let Some(next) = stream.next().await {
-            // A protocol fault (bad UTF-8, an oversized frame) ends the stream with an error
-            // and tungstenite sends nothing for it: the session closes with the code.
-            let message = match next {
-                Ok(message) => message,
-                Err(err) => return fault_code(&err).map_or(End::ClientClosed, End::Fault),
-            };
-            heard.store(true, Ordering::Relaxed);
-            match message {
-                Message::Text(text) => self.on_text(&text).await,
-                Message::Binary(_) => self.send_own(error_frame(&FrameError::Binary, None).into()),
-                Message::Close(_) => return End::ClientClosed,
-                Message::Ping(_) | Message::Pong(_) => {}
+        // Each message is handled by a plain function: the task holds the message only while
+        // that runs, and across an await only the read or a boxed broker round trip.
+        loop {
+            let next = stream.next().await;
+            match self.on_message(next, heard) {
+                Read::Next => {}
+                Read::Wait(pending) => pending.await,
+                Read::End(end) => return end,
             }
         }
-        End::ClientClosed
     }
 
-    /// Handles one text frame, in the order the client sent them: a subscription is set up
-    /// before the next frame is read.
-    async fn on_text(&self, raw: &str) {
+    fn on_message<'a>(
+        &'a self,
+        next: Option<Result<Message, axum::Error>>,
+        heard: &AtomicBool,
+    ) -> Read<'a> {
+        let message = match next {
+            Some(Ok(message)) => message,
+            // A protocol fault (bad UTF-8, an oversized frame) ends the stream with an error
+            // and tungstenite sends nothing for it: the session closes with the code.
+            Some(Err(err)) => {
+                return Read::End(fault_code(&err).map_or(End::ClientClosed, End::Fault));
+            }
+            None => return Read::End(End::ClientClosed),
+        };
+        heard.store(true, Ordering::Relaxed);
+        match message {
+            Message::Text(text) => self.on_text(&text).map_or(Read::Next, Read::Wait),
+            Message::Binary(_) => {
+                self.send_own(error_frame(&FrameError::Binary, None).into());
+                Read::Next
+            }
+            Message::Close(_) => Read::End(End::ClientClosed),
+            Message::Ping(_) | Message::Pong(_) => Read::Next,
+        }
+    }
+
+    /// Handles one text frame, in the order the client sent them: what it returns (a
+    /// subscription being set up, a channel publish) is awaited before the next frame is read.
+    /// Subscribe and publish are boxed, like the opening and the closing: their broker round
+    /// trips are rare in an idle socket's life, and inline they would size every socket's task
+    /// for it.
+    fn on_text<'a>(&'a self, raw: &str) -> Option<BoxFuture<'a, ()>> {
         match parse_client_frame(raw, self.max_text_bytes) {
             Ok(ClientFrame::Echo { text }) => {
                 self.send_own(self.delivery.echo(&self.client, &text))
             }
-            // Subscribe and publish are boxed, like the opening and the closing: their broker
-            // round trips are rare in an idle socket's life, and inline they would size every
-            // socket's task for it.
             Ok(ClientFrame::Subscribe {
                 channel,
                 token,
                 since,
-            }) => Box::pin(self.subscribe(channel, token, since)).await,
+            }) => return Some(Box::pin(self.subscribe(channel, token, since))),
             Ok(ClientFrame::Unsubscribe { channel }) => self.unsubscribe(channel),
             Ok(ClientFrame::Publish { channel, text }) => {
-                Box::pin(self.publish(channel, text)).await
+                return Some(Box::pin(self.publish(channel, text)));
             }
             Err(err) => {
                 let channel = channel_named(raw);
                 self.send_own(error_frame(&err, channel.as_ref()).into())
             }
         }
+        None
     }
 
     /// Queues a frame for this socket only, behind whatever is already queued for it.
     fn send_own(&self, frame: Outgoing) {
         if let Err(socket_queue::TrySendError::Full(_)) = self.registration.queue.try_send(frame)
-            && !self.registration.slow.is_cancelled()
+            && self.registration.alarm.raise(Reason::Slow)
         {
-            self.registration.slow.cancel();
             self.delivery.metrics().slow_consumer();
         }
     }
+}
+
+/// What the reader does after one message.
+enum Read<'a> {
+    Next,
+    /// A subscription being set up or a channel publish, before the next message is read.
+    Wait(BoxFuture<'a, ()>),
+    End(End),
 }
 
 /// Why a batch was not written.
@@ -556,6 +596,7 @@ where
 
 #[cfg(test)]
 mod tests {
+
     use futures_channel::mpsc as fmpsc;
 
     use super::*;
