@@ -361,6 +361,11 @@ mod tests {
                 r#"{"type":"unsubscribe","channel":"a","token":"x"}"#,
                 "bad_frame",
             ),
+            // An unsubscribe carries nothing but its channel: a text is refused as a token is.
+            (
+                r#"{"type":"unsubscribe","channel":"a","text":"x"}"#,
+                "bad_frame",
+            ),
             (r#"{"text":"a","channel":"a"}"#, "bad_frame"),
             (&long_text, "text_too_long"),
         ];
