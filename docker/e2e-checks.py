@@ -549,6 +549,20 @@ class Node:
         return self.master and any(first <= slot <= last for first, last in self.ranges)
 
 
+def redis_cli(container, *args, timeout=10.0, label=None):
+    """`redis-cli ARGS` inside a Redis container: its output, or CheckFailed."""
+    label = label or container
+    try:
+        done = subprocess.run(["docker", "exec", container, "redis-cli", *args],
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise CheckFailed(f"{label}: redis-cli {' '.join(args)}: no answer in {timeout}s") \
+            from None
+    expect(done.returncode == 0,
+           f"{label}: redis-cli {' '.join(args)}: {done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout
+
+
 class Nodes:
     """The cluster's nodes as containers (name=container), read with `docker exec … redis-cli`."""
 
@@ -557,15 +571,7 @@ class Nodes:
         self.dead = set()
 
     def cli(self, name, *args, timeout=10.0):
-        try:
-            done = subprocess.run(["docker", "exec", self.containers[name], "redis-cli", *args],
-                                  capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise CheckFailed(f"{name}: redis-cli {' '.join(args)}: no answer in {timeout}s") \
-                from None
-        expect(done.returncode == 0,
-               f"{name}: redis-cli {' '.join(args)}: {done.stderr.strip() or done.stdout.strip()}")
-        return done.stdout
+        return redis_cli(self.containers[name], *args, timeout=timeout, label=name)
 
     def live(self):
         return [name for name in self.containers if name not in self.dead]
@@ -706,13 +712,9 @@ def check_cluster(front, nodes, single):
     if single:
         # It kept the keys of the single-Redis run before; what says no replica uses it now is
         # that none is connected: only this redis-cli and the healthcheck's ping may be.
-        def cli(*args):
-            return subprocess.run(["docker", "exec", single, "redis-cli", *args],
-                                  capture_output=True, text=True, timeout=10).stdout
-
-        connected = [line for line in cli("client", "list").splitlines()
+        connected = [line for line in redis_cli(single, "client", "list").splitlines()
                      if not re.search(r" cmd=(client\|list|ping|client) ", line + " ")]
-        channels = cli("pubsub", "channels").split()
+        channels = redis_cli(single, "pubsub", "channels").split()
         expect(not connected and not channels,
                f"the single `redis` has clients {connected} and channels {channels[:5]}: a "
                f"replica uses REDIS_URL")

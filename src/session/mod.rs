@@ -596,7 +596,6 @@ where
 
 #[cfg(test)]
 mod tests {
-
     use futures_channel::mpsc as fmpsc;
 
     use super::*;

@@ -38,11 +38,7 @@ impl OnRedisCluster {
 
     /// A connection to one node (not the cluster): what that shard itself says.
     pub async fn node(&self, port: u16) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(format!("redis://127.0.0.1:{port}"))
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
+        node_at(&format!("127.0.0.1:{port}")).await
     }
 
     /// `PUBSUB SHARDNUMSUB <channel>` on every master now: (port, subscribers there).
@@ -80,12 +76,7 @@ impl OnRedisCluster {
     pub async fn owner(&self, key: &str) -> u16 {
         let masters = self.nodes.masters();
         let mut conn = self.node(masters[0]).await;
-        let slot: i64 = redis::cmd("CLUSTER")
-            .arg("KEYSLOT")
-            .arg(key)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let slot = keyslot(&mut conn, key).await;
         // Each entry: [start, end, [host, port, id], replicas…].
         let ranges: Vec<(i64, i64, (String, u16))> = redis::cmd("CLUSTER")
             .arg("SLOTS")
@@ -113,18 +104,12 @@ impl OnRedisCluster {
 /// What the page says of a key — slot `slot`, served by `master` — is true: that master puts
 /// `key` in that slot, and answers a key of it itself (no `MOVED`).
 pub async fn assert_master_serves(master: &str, key: &str, slot: i64) {
-    let mut conn = redis::Client::open(format!("redis://{master}"))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let keyslot: i64 = redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(slot, keyslot, "the slot shown for {key}");
+    let mut conn = node_at(master).await;
+    assert_eq!(
+        slot,
+        keyslot(&mut conn, key).await,
+        "the slot shown for {key}"
+    );
     let served: redis::RedisResult<Option<String>> = redis::cmd("GET")
         .arg(format!("{key}:probe"))
         .query_async(&mut conn)
@@ -233,4 +218,23 @@ impl OnRedisCluster {
             }
         }
     }
+}
+
+/// A connection to the node at `addr` (host:port) alone, not to the cluster.
+async fn node_at(addr: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("redis://{addr}"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// `CLUSTER KEYSLOT key`, as the node behind `conn` computes it.
+async fn keyslot(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .unwrap()
 }
